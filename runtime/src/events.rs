@@ -1,0 +1,167 @@
+//! The rollout timeline: every scale and weight change, probe, hook, log line and outcome,
+//! in order, stamped by the cluster's clock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::failure::GuestFailure;
+
+/// What the host observed about one revision at the time of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RevisionState {
+    pub desired: u32,
+    pub current: u32,
+    pub ready: u32,
+    pub weight: u32,
+}
+
+/// One line of the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// Milliseconds since the rollout started.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// Every revision's instances and weight right after the event, when the driver knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<BTreeMap<u32, RevisionState>>,
+}
+
+/// What happened.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum EventKind {
+    RolloutStarted { app: String, rollout: String, strategy: String, digest: String, from: Option<u32>, to: u32, replicas: u32, resumed: bool },
+    Scaled { revision: u32, from: u32, to: u32 },
+    InstanceStarted { revision: u32, instance: String },
+    InstanceReady { revision: u32, instance: String },
+    InstanceCrashed { revision: u32, instance: String, restart_in_ms: u64 },
+    InstanceStopped { revision: u32, instance: String },
+    WeightsChanged { weights: BTreeMap<u32, u32> },
+    Waited { revision: u32, wanted: u32, ready: u32, timed_out: bool },
+    Probed { revision: u32, probed: u32, ready: u32 },
+    HttpChecked { revision: u32, path: String, checked: u32, passed: u32 },
+    Hook { point: String, status: String },
+    Maintenance { on: bool },
+    Progress { percent: u8, message: String },
+    Log { level: String, message: String },
+    StrategyFailed { failure: GuestFailure },
+    RollbackStarted { to: Option<u32> },
+    RollbackFinished { to: Option<u32>, ok: bool, message: String },
+    RolloutFinished { outcome: RolloutOutcome, summary: String },
+}
+
+/// How a rollout ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutOutcome {
+    /// The target serves; it is the app's running revision.
+    Succeeded,
+    /// The strategy failed and the previous revision was restored.
+    RolledBack,
+    /// The strategy failed and the state was left as it was (rollback off, or it failed too).
+    Failed,
+}
+
+impl RolloutOutcome {
+    pub fn is_success(self) -> bool {
+        self == RolloutOutcome::Succeeded
+    }
+}
+
+/// An append-only, shareable event log for one rollout.
+#[derive(Clone, Default)]
+pub struct Timeline {
+    inner: Arc<Mutex<TimelineInner>>,
+}
+
+#[derive(Default)]
+struct TimelineInner {
+    started_at_ms: u64,
+    events: Vec<Event>,
+}
+
+impl Timeline {
+    /// A timeline whose times are measured from `started_at_ms` on the cluster's clock.
+    pub fn new(started_at_ms: u64) -> Self {
+        Timeline { inner: Arc::new(Mutex::new(TimelineInner { started_at_ms, events: Vec::new() })) }
+    }
+
+    pub fn push(&self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionState>>) {
+        let mut inner = self.inner.lock().unwrap();
+        let at_ms = now_ms.saturating_sub(inner.started_at_ms);
+        inner.events.push(Event { at_ms, kind, state });
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.inner.lock().unwrap().events.clone()
+    }
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline").field("events", &self.inner.lock().unwrap().events.len()).finish()
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.at_ms as f64 / 1000.0;
+        write!(f, "{secs:>8.3}s  ")?;
+        match &self.kind {
+            EventKind::RolloutStarted { app, strategy, from, to, replicas, resumed, .. } => {
+                let from = from.map_or("nothing".to_string(), |r| format!("revision {r}"));
+                let again = if *resumed { " (resumed)" } else { "" };
+                write!(f, "rollout   {app}: {from} → revision {to}, {replicas} replicas, strategy {strategy}{again}")?
+            }
+            EventKind::Scaled { revision, from, to } => write!(f, "scale     revision {revision}: {from} → {to}")?,
+            EventKind::InstanceStarted { revision, instance } => write!(f, "start     revision {revision}: {instance}")?,
+            EventKind::InstanceReady { revision, instance } => write!(f, "ready     revision {revision}: {instance}")?,
+            EventKind::InstanceCrashed { revision, instance, restart_in_ms } => {
+                write!(f, "crash     revision {revision}: {instance}, restart in {restart_in_ms} ms")?
+            }
+            EventKind::InstanceStopped { revision, instance } => write!(f, "stop      revision {revision}: {instance}")?,
+            EventKind::WeightsChanged { weights } => {
+                let list: Vec<String> = weights.iter().map(|(r, w)| format!("r{r}={w}")).collect();
+                let shown = if list.is_empty() { "none (503)".to_string() } else { list.join(" ") };
+                write!(f, "route     {shown}")?
+            }
+            EventKind::Waited { revision, wanted, ready, timed_out } => {
+                let how = if *timed_out { "timed out" } else { "done" };
+                write!(f, "wait      revision {revision}: {ready}/{wanted} ready, {how}")?
+            }
+            EventKind::Probed { revision, probed, ready } => write!(f, "probe     revision {revision}: {ready}/{probed} ready")?,
+            EventKind::HttpChecked { revision, path, checked, passed } => {
+                write!(f, "check     revision {revision}: GET {path} passed on {passed}/{checked}")?
+            }
+            EventKind::Hook { point, status } => write!(f, "hook      {point}: {status}")?,
+            EventKind::Maintenance { on } => write!(f, "maint     {}", if *on { "on" } else { "off" })?,
+            EventKind::Progress { percent, message } => write!(f, "progress  {percent:>3}% {message}")?,
+            EventKind::Log { level, message } => write!(f, "log       [{level}] {message}")?,
+            EventKind::StrategyFailed { failure } => write!(f, "FAILED    {failure}")?,
+            EventKind::RollbackStarted { to } => match to {
+                Some(r) => write!(f, "rollback  restoring revision {r}")?,
+                None => write!(f, "rollback  removing the failed first revision")?,
+            },
+            EventKind::RollbackFinished { message, .. } => write!(f, "rollback  {message}")?,
+            EventKind::RolloutFinished { outcome, summary } => {
+                let word = match outcome {
+                    RolloutOutcome::Succeeded => "SUCCEEDED",
+                    RolloutOutcome::RolledBack => "ROLLED BACK",
+                    RolloutOutcome::Failed => "FAILED",
+                };
+                write!(f, "{word:<9} {summary}")?
+            }
+        }
+        if let Some(state) = &self.state {
+            let parts: Vec<String> = state
+                .iter()
+                .map(|(r, s)| format!("r{r} {}/{} ready w{}", s.ready, s.current, s.weight))
+                .collect();
+            write!(f, "   [{}]", parts.join(" · "))?;
+        }
+        Ok(())
+    }
+}

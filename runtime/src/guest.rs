@@ -1,0 +1,328 @@
+//! Running one guest invocation in its sandbox: a fresh store, no ambient capabilities, a
+//! memory cap, a CPU budget that yields, host-call and log budgets, and a captured stderr.
+//!
+//! **Invariant:** a store is used for exactly one call and then dropped. After a trap an
+//! instance may be in any state, so nothing of it is ever reused.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::{self, HookContext, Outcome, RolloutContext};
+use crate::engine::{EPOCH_TICK, Limits};
+use crate::failure::{self, FailureKind, GuestFailure, GuestLimit};
+use crate::host::RolloutEnv;
+use crate::modules::{LoadedModule, ModulePre, World};
+
+/// The store's data for one invocation.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    pub(crate) env: Arc<RolloutEnv>,
+    pub(crate) limits: Limits,
+    pub(crate) budget: Budget,
+    stderr: TailPipe,
+}
+
+/// What the invocation has used so far.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    pub host_calls: u64,
+    pub log_bytes: usize,
+    pub cpu_ticks: u64,
+    /// The last call the host rejected as invalid, to classify a failure that follows it.
+    pub last_invalid: Option<String>,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The linkers for the two worlds. Each world gets only its own interfaces: a hook cannot
+/// reach `scaling` even if its component asks for it.
+pub(crate) struct Linkers {
+    pub strategy: Linker<GuestState>,
+    pub hook: Linker<GuestState>,
+}
+
+pub(crate) fn linkers(engine: &Engine) -> anyhow::Result<Linkers> {
+    let mut strategy = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut strategy)?;
+    bindings::strategy::Strategy::add_to_linker::<_, HasSelf<_>>(&mut strategy, |s| s)?;
+    let mut hook = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut hook)?;
+    bindings::hook::Hook::add_to_linker::<_, HasSelf<_>>(&mut hook, |s| s)?;
+    Ok(Linkers { strategy, hook })
+}
+
+/// Runs a strategy's `run` export to completion, or to a [`GuestFailure`].
+pub async fn run_strategy(
+    module: &LoadedModule,
+    ctx: RolloutContext,
+    env: Arc<RolloutEnv>,
+    limits: &Limits,
+    wall_clock: Duration,
+) -> Result<Outcome, GuestFailure> {
+    let ModulePre::Strategy(pre) = module.pre.as_ref() else {
+        return Err(wrong_world(module, World::Strategy));
+    };
+    let (mut store, stderr) = new_store(pre.engine(), env, limits);
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance.slipway_deploy_strategy_handler().call_run(&mut store, &ctx).await
+    };
+    let result = tokio::time::timeout(wall_clock, call).await;
+    let last_invalid = store.data().budget.last_invalid.clone();
+    match result {
+        Err(_) => Err(failure(module, FailureKind::Deadline, format!("the strategy was still running after {} s of wall-clock time", wall_clock.as_secs()), &stderr)),
+        Ok(Err(error)) => {
+            let (kind, message) = failure::classify(&error, &stderr.tail());
+            Err(failure(module, kind, message, &stderr))
+        }
+        Ok(Ok(Err(api_error))) => {
+            let (kind, message) = failure::from_strategy_error(&api_error, last_invalid.as_deref());
+            Err(failure(module, kind, message, &stderr))
+        }
+        Ok(Ok(Ok(outcome))) => Ok(outcome),
+    }
+}
+
+/// Runs a hook's `run` export. `Err` carries the hook's own message or its failure report.
+pub async fn run_hook(
+    module: &LoadedModule,
+    ctx: HookContext,
+    env: Arc<RolloutEnv>,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<(), HookFailure> {
+    let ModulePre::Hook(pre) = module.pre.as_ref() else {
+        return Err(HookFailure::Guest(wrong_world(module, World::Hook)));
+    };
+    let (mut store, stderr) = new_store(pre.engine(), env, limits);
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance.slipway_deploy_hook_handler().call_run(&mut store, &ctx).await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(HookFailure::Guest(failure(module, FailureKind::Deadline, format!("the hook did not finish within its {} s timeout", timeout.as_secs()), &stderr))),
+        Ok(Err(error)) => {
+            let (kind, message) = failure::classify(&error, &stderr.tail());
+            Err(HookFailure::Guest(failure(module, kind, message, &stderr)))
+        }
+        Ok(Ok(Err(message))) => Err(HookFailure::Returned(message)),
+        Ok(Ok(Ok(()))) => Ok(()),
+    }
+}
+
+/// How a hook failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HookFailure {
+    /// The hook ran and returned an error of its own.
+    #[error("{0}")]
+    Returned(String),
+    /// The hook trapped, ran out of a budget, or could not run.
+    #[error("{0}")]
+    Guest(GuestFailure),
+}
+
+fn wrong_world(module: &LoadedModule, expected: World) -> GuestFailure {
+    GuestFailure {
+        module: module.name.clone(),
+        digest: module.digest.clone(),
+        kind: FailureKind::InvalidModule,
+        message: format!("the module is a {} component, but a {expected} was expected", module.world),
+        stderr_tail: String::new(),
+    }
+}
+
+fn failure(module: &LoadedModule, kind: FailureKind, message: String, stderr: &TailPipe) -> GuestFailure {
+    GuestFailure { module: module.name.clone(), digest: module.digest.clone(), kind, message, stderr_tail: stderr.tail() }
+}
+
+fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<GuestState>, TailPipe) {
+    let stderr = TailPipe::new(limits.stderr_tail_bytes);
+    // No preopened directories, no environment, no arguments, no network: the guest reaches
+    // the world only through the host API. Its clocks and randomness are the rollout's, so a
+    // simulation replays exactly.
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .wall_clock(RolloutClock(env.clone()))
+        .monotonic_clock(RolloutClock(env.clone()))
+        .secure_random(wasmtime_wasi::Deterministic::new(env.random_bytes()))
+        .insecure_random(wasmtime_wasi::Deterministic::new(env.random_bytes()));
+    let state = GuestState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        memory: MemoryCap { cap: limits.memory_bytes },
+        env,
+        limits: limits.clone(),
+        budget: Budget::default(),
+        stderr: stderr.clone(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        state.budget.cpu_ticks += 1;
+        if state.budget.cpu_ticks > state.limits.cpu_ticks {
+            let ms = state.limits.cpu_ticks * EPOCH_TICK.as_millis() as u64;
+            return Err(wasmtime::Error::new(GuestLimit::Cpu(ms)));
+        }
+        // Yield at every tick so a spinning guest never holds a runner thread.
+        Ok(UpdateDeadline::Yield(1))
+    });
+    (store, stderr)
+}
+
+impl GuestState {
+    /// The guest's stderr so far (used by tests and reports).
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.tail()
+    }
+}
+
+/// Caps linear memory growth; the guest traps when it asks for more.
+struct MemoryCap {
+    cap: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            return Err(wasmtime::Error::new(GuestLimit::Memory { desired, cap: self.cap }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The rollout's clock, as WASI sees it.
+struct RolloutClock(Arc<RolloutEnv>);
+
+impl wasmtime_wasi::HostWallClock for RolloutClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.cluster.now_ms())
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for RolloutClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.cluster.now_ms().saturating_sub(self.0.started_at_ms) * 1_000_000
+    }
+}
+
+/// A stderr that keeps only its last `capacity` bytes, so a guest can write as much as it
+/// likes without growing the runner's memory, and a panic message at the end survives.
+#[derive(Clone)]
+pub(crate) struct TailPipe {
+    capacity: usize,
+    buffer: Arc<Mutex<VecDeque<u8>>>,
+}
+
+impl TailPipe {
+    fn new(capacity: usize) -> Self {
+        TailPipe { capacity, buffer: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))) }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut buffer = self.buffer.lock().unwrap();
+        let bytes = &bytes[bytes.len().saturating_sub(self.capacity)..];
+        let overflow = (buffer.len() + bytes.len()).saturating_sub(self.capacity);
+        buffer.drain(..overflow);
+        buffer.extend(bytes);
+    }
+
+    pub(crate) fn tail(&self) -> String {
+        let buffer = self.buffer.lock().unwrap();
+        let (a, b) = buffer.as_slices();
+        let mut bytes = a.to_vec();
+        bytes.extend_from_slice(b);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl IsTerminal for TailPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for TailPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for TailPipe {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for TailPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for TailPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_pipe_keeps_the_end() {
+        let pipe = TailPipe::new(8);
+        pipe.push(b"hello ");
+        pipe.push(b"world!");
+        assert_eq!(pipe.tail(), "o world!");
+        pipe.push(b"a very long line indeed");
+        assert_eq!(pipe.tail(), "e indeed");
+    }
+}

@@ -1,0 +1,111 @@
+//! The host side of the WIT interfaces: one file per interface under `host/`, all working
+//! against the [`RolloutEnv`] of the rollout the guest belongs to.
+//!
+//! **Invariant:** host functions never panic on guest input. Bad arguments come back to the
+//! guest as `error::invalid`; budget overruns trap the guest with a [`GuestLimit`].
+
+mod clock;
+mod hook_env;
+mod lifecycle;
+mod logging;
+mod routing;
+mod scaling;
+mod types;
+mod verification;
+
+use std::sync::Arc;
+
+use crate::bindings::ApiError;
+use crate::driver::{Cluster, DriverError, HookRunner};
+use crate::events::{EventKind, Timeline};
+use crate::failure::GuestLimit;
+use crate::guest::GuestState;
+
+/// What the host functions of one rollout act on.
+pub struct RolloutEnv {
+    pub app: String,
+    pub rollout: String,
+    pub cluster: Arc<dyn Cluster>,
+    pub hooks: Arc<dyn HookRunner>,
+    pub timeline: Timeline,
+    /// Revisions the guest may name: the target, the active one and the others.
+    pub revisions: Vec<u32>,
+    /// The cluster-clock time the rollout started.
+    pub started_at_ms: u64,
+    /// The cluster-clock time of the progress deadline.
+    pub deadline_ms: u64,
+    /// Seeds the guest's WASI randomness.
+    pub seed: u64,
+}
+
+impl RolloutEnv {
+    pub(crate) fn record(&self, kind: EventKind) {
+        self.timeline.push(self.cluster.now_ms(), kind, None);
+    }
+
+    /// Bytes for the guest's WASI random source, derived from the seed.
+    pub(crate) fn random_bytes(&self) -> Vec<u8> {
+        let mut state = self.seed;
+        (0..512).flat_map(|_| crate::sim::splitmix64(&mut state).to_le_bytes()).collect()
+    }
+
+    /// The time left before the progress deadline.
+    pub(crate) fn remaining_ms(&self) -> u64 {
+        self.deadline_ms.saturating_sub(self.cluster.now_ms())
+    }
+
+    pub(crate) fn deadline_error(&self) -> ApiError {
+        let secs = (self.deadline_ms - self.started_at_ms) / 1000;
+        ApiError::Aborted(format!("the rollout's progress deadline of {secs} s passed"))
+    }
+}
+
+impl GuestState {
+    /// Counts a host call against the budget; traps the guest when the budget is spent.
+    pub(crate) fn enter(&mut self) -> wasmtime::Result<()> {
+        self.budget.host_calls += 1;
+        if self.budget.host_calls > self.limits.host_calls {
+            return Err(wasmtime::Error::new(GuestLimit::HostCalls(self.limits.host_calls)));
+        }
+        Ok(())
+    }
+
+    /// Enters a call that acts on the rollout: also refuses it once the deadline passed.
+    pub(crate) fn enter_action(&mut self) -> wasmtime::Result<Result<(), ApiError>> {
+        self.enter()?;
+        if self.env.remaining_ms() == 0 {
+            return Ok(Err(self.env.deadline_error()));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Checks that `revision` belongs to this rollout.
+    pub(crate) fn known(&self, revision: u32) -> Result<(), ApiError> {
+        if self.env.revisions.contains(&revision) {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!(
+                "revision {revision} is not part of this rollout (it involves revisions {:?})",
+                self.env.revisions
+            )))
+        }
+    }
+
+    /// Rejects a call as invalid, remembering it so a failure that follows is classified.
+    pub(crate) fn invalid(&mut self, message: String) -> ApiError {
+        self.budget.last_invalid = Some(message.clone());
+        ApiError::Invalid(message)
+    }
+
+    /// Maps a driver error to the guest's error type.
+    pub(crate) fn driver_error(&mut self, error: DriverError) -> ApiError {
+        match error {
+            DriverError::UnknownRevision(revision) => {
+                ApiError::NotFound(format!("revision {revision} is not part of this rollout"))
+            }
+            DriverError::Invalid(message) => self.invalid(message),
+            DriverError::Timeout { message, .. } => ApiError::Timeout(message),
+            DriverError::Infrastructure(message) => ApiError::Infrastructure(message),
+        }
+    }
+}

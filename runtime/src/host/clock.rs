@@ -1,0 +1,24 @@
+//! `slipway:deploy/clock`: the rollout's clock, virtual under simulation.
+
+use crate::bindings::ApiError;
+use crate::bindings::strategy::slipway::deploy::clock::Host;
+use crate::guest::GuestState;
+
+impl Host for GuestState {
+    async fn now(&mut self) -> wasmtime::Result<u64> {
+        self.enter()?;
+        Ok(self.env.cluster.now_ms())
+    }
+
+    async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), ApiError>> {
+        if let Err(error) = self.enter_action()? {
+            return Ok(Err(error));
+        }
+        let remaining = self.env.remaining_ms();
+        self.env.cluster.sleep_ms(ms.min(remaining)).await;
+        if ms >= remaining {
+            return Ok(Err(self.env.deadline_error()));
+        }
+        Ok(Ok(()))
+    }
+}

@@ -1,0 +1,16 @@
+//! Slipway: a deployment runner whose strategies and lifecycle hooks are sandboxed
+//! WebAssembly components. See `ARCHITECTURE.md` at the repository root for the codemap.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod bindings;
+pub mod cli;
+pub mod driver;
+pub mod engine;
+pub mod events;
+pub mod failure;
+pub mod guest;
+pub mod host;
+pub mod modules;
+pub mod rollout;
+pub mod sim;

@@ -1,0 +1,304 @@
+//! Loading strategy and hook components: validation, digests, compilation off the async
+//! threads, and the precompiled-artifact cache.
+//!
+//! **Invariant:** precompiled bytes are only ever produced here, from a component we compiled
+//! ourselves, and read back from our own cache directory; they are never accepted from users.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
+
+use crate::bindings::{self, API_PACKAGE, API_VERSION};
+use crate::engine::WasmEngine;
+use crate::guest::{GuestState, Linkers};
+
+/// Largest component accepted (Python and JavaScript guests are ~20 MB).
+pub const MAX_MODULE_BYTES: usize = 64 << 20;
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
+}
+
+/// Which world a component targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    Strategy,
+    Hook,
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Strategy => "strategy",
+            World::Hook => "hook",
+        })
+    }
+}
+
+/// Why a module could not be loaded. Every message says what was wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Larger than [`MAX_MODULE_BYTES`].
+    #[error("the module is {size} bytes, over the {limit}-byte limit; strip debug info or build with opt-level \"s\"")]
+    TooLarge { size: usize, limit: usize },
+    /// Not a WebAssembly binary at all.
+    #[error("the module is not WebAssembly (it does not start with the \\0asm magic); upload the .wasm component your build produced")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error("the module is a core WebAssembly module, not a component; build for the wasm32-wasip2 target (or run `wasm-tools component new`)")]
+    CoreModule,
+    /// The component failed to compile.
+    #[error("the component is invalid: {0}")]
+    Invalid(String),
+    /// The component exports neither world, or not the expected one.
+    #[error("{0}")]
+    WrongWorld(String),
+    /// The component targets a newer host API than this runner implements.
+    #[error("the module targets {package}@{version}, but this runner implements {API_PACKAGE}@{}.{}.{} at most; upgrade the runner", API_VERSION.0, API_VERSION.1, API_VERSION.2)]
+    TooNew { package: String, version: String },
+    /// The component imports something the host does not provide.
+    #[error("the component needs imports this runner does not provide: {0}")]
+    Unlinkable(String),
+    /// No built-in strategy by that name.
+    #[error("there is no built-in strategy {0:?}; the built-ins are {names}", names = builtin_names().join(", "))]
+    UnknownBuiltin(String),
+    /// The module file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+/// A compiled component, ready to instantiate many times.
+#[derive(Clone)]
+pub struct LoadedModule {
+    /// What the user calls it: `builtin:rolling`, a file name, or an uploaded name.
+    pub name: String,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub world: World,
+    pub(crate) pre: Arc<ModulePre>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("world", &self.world)
+            .finish()
+    }
+}
+
+/// Type-checked, import-resolved instantiation recipes, one per world.
+pub(crate) enum ModulePre {
+    Strategy(bindings::strategy::StrategyPre<GuestState>),
+    Hook(bindings::hook::HookPre<GuestState>),
+}
+
+/// Loads components and keeps their precompiled artifacts in a cache directory.
+#[derive(Clone)]
+pub struct ModuleLoader {
+    engine: WasmEngine,
+    linkers: Arc<Linkers>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl ModuleLoader {
+    /// `cache_dir` holds precompiled artifacts keyed by digest and engine; `None` compiles
+    /// every time.
+    pub fn new(engine: WasmEngine, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let linkers = crate::guest::linkers(engine.engine())?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(ModuleLoader { engine, linkers: Arc::new(linkers), cache_dir })
+    }
+
+    pub fn engine(&self) -> &WasmEngine {
+        &self.engine
+    }
+
+    /// The default cache directory: `$XDG_CACHE_HOME/slipway/modules` or `~/.cache/…`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        Some(base.join("slipway").join("modules"))
+    }
+
+    /// Resolves `builtin:NAME` or a path to a `.wasm` file.
+    pub async fn load_reference(&self, reference: &str) -> Result<LoadedModule, LoadError> {
+        if let Some(name) = reference.strip_prefix("builtin:") {
+            return self.load_builtin(name).await;
+        }
+        let path = Path::new(reference);
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        self.load(reference, bytes).await
+    }
+
+    /// Loads one of the strategies embedded in this binary.
+    pub async fn load_builtin(&self, name: &str) -> Result<LoadedModule, LoadError> {
+        let bytes = builtin::BUILTINS
+            .iter()
+            .find(|(builtin, _)| *builtin == name)
+            .map(|(_, bytes)| *bytes)
+            .ok_or_else(|| LoadError::UnknownBuiltin(name.to_string()))?;
+        self.load(&format!("builtin:{name}"), bytes.to_vec()).await
+    }
+
+    /// Validates, compiles (or loads from the cache) and links a component.
+    pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
+        check_header(&bytes)?;
+        let digest = digest(&bytes);
+        let this = self.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || this.load_blocking(name, digest, bytes))
+            .await
+            .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+    }
+
+    fn load_blocking(&self, name: String, digest: String, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
+        let component = self.compile_cached(&digest, &bytes)?;
+        let world = world_of(&component, self.engine.engine())?;
+        let linker = match world {
+            World::Strategy => &self.linkers.strategy,
+            World::Hook => &self.linkers.hook,
+        };
+        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Unlinkable(format!("{e:#}")))?;
+        let pre = match world {
+            World::Strategy => ModulePre::Strategy(
+                bindings::strategy::StrategyPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+            ),
+            World::Hook => ModulePre::Hook(
+                bindings::hook::HookPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+            ),
+        };
+        Ok(LoadedModule { name, digest, world, pre: Arc::new(pre) })
+    }
+
+    fn compile_cached(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+        let engine = self.engine.engine();
+        let cached = self.cache_dir.as_ref().map(|dir| {
+            let hex = digest.trim_start_matches("sha256:");
+            dir.join(format!("{hex}-{}.cwasm", self.engine.compatibility_key()))
+        });
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file is in our own cache directory, named by the digest of the
+            // source component and the engine's compatibility key, and was written by
+            // `Component::serialize` below. Users can never place bytes there. A stale or
+            // damaged file fails to deserialize and is recompiled.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "discarding unusable precompiled module"),
+            }
+        }
+        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(path) = &cached {
+            if let Err(error) = write_atomically(path, &component) {
+                tracing::warn!(path = %path.display(), %error, "could not cache the precompiled module");
+            }
+        }
+        Ok(component)
+    }
+}
+
+fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
+    let serialized = component.serialize()?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serialized)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The names the built-in strategies answer to under `builtin:`.
+pub fn builtin_names() -> Vec<&'static str> {
+    builtin::BUILTINS.iter().map(|(name, _)| *name).collect()
+}
+
+/// Cheap checks before compiling: size, magic, component layer.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() > MAX_MODULE_BYTES {
+        return Err(LoadError::TooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES });
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 4..8 are the version and layer: core modules are layer 0, components layer 1.
+    if bytes[6..8] == [0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+/// Finds which of our worlds the component exports, and refuses ones built for a newer API.
+fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, LoadError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let mut found = None;
+    for export in &exports {
+        let Some((package_interface, version)) = export.split_once('@') else { continue };
+        let Some((package, interface)) = package_interface.split_once('/') else { continue };
+        if package != API_PACKAGE {
+            continue;
+        }
+        let world = match interface {
+            "strategy-handler" => World::Strategy,
+            "hook-handler" => World::Hook,
+            _ => continue,
+        };
+        if is_newer(version) {
+            return Err(LoadError::TooNew { package: package.to_string(), version: version.to_string() });
+        }
+        found = Some(world);
+    }
+    found.ok_or_else(|| {
+        let shown = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+        LoadError::WrongWorld(format!(
+            "the component exports {shown}, but a Slipway module must export \
+             {API_PACKAGE}/strategy-handler (world `strategy`) or {API_PACKAGE}/hook-handler \
+             (world `hook`); build it against sdk/wit with one of those worlds"
+        ))
+    })
+}
+
+/// Whether `version` (of our package) is newer than the API this runner implements. Within
+/// a major version (or minor, before 1.0) newer patch releases change docs only.
+fn is_newer(version: &str) -> bool {
+    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().unwrap_or(u64::MAX));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) > (API_VERSION.0, API_VERSION.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks_say_what_the_bytes_are() {
+        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+        let big = vec![0u8; MAX_MODULE_BYTES + 1];
+        assert!(matches!(check_header(&big), Err(LoadError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn newer_minor_versions_are_refused() {
+        assert!(!is_newer("0.1.0"));
+        assert!(!is_newer("0.1.7"));
+        assert!(is_newer("0.2.0"));
+        assert!(is_newer("1.0.0"));
+    }
+}

@@ -1,0 +1,478 @@
+//! A simulated cluster in virtual time: the test backbone for strategies and the engine
+//! behind `slipway simulate`.
+//!
+//! Time only moves when a strategy waits (`sleep`, `wait-ready`), jumping straight to the
+//! next thing that happens, so a ten-minute rollout replays in milliseconds. Every random
+//! choice comes from one seeded generator, so the same inputs and seed give the same trace.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::bindings::{HookPoint, HookStatus, HttpCheckReport, ProbeReport, ReplicaCounts};
+use crate::driver::{Cluster, DriverError, HookRunner, validate_weights};
+use crate::events::{EventKind, RevisionState, Timeline};
+
+/// Where virtual time starts: a fixed instant, so traces do not depend on the machine's clock.
+pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// Knobs for the simulated instances of the revisions marked faulty (the rollout's target).
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Mean time from start to ready.
+    pub start_delay_ms: u64,
+    /// Spread of the start delay, as a fraction of it (0.25 → ±25%).
+    pub start_jitter: f64,
+    /// Fraction of new instances that start but never pass their readiness probe.
+    pub fail_readiness: f64,
+    /// Fraction of new instances that crash while starting (they are restarted).
+    pub crash: f64,
+    /// Time before a crashed instance is replaced.
+    pub restart_backoff_ms: u64,
+    /// Fraction of ready instances that fail an HTTP check.
+    pub fail_http: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            start_delay_ms: 2_000,
+            start_jitter: 0.25,
+            fail_readiness: 0.0,
+            crash: 0.0,
+            restart_backoff_ms: 1_000,
+            fail_http: 0.0,
+        }
+    }
+}
+
+/// The simulated compute and router of one app.
+pub struct SimCluster {
+    state: Mutex<SimState>,
+    timeline: Timeline,
+}
+
+struct SimState {
+    config: SimConfig,
+    now: u64,
+    rng: u64,
+    revisions: BTreeMap<u32, SimRevision>,
+    weights: BTreeMap<u32, u32>,
+    maintenance: bool,
+}
+
+#[derive(Default)]
+struct SimRevision {
+    faulty: bool,
+    desired: u32,
+    instances: Vec<SimInstance>,
+    /// Replacements for crashed instances, due at these times.
+    restarts: Vec<u64>,
+    failed: u32,
+    started: u32,
+}
+
+struct SimInstance {
+    id: String,
+    created: u64,
+    ready_at: Option<u64>,
+    crash_at: Option<u64>,
+    http_ok: bool,
+}
+
+impl SimInstance {
+    fn ready(&self, now: u64) -> bool {
+        self.ready_at.is_some_and(|t| t <= now)
+    }
+}
+
+impl SimCluster {
+    pub fn new(config: SimConfig, timeline: Timeline) -> Self {
+        let rng = config.seed ^ 0x5eed_5eed_5eed_5eed;
+        SimCluster {
+            state: Mutex::new(SimState {
+                config,
+                now: SIM_EPOCH_MS,
+                rng,
+                revisions: BTreeMap::new(),
+                weights: BTreeMap::new(),
+                maintenance: false,
+            }),
+            timeline,
+        }
+    }
+
+    /// Adds a revision with `ready` instances already up and passing their probes.
+    pub fn add_ready_revision(&self, revision: u32, ready: u32, weight: u32) {
+        let mut state = self.state.lock().unwrap();
+        let now = state.now;
+        let entry = state.revisions.entry(revision).or_default();
+        for _ in 0..ready {
+            entry.started += 1;
+            let id = format!("r{revision}-{}", entry.started);
+            entry.instances.push(SimInstance { id, created: now, ready_at: Some(now), crash_at: None, http_ok: true });
+        }
+        entry.desired = ready;
+        if weight > 0 {
+            state.weights.insert(revision, weight);
+        }
+    }
+
+    /// Adds a revision with no instances whose instances the failure knobs apply to.
+    pub fn add_faulty_revision(&self, revision: u32) {
+        self.state.lock().unwrap().revisions.entry(revision).or_default().faulty = true;
+    }
+
+    /// The state of every revision now.
+    pub fn snapshot(&self) -> BTreeMap<u32, RevisionState> {
+        self.state.lock().unwrap().snapshot()
+    }
+
+    pub fn maintenance(&self) -> bool {
+        self.state.lock().unwrap().maintenance
+    }
+
+    fn emit(&self, state: &SimState, kind: EventKind) {
+        self.timeline.push(state.now, kind, Some(state.snapshot()));
+    }
+
+    /// Moves virtual time to `until`, applying every readiness change, crash and restart in
+    /// order.
+    fn advance(&self, state: &mut SimState, until: u64) {
+        while let Some(at) = state.next_change().filter(|&t| t <= until) {
+            state.now = at;
+            self.apply_changes(state);
+        }
+        state.now = state.now.max(until);
+    }
+
+    fn apply_changes(&self, state: &mut SimState) {
+        let now = state.now;
+        let numbers: Vec<u32> = state.revisions.keys().copied().collect();
+        for number in numbers {
+            let backoff = state.config.restart_backoff_ms;
+            let revision = state.revisions.get_mut(&number).unwrap();
+            let mut events = Vec::new();
+            revision.instances.retain(|instance| {
+                if instance.crash_at == Some(now) {
+                    events.push(EventKind::InstanceCrashed { revision: number, instance: instance.id.clone(), restart_in_ms: backoff });
+                    false
+                } else {
+                    if instance.ready_at == Some(now) {
+                        events.push(EventKind::InstanceReady { revision: number, instance: instance.id.clone() });
+                    }
+                    true
+                }
+            });
+            let crashed = events.iter().filter(|e| matches!(e, EventKind::InstanceCrashed { .. })).count();
+            revision.failed += crashed as u32;
+            revision.restarts.extend(std::iter::repeat_n(now + backoff, crashed));
+            let due = revision.restarts.iter().filter(|&&t| t == now).count();
+            revision.restarts.retain(|&t| t != now);
+            for event in events {
+                self.emit(state, event);
+            }
+            for _ in 0..due {
+                let id = state.start_instance(number);
+                self.emit(state, EventKind::InstanceStarted { revision: number, instance: id });
+            }
+        }
+    }
+
+    fn revision_error(state: &SimState, revision: u32) -> Result<(), DriverError> {
+        if state.revisions.contains_key(&revision) { Ok(()) } else { Err(DriverError::UnknownRevision(revision)) }
+    }
+}
+
+impl SimState {
+    fn random(&mut self) -> f64 {
+        (splitmix64(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn next_change(&self) -> Option<u64> {
+        let now = self.now;
+        self.revisions
+            .values()
+            .flat_map(|r| {
+                let instance_times = r.instances.iter().flat_map(|i| [i.ready_at, i.crash_at]).flatten();
+                instance_times.chain(r.restarts.iter().copied())
+            })
+            .filter(|&t| t > now)
+            .min()
+    }
+
+    /// Starts one instance of `number`, drawing its fate from the generator.
+    fn start_instance(&mut self, number: u32) -> String {
+        let now = self.now;
+        let config = self.config.clone();
+        let faulty = self.revisions[&number].faulty;
+        let jitter = 1.0 + config.start_jitter * (2.0 * self.random() - 1.0);
+        let delay = ((config.start_delay_ms as f64) * jitter).round().max(1.0) as u64;
+        let (never_ready, crashes, http_ok) = if faulty {
+            (self.random() < config.fail_readiness, self.random() < config.crash, self.random() >= config.fail_http)
+        } else {
+            (false, false, true)
+        };
+        let (ready_at, crash_at) = match (crashes, never_ready) {
+            (true, _) => (None, Some(now + delay / 2 + 1)),
+            (false, true) => (None, None),
+            (false, false) => (Some(now + delay), None),
+        };
+        let revision = self.revisions.get_mut(&number).unwrap();
+        revision.started += 1;
+        let id = format!("r{number}-{}", revision.started);
+        revision.instances.push(SimInstance { id: id.clone(), created: now, ready_at, crash_at, http_ok });
+        id
+    }
+
+    fn counts(&self, number: u32) -> ReplicaCounts {
+        let revision = &self.revisions[&number];
+        ReplicaCounts {
+            desired: revision.desired,
+            current: revision.instances.len() as u32,
+            ready: revision.instances.iter().filter(|i| i.ready(self.now)).count() as u32,
+            failed: revision.failed,
+        }
+    }
+
+    fn snapshot(&self) -> BTreeMap<u32, RevisionState> {
+        self.revisions
+            .keys()
+            .map(|&number| {
+                let c = self.counts(number);
+                let weight = self.weights.get(&number).copied().unwrap_or(0);
+                (number, RevisionState { desired: c.desired, current: c.current, ready: c.ready, weight })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Cluster for SimCluster {
+    fn now_ms(&self) -> u64 {
+        self.state.lock().unwrap().now
+    }
+
+    async fn sleep_ms(&self, ms: u64) {
+        let mut state = self.state.lock().unwrap();
+        let until = state.now.saturating_add(ms);
+        self.advance(&mut state, until);
+    }
+
+    async fn scale(&self, revision: u32, replicas: u32) -> Result<(), DriverError> {
+        let mut state = self.state.lock().unwrap();
+        Self::revision_error(&state, revision)?;
+        let from = state.revisions[&revision].desired;
+        state.revisions.get_mut(&revision).unwrap().desired = replicas;
+        self.emit(&state, EventKind::Scaled { revision, from, to: replicas });
+        let current = state.revisions[&revision].instances.len() as u32;
+        let pending = state.revisions[&revision].restarts.len() as u32;
+        if replicas > current + pending {
+            for _ in 0..(replicas - current - pending) {
+                let id = state.start_instance(revision);
+                self.emit(&state, EventKind::InstanceStarted { revision, instance: id });
+            }
+        } else {
+            let now = state.now;
+            let entry = state.revisions.get_mut(&revision).unwrap();
+            // Pending restarts go first, then instances that are not ready (newest first),
+            // then ready ones: scaling down never removes a ready instance while an unready
+            // one could go instead.
+            let mut excess = (current + pending) - replicas;
+            let cancelled = excess.min(pending);
+            entry.restarts.truncate((pending - cancelled) as usize);
+            excess -= cancelled;
+            entry.instances.sort_by_key(|i| (i.ready(now), std::cmp::Reverse(i.created)));
+            let stopped: Vec<String> = entry.instances.drain(..excess as usize).map(|i| i.id).collect();
+            entry.instances.sort_by_key(|i| i.created);
+            for id in stopped {
+                self.emit(&state, EventKind::InstanceStopped { revision, instance: id });
+            }
+        }
+        Ok(())
+    }
+
+    fn counts(&self, revision: u32) -> Result<ReplicaCounts, DriverError> {
+        let state = self.state.lock().unwrap();
+        Self::revision_error(&state, revision)?;
+        Ok(state.counts(revision))
+    }
+
+    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError> {
+        let mut state = self.state.lock().unwrap();
+        Self::revision_error(&state, revision)?;
+        let deadline = state.now.saturating_add(timeout_ms);
+        loop {
+            let counts = state.counts(revision);
+            if counts.ready >= ready {
+                return Ok(counts);
+            }
+            match state.next_change().filter(|&t| t <= deadline) {
+                Some(at) => self.advance(&mut state, at),
+                None => {
+                    self.advance(&mut state, deadline);
+                    let counts = state.counts(revision);
+                    return Err(DriverError::Timeout {
+                        message: format!(
+                            "revision {revision}: {} of {ready} wanted instances ready after {} s",
+                            counts.ready,
+                            timeout_ms / 1000
+                        ),
+                        counts,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
+        validate_weights(weights)?;
+        let mut state = self.state.lock().unwrap();
+        for (revision, _) in weights {
+            Self::revision_error(&state, *revision)?;
+        }
+        state.weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
+        let shown = state.weights.clone();
+        self.emit(&state, EventKind::WeightsChanged { weights: shown });
+        Ok(())
+    }
+
+    fn weights(&self) -> Vec<(u32, u32)> {
+        self.state.lock().unwrap().weights.iter().map(|(r, w)| (*r, *w)).collect()
+    }
+
+    async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
+        let mut state = self.state.lock().unwrap();
+        state.maintenance = on;
+        self.emit(&state, EventKind::Maintenance { on });
+        Ok(())
+    }
+
+    async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError> {
+        let state = self.state.lock().unwrap();
+        Self::revision_error(&state, revision)?;
+        let now = state.now;
+        let instances = &state.revisions[&revision].instances;
+        let failures = instances
+            .iter()
+            .filter(|i| !i.ready(now))
+            .map(|i| match i.ready_at {
+                Some(_) => format!("{}: starting for {} ms", i.id, now - i.created),
+                None => format!("{}: readiness probe failing for {} ms", i.id, now - i.created),
+            })
+            .collect();
+        Ok(ProbeReport {
+            revision,
+            probed: instances.len() as u32,
+            ready: instances.iter().filter(|i| i.ready(now)).count() as u32,
+            failures,
+        })
+    }
+
+    async fn check_http(&self, revision: u32, path: &str, expect_status: u16, _timeout_ms: u32) -> Result<HttpCheckReport, DriverError> {
+        let state = self.state.lock().unwrap();
+        Self::revision_error(&state, revision)?;
+        let now = state.now;
+        let ready: Vec<&SimInstance> = state.revisions[&revision].instances.iter().filter(|i| i.ready(now)).collect();
+        let failures: Vec<String> = ready
+            .iter()
+            .filter(|i| !i.http_ok)
+            .map(|i| format!("{}: GET {path} answered 500, expected {expect_status}", i.id))
+            .collect();
+        Ok(HttpCheckReport { checked: ready.len() as u32, passed: (ready.len() - failures.len()) as u32, failures })
+    }
+}
+
+/// Simulated hooks: every point succeeds except those told to fail (policy `abort`).
+#[derive(Debug, Default)]
+pub struct SimHooks {
+    pub failing: Vec<HookPoint>,
+}
+
+#[async_trait]
+impl HookRunner for SimHooks {
+    async fn run_hook(&self, point: HookPoint) -> Result<HookStatus, String> {
+        if self.failing.contains(&point) {
+            Err("simulated hook failure".to_string())
+        } else {
+            Ok(HookStatus::NotConfigured)
+        }
+    }
+}
+
+/// SplitMix64: small, fast and good enough for simulation choices and guest seeds.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(config: SimConfig) -> SimCluster {
+        let sim = SimCluster::new(config, Timeline::new(SIM_EPOCH_MS));
+        sim.add_ready_revision(1, 3, 256);
+        sim.add_faulty_revision(2);
+        sim
+    }
+
+    #[tokio::test]
+    async fn instances_become_ready_after_their_start_delay() {
+        let sim = cluster(SimConfig { start_jitter: 0.0, ..SimConfig::default() });
+        sim.scale(2, 2).await.unwrap();
+        assert_eq!(sim.counts(2).unwrap().ready, 0);
+        let counts = sim.wait_ready(2, 2, 10_000).await.unwrap();
+        assert_eq!(counts.ready, 2);
+        assert_eq!(sim.now_ms() - SIM_EPOCH_MS, 2_000);
+    }
+
+    #[tokio::test]
+    async fn never_ready_instances_time_out_in_virtual_time() {
+        let sim = cluster(SimConfig { fail_readiness: 1.0, ..SimConfig::default() });
+        sim.scale(2, 1).await.unwrap();
+        let err = sim.wait_ready(2, 1, 600_000).await.unwrap_err();
+        assert!(matches!(err, DriverError::Timeout { .. }));
+        assert_eq!(sim.now_ms() - SIM_EPOCH_MS, 600_000);
+    }
+
+    #[tokio::test]
+    async fn crashed_instances_are_restarted() {
+        let sim = cluster(SimConfig { crash: 1.0, start_jitter: 0.0, ..SimConfig::default() });
+        sim.scale(2, 1).await.unwrap();
+        sim.sleep_ms(1_500).await;
+        let counts = sim.counts(2).unwrap();
+        assert_eq!(counts.failed, 1);
+        assert_eq!(counts.current, 0);
+        sim.sleep_ms(1_000).await;
+        assert_eq!(sim.counts(2).unwrap().current, 1, "the replacement started after the backoff");
+    }
+
+    #[tokio::test]
+    async fn scaling_down_removes_unready_instances_first() {
+        let sim = cluster(SimConfig::default());
+        sim.scale(1, 5).await.unwrap();
+        sim.scale(1, 3).await.unwrap();
+        assert_eq!(sim.counts(1).unwrap(), ReplicaCounts { desired: 3, current: 3, ready: 3, failed: 0 });
+    }
+
+    #[tokio::test]
+    async fn same_seed_same_story() {
+        let run = |seed| async move {
+            let timeline = Timeline::new(SIM_EPOCH_MS);
+            let sim = SimCluster::new(SimConfig { seed, fail_readiness: 0.3, crash: 0.2, ..SimConfig::default() }, timeline.clone());
+            sim.add_faulty_revision(2);
+            sim.scale(2, 8).await.unwrap();
+            let _ = sim.wait_ready(2, 8, 30_000).await;
+            serde_json::to_string(&timeline.events()).unwrap()
+        };
+        assert_eq!(run(7).await, run(7).await);
+        assert_ne!(run(7).await, run(8).await);
+    }
+}
