@@ -100,18 +100,35 @@ pub async fn main() -> ExitCode {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    for (name, value) in [("--fail-readiness", args.fail_readiness), ("--crash", args.crash), ("--fail-http", args.fail_http)] {
-        anyhow::ensure!((0.0..=1.0).contains(&value), "{name} is a fraction from 0 to 1, got {value}");
+    for (name, value) in [
+        ("--fail-readiness", args.fail_readiness),
+        ("--crash", args.crash),
+        ("--fail-http", args.fail_http),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&value),
+            "{name} is a fraction from 0 to 1, got {value}"
+        );
     }
     anyhow::ensure!(args.replicas >= 1, "--replicas must be at least 1");
-    serde_json::from_str::<serde_json::Value>(&args.params)
-        .map_err(|e| anyhow::anyhow!("--params is not valid JSON ({e}); pass an object such as '{{\"max-surge\": 2}}'"))?;
+    serde_json::from_str::<serde_json::Value>(&args.params).map_err(|e| {
+        anyhow::anyhow!(
+            "--params is not valid JSON ({e}); pass an object such as '{{\"max-surge\": 2}}'"
+        )
+    })?;
 
     let engine = WasmEngine::new()?;
-    let cache_dir = args.cache_dir.clone().or_else(ModuleLoader::default_cache_dir);
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(ModuleLoader::default_cache_dir);
     let loader = ModuleLoader::new(engine, cache_dir)?;
     let module = loader.load_reference(&args.strategy).await?;
-    anyhow::ensure!(module.world == World::Strategy, "{} is a hook component, not a strategy", args.strategy);
+    anyhow::ensure!(
+        module.world == World::Strategy,
+        "{} is a hook component, not a strategy",
+        args.strategy
+    );
 
     let timeline = Timeline::new(SIM_EPOCH_MS);
     let config = SimConfig {
@@ -139,8 +156,14 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let mut plan = RolloutPlan::new(
         "simulated",
         "sim-1",
-        Revision { number: 2, replicas: args.replicas },
-        Some(Revision { number: 1, replicas: args.replicas }),
+        Revision {
+            number: 2,
+            replicas: args.replicas,
+        },
+        Some(Revision {
+            number: 1,
+            replicas: args.replicas,
+        }),
     );
     plan.params = args.params.clone();
     plan.auto_rollback = !args.no_rollback;
@@ -167,5 +190,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if report.outcome == RolloutOutcome::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.outcome == RolloutOutcome::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -29,7 +29,10 @@ pub enum DriverError {
     Invalid(String),
     /// A wait ended before its condition held; carries what was observed.
     #[error("{message}")]
-    Timeout { message: String, counts: ReplicaCounts },
+    Timeout {
+        message: String,
+        counts: ReplicaCounts,
+    },
     /// The infrastructure failed.
     #[error("{0}")]
     Infrastructure(String),
@@ -48,7 +51,12 @@ pub trait Cluster: Send + Sync {
     /// What is observed about `revision` now.
     fn counts(&self, revision: u32) -> Result<ReplicaCounts, DriverError>;
     /// Waits until `revision` has at least `ready` ready instances, or `timeout_ms` passes.
-    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError>;
+    async fn wait_ready(
+        &self,
+        revision: u32,
+        ready: u32,
+        timeout_ms: u64,
+    ) -> Result<ReplicaCounts, DriverError>;
 
     /// Replaces all route weights at once (revisions not listed get 0).
     async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError>;
@@ -60,7 +68,13 @@ pub trait Cluster: Send + Sync {
     /// Probes every instance of `revision` now.
     async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError>;
     /// Sends `GET path` to every ready instance of `revision`.
-    async fn check_http(&self, revision: u32, path: &str, expect_status: u16, timeout_ms: u32) -> Result<HttpCheckReport, DriverError>;
+    async fn check_http(
+        &self,
+        revision: u32,
+        path: &str,
+        expect_status: u16,
+        timeout_ms: u32,
+    ) -> Result<HttpCheckReport, DriverError>;
 }
 
 /// Runs the app's lifecycle hooks with their failure policies.
@@ -97,7 +111,9 @@ pub fn validate_weights(weights: &[(u32, u32)]) -> Result<(), DriverError> {
             )));
         }
         if weights.iter().filter(|(r, _)| r == revision).count() > 1 {
-            return Err(DriverError::Invalid(format!("revision {revision} is listed twice")));
+            return Err(DriverError::Invalid(format!(
+                "revision {revision} is listed twice"
+            )));
         }
     }
     Ok(())

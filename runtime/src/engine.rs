@@ -70,11 +70,19 @@ impl WasmEngine {
             Ok(engine) => (engine, true),
             Err(error) => {
                 tracing::warn!(%error, "pooling allocator unavailable; falling back to on-demand allocation");
-                (Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("build the wasmtime engine: {e:#}"))?, false)
+                (
+                    Engine::new(&config(false))
+                        .map_err(|e| anyhow::anyhow!("build the wasmtime engine: {e:#}"))?,
+                    false,
+                )
             }
         };
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        Ok(WasmEngine { engine, pooled, _ticker: ticker })
+        Ok(WasmEngine {
+            engine,
+            pooled,
+            _ticker: ticker,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -91,7 +99,9 @@ impl WasmEngine {
     pub fn compatibility_key(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 }
@@ -118,7 +128,11 @@ fn config(pooling: bool) -> Config {
             .max_component_instance_size(4 << 20)
             .max_core_instance_size(4 << 20)
             .table_elements(100_000)
-            .max_unused_warm_slots(100);
+            .max_unused_warm_slots(100)
+            // Resetting the start of a table slot by rewriting it is cheaper than asking the
+            // kernel to drop and re-fault its pages; measured 12.5 → 6.5 µs per instantiation.
+            // (The same for linear memory made it slower: guests touch little of it.)
+            .table_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // Each memory slot reserves address space up front; keep the reservation at the
         // memory cap plus a guard instead of wasmtime's 4 GiB default.
@@ -148,7 +162,10 @@ impl EpochTicker {
                 }
             })
             .expect("spawn the epoch ticker thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

@@ -33,24 +33,88 @@ pub struct Event {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum EventKind {
-    RolloutStarted { app: String, rollout: String, strategy: String, digest: String, from: Option<u32>, to: u32, replicas: u32, resumed: bool },
-    Scaled { revision: u32, from: u32, to: u32 },
-    InstanceStarted { revision: u32, instance: String },
-    InstanceReady { revision: u32, instance: String },
-    InstanceCrashed { revision: u32, instance: String, restart_in_ms: u64 },
-    InstanceStopped { revision: u32, instance: String },
-    WeightsChanged { weights: BTreeMap<u32, u32> },
-    Waited { revision: u32, wanted: u32, ready: u32, timed_out: bool },
-    Probed { revision: u32, probed: u32, ready: u32 },
-    HttpChecked { revision: u32, path: String, checked: u32, passed: u32 },
-    Hook { point: String, status: String },
-    Maintenance { on: bool },
-    Progress { percent: u8, message: String },
-    Log { level: String, message: String },
-    StrategyFailed { failure: GuestFailure },
-    RollbackStarted { to: Option<u32> },
-    RollbackFinished { to: Option<u32>, ok: bool, message: String },
-    RolloutFinished { outcome: RolloutOutcome, summary: String },
+    RolloutStarted {
+        app: String,
+        rollout: String,
+        strategy: String,
+        digest: String,
+        from: Option<u32>,
+        to: u32,
+        replicas: u32,
+        resumed: bool,
+    },
+    Scaled {
+        revision: u32,
+        from: u32,
+        to: u32,
+    },
+    InstanceStarted {
+        revision: u32,
+        instance: String,
+    },
+    InstanceReady {
+        revision: u32,
+        instance: String,
+    },
+    InstanceCrashed {
+        revision: u32,
+        instance: String,
+        restart_in_ms: u64,
+    },
+    InstanceStopped {
+        revision: u32,
+        instance: String,
+    },
+    WeightsChanged {
+        weights: BTreeMap<u32, u32>,
+    },
+    Waited {
+        revision: u32,
+        wanted: u32,
+        ready: u32,
+        timed_out: bool,
+    },
+    Probed {
+        revision: u32,
+        probed: u32,
+        ready: u32,
+    },
+    HttpChecked {
+        revision: u32,
+        path: String,
+        checked: u32,
+        passed: u32,
+    },
+    Hook {
+        point: String,
+        status: String,
+    },
+    Maintenance {
+        on: bool,
+    },
+    Progress {
+        percent: u8,
+        message: String,
+    },
+    Log {
+        level: String,
+        message: String,
+    },
+    StrategyFailed {
+        failure: GuestFailure,
+    },
+    RollbackStarted {
+        to: Option<u32>,
+    },
+    RollbackFinished {
+        to: Option<u32>,
+        ok: bool,
+        message: String,
+    },
+    RolloutFinished {
+        outcome: RolloutOutcome,
+        summary: String,
+    },
 }
 
 /// How a rollout ended.
@@ -86,7 +150,12 @@ struct TimelineInner {
 impl Timeline {
     /// A timeline whose times are measured from `started_at_ms` on the cluster's clock.
     pub fn new(started_at_ms: u64) -> Self {
-        Timeline { inner: Arc::new(Mutex::new(TimelineInner { started_at_ms, events: Vec::new() })) }
+        Timeline {
+            inner: Arc::new(Mutex::new(TimelineInner {
+                started_at_ms,
+                events: Vec::new(),
+            })),
+        }
     }
 
     pub fn push(&self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionState>>) {
@@ -102,7 +171,9 @@ impl Timeline {
 
 impl std::fmt::Debug for Timeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timeline").field("events", &self.inner.lock().unwrap().events.len()).finish()
+        f.debug_struct("Timeline")
+            .field("events", &self.inner.lock().unwrap().events.len())
+            .finish()
     }
 }
 
@@ -111,34 +182,84 @@ impl std::fmt::Display for Event {
         let secs = self.at_ms as f64 / 1000.0;
         write!(f, "{secs:>8.3}s  ")?;
         match &self.kind {
-            EventKind::RolloutStarted { app, strategy, from, to, replicas, resumed, .. } => {
+            EventKind::RolloutStarted {
+                app,
+                strategy,
+                from,
+                to,
+                replicas,
+                resumed,
+                ..
+            } => {
                 let from = from.map_or("nothing".to_string(), |r| format!("revision {r}"));
                 let again = if *resumed { " (resumed)" } else { "" };
-                write!(f, "rollout   {app}: {from} → revision {to}, {replicas} replicas, strategy {strategy}{again}")?
+                write!(
+                    f,
+                    "rollout   {app}: {from} → revision {to}, {replicas} replicas, strategy {strategy}{again}"
+                )?
             }
-            EventKind::Scaled { revision, from, to } => write!(f, "scale     revision {revision}: {from} → {to}")?,
-            EventKind::InstanceStarted { revision, instance } => write!(f, "start     revision {revision}: {instance}")?,
-            EventKind::InstanceReady { revision, instance } => write!(f, "ready     revision {revision}: {instance}")?,
-            EventKind::InstanceCrashed { revision, instance, restart_in_ms } => {
-                write!(f, "crash     revision {revision}: {instance}, restart in {restart_in_ms} ms")?
+            EventKind::Scaled { revision, from, to } => {
+                write!(f, "scale     revision {revision}: {from} → {to}")?
             }
-            EventKind::InstanceStopped { revision, instance } => write!(f, "stop      revision {revision}: {instance}")?,
+            EventKind::InstanceStarted { revision, instance } => {
+                write!(f, "start     revision {revision}: {instance}")?
+            }
+            EventKind::InstanceReady { revision, instance } => {
+                write!(f, "ready     revision {revision}: {instance}")?
+            }
+            EventKind::InstanceCrashed {
+                revision,
+                instance,
+                restart_in_ms,
+            } => write!(
+                f,
+                "crash     revision {revision}: {instance}, restart in {restart_in_ms} ms"
+            )?,
+            EventKind::InstanceStopped { revision, instance } => {
+                write!(f, "stop      revision {revision}: {instance}")?
+            }
             EventKind::WeightsChanged { weights } => {
                 let list: Vec<String> = weights.iter().map(|(r, w)| format!("r{r}={w}")).collect();
-                let shown = if list.is_empty() { "none (503)".to_string() } else { list.join(" ") };
+                let shown = if list.is_empty() {
+                    "none (503)".to_string()
+                } else {
+                    list.join(" ")
+                };
                 write!(f, "route     {shown}")?
             }
-            EventKind::Waited { revision, wanted, ready, timed_out } => {
+            EventKind::Waited {
+                revision,
+                wanted,
+                ready,
+                timed_out,
+            } => {
                 let how = if *timed_out { "timed out" } else { "done" };
-                write!(f, "wait      revision {revision}: {ready}/{wanted} ready, {how}")?
+                write!(
+                    f,
+                    "wait      revision {revision}: {ready}/{wanted} ready, {how}"
+                )?
             }
-            EventKind::Probed { revision, probed, ready } => write!(f, "probe     revision {revision}: {ready}/{probed} ready")?,
-            EventKind::HttpChecked { revision, path, checked, passed } => {
-                write!(f, "check     revision {revision}: GET {path} passed on {passed}/{checked}")?
-            }
+            EventKind::Probed {
+                revision,
+                probed,
+                ready,
+            } => write!(f, "probe     revision {revision}: {ready}/{probed} ready")?,
+            EventKind::HttpChecked {
+                revision,
+                path,
+                checked,
+                passed,
+            } => write!(
+                f,
+                "check     revision {revision}: GET {path} passed on {passed}/{checked}"
+            )?,
             EventKind::Hook { point, status } => write!(f, "hook      {point}: {status}")?,
-            EventKind::Maintenance { on } => write!(f, "maint     {}", if *on { "on" } else { "off" })?,
-            EventKind::Progress { percent, message } => write!(f, "progress  {percent:>3}% {message}")?,
+            EventKind::Maintenance { on } => {
+                write!(f, "maint     {}", if *on { "on" } else { "off" })?
+            }
+            EventKind::Progress { percent, message } => {
+                write!(f, "progress  {percent:>3}% {message}")?
+            }
             EventKind::Log { level, message } => write!(f, "log       [{level}] {message}")?,
             EventKind::StrategyFailed { failure } => write!(f, "FAILED    {failure}")?,
             EventKind::RollbackStarted { to } => match to {

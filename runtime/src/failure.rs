@@ -108,9 +108,15 @@ pub fn classify(error: &wasmtime::Error, stderr_tail: &str) -> (FailureKind, Str
         return match trap {
             wasmtime::Trap::StackOverflow => (
                 FailureKind::StackOverflow,
-                format!("the guest overflowed its {} KiB wasm stack (unbounded recursion?)", crate::engine::MAX_WASM_STACK >> 10),
+                format!(
+                    "the guest overflowed its {} KiB wasm stack (unbounded recursion?)",
+                    crate::engine::MAX_WASM_STACK >> 10
+                ),
             ),
-            wasmtime::Trap::Interrupt => (FailureKind::CpuDeadline, "the guest was interrupted".to_string()),
+            wasmtime::Trap::Interrupt => (
+                FailureKind::CpuDeadline,
+                "the guest was interrupted".to_string(),
+            ),
             _ => match panic_message(stderr_tail) {
                 Some(message) => (FailureKind::Panic, message),
                 None => (FailureKind::Trap, format!("the guest trapped: {trap}")),
@@ -129,9 +135,15 @@ fn panic_message(stderr: &str) -> Option<String> {
     if let Some(at) = stderr.rfind("panicked at ") {
         let rest = &stderr[at + "panicked at ".len()..];
         let (location, message) = rest.split_once('\n').unwrap_or((rest, ""));
-        let message: Vec<&str> = message.lines().take_while(|l| !l.starts_with("note:")).collect();
+        let message: Vec<&str> = message
+            .lines()
+            .take_while(|l| !l.starts_with("note:"))
+            .collect();
         let location = location.trim_end_matches(':');
-        return Some(format!("panicked at {location}: {}", message.join(" ").trim()));
+        return Some(format!(
+            "panicked at {location}: {}",
+            message.join(" ").trim()
+        ));
     }
     if stderr.contains("Traceback (most recent call last)") {
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty())?;
@@ -141,13 +153,21 @@ fn panic_message(stderr: &str) -> Option<String> {
 }
 
 /// The failure for a strategy that returned `Err(error)` from `run`.
-pub fn from_strategy_error(error: &ApiError, last_invalid_call: Option<&str>) -> (FailureKind, String) {
+pub fn from_strategy_error(
+    error: &ApiError,
+    last_invalid_call: Option<&str>,
+) -> (FailureKind, String) {
     match error {
         ApiError::Invalid(message) if last_invalid_call.is_some() => (
             FailureKind::InvalidCall,
-            format!("the host rejected a call as invalid: {}", last_invalid_call.unwrap_or(message)),
+            format!(
+                "the host rejected a call as invalid: {}",
+                last_invalid_call.unwrap_or(message)
+            ),
         ),
-        ApiError::Aborted(message) if message.contains("deadline") => (FailureKind::Deadline, message.clone()),
+        ApiError::Aborted(message) if message.contains("deadline") => {
+            (FailureKind::Deadline, message.clone())
+        }
         other => (FailureKind::StrategyError, describe_api_error(other)),
     }
 }
@@ -180,14 +200,21 @@ mod tests {
 
     #[test]
     fn python_tracebacks_keep_their_last_line() {
-        let stderr = "Traceback (most recent call last):\n  File \"app.py\", line 3\nValueError: bad wave\n";
-        assert_eq!(panic_message(stderr).unwrap(), "uncaught exception: ValueError: bad wave");
+        let stderr =
+            "Traceback (most recent call last):\n  File \"app.py\", line 3\nValueError: bad wave\n";
+        assert_eq!(
+            panic_message(stderr).unwrap(),
+            "uncaught exception: ValueError: bad wave"
+        );
     }
 
     #[test]
     fn invalid_errors_after_a_rejected_call_are_invalid_calls() {
         let e = ApiError::Invalid("weight 1000".into());
-        assert_eq!(from_strategy_error(&e, Some("weight 1000")).0, FailureKind::InvalidCall);
+        assert_eq!(
+            from_strategy_error(&e, Some("weight 1000")).0,
+            FailureKind::InvalidCall
+        );
         assert_eq!(from_strategy_error(&e, None).0, FailureKind::StrategyError);
     }
 }

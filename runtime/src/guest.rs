@@ -46,7 +46,10 @@ pub(crate) struct Budget {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -81,12 +84,23 @@ pub async fn run_strategy(
     let (mut store, stderr) = new_store(pre.engine(), env, limits);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
-        instance.slipway_deploy_strategy_handler().call_run(&mut store, &ctx).await
+        instance
+            .slipway_deploy_strategy_handler()
+            .call_run(&mut store, &ctx)
+            .await
     };
     let result = tokio::time::timeout(wall_clock, call).await;
     let last_invalid = store.data().budget.last_invalid.clone();
     match result {
-        Err(_) => Err(failure(module, FailureKind::Deadline, format!("the strategy was still running after {} s of wall-clock time", wall_clock.as_secs()), &stderr)),
+        Err(_) => Err(failure(
+            module,
+            FailureKind::Deadline,
+            format!(
+                "the strategy was still running after {} s of wall-clock time",
+                wall_clock.as_secs()
+            ),
+            &stderr,
+        )),
         Ok(Err(error)) => {
             let (kind, message) = failure::classify(&error, &stderr.tail());
             Err(failure(module, kind, message, &stderr))
@@ -113,10 +127,21 @@ pub async fn run_hook(
     let (mut store, stderr) = new_store(pre.engine(), env, limits);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
-        instance.slipway_deploy_hook_handler().call_run(&mut store, &ctx).await
+        instance
+            .slipway_deploy_hook_handler()
+            .call_run(&mut store, &ctx)
+            .await
     };
     match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(HookFailure::Guest(failure(module, FailureKind::Deadline, format!("the hook did not finish within its {} s timeout", timeout.as_secs()), &stderr))),
+        Err(_) => Err(HookFailure::Guest(failure(
+            module,
+            FailureKind::Deadline,
+            format!(
+                "the hook did not finish within its {} s timeout",
+                timeout.as_secs()
+            ),
+            &stderr,
+        ))),
         Ok(Err(error)) => {
             let (kind, message) = failure::classify(&error, &stderr.tail());
             Err(HookFailure::Guest(failure(module, kind, message, &stderr)))
@@ -124,6 +149,21 @@ pub async fn run_hook(
         Ok(Ok(Err(message))) => Err(HookFailure::Returned(message)),
         Ok(Ok(Ok(()))) => Ok(()),
     }
+}
+
+/// Instantiates a strategy in a fresh store and drops it: the fixed cost of every
+/// invocation, measured by the benchmarks.
+pub async fn instantiate_only(
+    module: &LoadedModule,
+    env: Arc<RolloutEnv>,
+    limits: &Limits,
+) -> anyhow::Result<()> {
+    let ModulePre::Strategy(pre) = module.pre.as_ref() else {
+        anyhow::bail!("{} is not a strategy", module.name);
+    };
+    let (mut store, _stderr) = new_store(pre.engine(), env, limits);
+    pre.instantiate_async(&mut store).await?;
+    Ok(())
 }
 
 /// How a hook failed.
@@ -142,16 +182,34 @@ fn wrong_world(module: &LoadedModule, expected: World) -> GuestFailure {
         module: module.name.clone(),
         digest: module.digest.clone(),
         kind: FailureKind::InvalidModule,
-        message: format!("the module is a {} component, but a {expected} was expected", module.world),
+        message: format!(
+            "the module is a {} component, but a {expected} was expected",
+            module.world
+        ),
         stderr_tail: String::new(),
     }
 }
 
-fn failure(module: &LoadedModule, kind: FailureKind, message: String, stderr: &TailPipe) -> GuestFailure {
-    GuestFailure { module: module.name.clone(), digest: module.digest.clone(), kind, message, stderr_tail: stderr.tail() }
+fn failure(
+    module: &LoadedModule,
+    kind: FailureKind,
+    message: String,
+    stderr: &TailPipe,
+) -> GuestFailure {
+    GuestFailure {
+        module: module.name.clone(),
+        digest: module.digest.clone(),
+        kind,
+        message,
+        stderr_tail: stderr.tail(),
+    }
 }
 
-fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<GuestState>, TailPipe) {
+fn new_store(
+    engine: &Engine,
+    env: Arc<RolloutEnv>,
+    limits: &Limits,
+) -> (Store<GuestState>, TailPipe) {
     let stderr = TailPipe::new(limits.stderr_tail_bytes);
     // No preopened directories, no environment, no arguments, no network: the guest reaches
     // the world only through the host API. Its clocks and randomness are the rollout's, so a
@@ -163,12 +221,14 @@ fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<G
         .allow_ip_name_lookup(false)
         .wall_clock(RolloutClock(env.clone()))
         .monotonic_clock(RolloutClock(env.clone()))
-        .secure_random(wasmtime_wasi::Deterministic::new(env.random_bytes()))
-        .insecure_random(wasmtime_wasi::Deterministic::new(env.random_bytes()));
+        .secure_random(SeededRandom(env.seed))
+        .insecure_random(SeededRandom(env.seed.rotate_left(17)));
     let state = GuestState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        memory: MemoryCap { cap: limits.memory_bytes },
+        memory: MemoryCap {
+            cap: limits.memory_bytes,
+        },
         env,
         limits: limits.clone(),
         budget: Budget::default(),
@@ -203,15 +263,50 @@ struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.cap {
-            return Err(wasmtime::Error::new(GuestLimit::Memory { desired, cap: self.cap }));
+            return Err(wasmtime::Error::new(GuestLimit::Memory {
+                desired,
+                cap: self.cap,
+            }));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
+    }
+}
+
+/// The guest's WASI randomness: seeded from the rollout, so a simulation replays exactly.
+/// Strategies need randomness for jitter and sampling, not for secrets.
+struct SeededRandom(u64);
+
+impl rand_core::TryRng for SeededRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(crate::sim::splitmix64(&mut self.0) as u32)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(crate::sim::splitmix64(&mut self.0))
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dest.chunks_mut(8) {
+            let bytes = crate::sim::splitmix64(&mut self.0).to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
     }
 }
 
@@ -246,7 +341,10 @@ pub(crate) struct TailPipe {
 
 impl TailPipe {
     fn new(capacity: usize) -> Self {
-        TailPipe { capacity, buffer: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))) }
+        TailPipe {
+            capacity,
+            buffer: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -300,7 +398,11 @@ impl Pollable for TailPipe {
 }
 
 impl tokio::io::AsyncWrite for TailPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -43,12 +43,6 @@ impl RolloutEnv {
         self.timeline.push(self.cluster.now_ms(), kind, None);
     }
 
-    /// Bytes for the guest's WASI random source, derived from the seed.
-    pub(crate) fn random_bytes(&self) -> Vec<u8> {
-        let mut state = self.seed;
-        (0..512).flat_map(|_| crate::sim::splitmix64(&mut state).to_le_bytes()).collect()
-    }
-
     /// The time left before the progress deadline.
     pub(crate) fn remaining_ms(&self) -> u64 {
         self.deadline_ms.saturating_sub(self.cluster.now_ms())
@@ -56,7 +50,9 @@ impl RolloutEnv {
 
     pub(crate) fn deadline_error(&self) -> ApiError {
         let secs = (self.deadline_ms - self.started_at_ms) / 1000;
-        ApiError::Aborted(format!("the rollout's progress deadline of {secs} s passed"))
+        ApiError::Aborted(format!(
+            "the rollout's progress deadline of {secs} s passed"
+        ))
     }
 }
 
@@ -65,7 +61,9 @@ impl GuestState {
     pub(crate) fn enter(&mut self) -> wasmtime::Result<()> {
         self.budget.host_calls += 1;
         if self.budget.host_calls > self.limits.host_calls {
-            return Err(wasmtime::Error::new(GuestLimit::HostCalls(self.limits.host_calls)));
+            return Err(wasmtime::Error::new(GuestLimit::HostCalls(
+                self.limits.host_calls,
+            )));
         }
         Ok(())
     }

@@ -42,13 +42,19 @@ impl std::fmt::Display for World {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Larger than [`MAX_MODULE_BYTES`].
-    #[error("the module is {size} bytes, over the {limit}-byte limit; strip debug info or build with opt-level \"s\"")]
+    #[error(
+        "the module is {size} bytes, over the {limit}-byte limit; strip debug info or build with opt-level \"s\""
+    )]
     TooLarge { size: usize, limit: usize },
     /// Not a WebAssembly binary at all.
-    #[error("the module is not WebAssembly (it does not start with the \\0asm magic); upload the .wasm component your build produced")]
+    #[error(
+        "the module is not WebAssembly (it does not start with the \\0asm magic); upload the .wasm component your build produced"
+    )]
     NotWasm,
     /// A core module, not a component.
-    #[error("the module is a core WebAssembly module, not a component; build for the wasm32-wasip2 target (or run `wasm-tools component new`)")]
+    #[error(
+        "the module is a core WebAssembly module, not a component; build for the wasm32-wasip2 target (or run `wasm-tools component new`)"
+    )]
     CoreModule,
     /// The component failed to compile.
     #[error("the component is invalid: {0}")]
@@ -67,7 +73,10 @@ pub enum LoadError {
     UnknownBuiltin(String),
     /// The module file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A compiled component, ready to instantiate many times.
@@ -113,7 +122,11 @@ impl ModuleLoader {
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(ModuleLoader { engine, linkers: Arc::new(linkers), cache_dir })
+        Ok(ModuleLoader {
+            engine,
+            linkers: Arc::new(linkers),
+            cache_dir,
+        })
     }
 
     pub fn engine(&self) -> &WasmEngine {
@@ -136,7 +149,10 @@ impl ModuleLoader {
         let path = Path::new(reference);
         let bytes = tokio::fs::read(path)
             .await
-            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+            .map_err(|source| LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         self.load(reference, bytes).await
     }
 
@@ -161,23 +177,37 @@ impl ModuleLoader {
             .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
     }
 
-    fn load_blocking(&self, name: String, digest: String, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
+    fn load_blocking(
+        &self,
+        name: String,
+        digest: String,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedModule, LoadError> {
         let component = self.compile_cached(&digest, &bytes)?;
         let world = world_of(&component, self.engine.engine())?;
         let linker = match world {
             World::Strategy => &self.linkers.strategy,
             World::Hook => &self.linkers.hook,
         };
-        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Unlinkable(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Unlinkable(format!("{e:#}")))?;
         let pre = match world {
             World::Strategy => ModulePre::Strategy(
-                bindings::strategy::StrategyPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+                bindings::strategy::StrategyPre::new(pre)
+                    .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
             ),
             World::Hook => ModulePre::Hook(
-                bindings::hook::HookPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+                bindings::hook::HookPre::new(pre)
+                    .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
             ),
         };
-        Ok(LoadedModule { name, digest, world, pre: Arc::new(pre) })
+        Ok(LoadedModule {
+            name,
+            digest,
+            world,
+            pre: Arc::new(pre),
+        })
     }
 
     fn compile_cached(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -196,14 +226,17 @@ impl ModuleLoader {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(component) => return Ok(component),
-                Err(error) => tracing::warn!(path = %path.display(), %error, "discarding unusable precompiled module"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "discarding unusable precompiled module")
+                }
             }
         }
-        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        if let Some(path) = &cached {
-            if let Err(error) = write_atomically(path, &component) {
-                tracing::warn!(path = %path.display(), %error, "could not cache the precompiled module");
-            }
+        let component =
+            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(path) = &cached
+            && let Err(error) = write_atomically(path, &component)
+        {
+            tracing::warn!(path = %path.display(), %error, "could not cache the precompiled module");
         }
         Ok(component)
     }
@@ -230,7 +263,10 @@ pub fn builtin_names() -> Vec<&'static str> {
 /// Cheap checks before compiling: size, magic, component layer.
 fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() > MAX_MODULE_BYTES {
-        return Err(LoadError::TooLarge { size: bytes.len(), limit: MAX_MODULE_BYTES });
+        return Err(LoadError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_MODULE_BYTES,
+        });
     }
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(LoadError::NotWasm);
@@ -245,11 +281,18 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 /// Finds which of our worlds the component exports, and refuses ones built for a newer API.
 fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, LoadError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let mut found = None;
     for export in &exports {
-        let Some((package_interface, version)) = export.split_once('@') else { continue };
-        let Some((package, interface)) = package_interface.split_once('/') else { continue };
+        let Some((package_interface, version)) = export.split_once('@') else {
+            continue;
+        };
+        let Some((package, interface)) = package_interface.split_once('/') else {
+            continue;
+        };
         if package != API_PACKAGE {
             continue;
         }
@@ -259,12 +302,19 @@ fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, L
             _ => continue,
         };
         if is_newer(version) {
-            return Err(LoadError::TooNew { package: package.to_string(), version: version.to_string() });
+            return Err(LoadError::TooNew {
+                package: package.to_string(),
+                version: version.to_string(),
+            });
         }
         found = Some(world);
     }
     found.ok_or_else(|| {
-        let shown = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+        let shown = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
         LoadError::WrongWorld(format!(
             "the component exports {shown}, but a Slipway module must export \
              {API_PACKAGE}/strategy-handler (world `strategy`) or {API_PACKAGE}/hook-handler \
@@ -276,7 +326,9 @@ fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, L
 /// Whether `version` (of our package) is newer than the API this runner implements. Within
 /// a major version (or minor, before 1.0) newer patch releases change docs only.
 fn is_newer(version: &str) -> bool {
-    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().unwrap_or(u64::MAX));
+    let mut parts = version
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().unwrap_or(u64::MAX));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) > (API_VERSION.0, API_VERSION.1)
 }
@@ -287,11 +339,20 @@ mod tests {
 
     #[test]
     fn header_checks_say_what_the_bytes_are() {
-        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(LoadError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
         let big = vec![0u8; MAX_MODULE_BYTES + 1];
-        assert!(matches!(check_header(&big), Err(LoadError::TooLarge { .. })));
+        assert!(matches!(
+            check_header(&big),
+            Err(LoadError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -112,42 +112,86 @@ pub async fn run(
     // The wall-clock backstop: the progress deadline is enforced on the cluster's clock at
     // every host call; this catches a guest stuck where no host call happens.
     let wall_clock = plan.progress_deadline + Duration::from_secs(30);
-    let result = crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock).await;
+    let result =
+        crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock).await;
 
     let (outcome, summary, failure) = match result {
         Ok(outcome) => (RolloutOutcome::Succeeded, outcome.summary, None),
         Err(failure) => {
             tracing::warn!(app = %plan.app, rollout = %plan.rollout, %failure, "strategy failed");
-            env.record(EventKind::StrategyFailed { failure: failure.clone() });
+            env.record(EventKind::StrategyFailed {
+                failure: failure.clone(),
+            });
             if plan.auto_rollback {
                 match roll_back(plan, cluster.as_ref(), hooks.as_ref(), &env).await {
-                    Ok(message) => (RolloutOutcome::RolledBack, format!("{}; {message}", failure.message), Some(failure)),
-                    Err(message) => (RolloutOutcome::Failed, format!("{}; rollback failed: {message}", failure.message), Some(failure)),
+                    Ok(message) => (
+                        RolloutOutcome::RolledBack,
+                        format!("{}; {message}", failure.message),
+                        Some(failure),
+                    ),
+                    Err(message) => (
+                        RolloutOutcome::Failed,
+                        format!("{}; rollback failed: {message}", failure.message),
+                        Some(failure),
+                    ),
                 }
             } else {
-                let summary = format!("{}; left as is for inspection (automatic rollback is off)", failure.message);
+                let summary = format!(
+                    "{}; left as is for inspection (automatic rollback is off)",
+                    failure.message
+                );
                 (RolloutOutcome::Failed, summary, Some(failure))
             }
         }
     };
-    env.record(EventKind::RolloutFinished { outcome, summary: summary.clone() });
-    RolloutReport { outcome, summary, failure, events: timeline.events() }
+    env.record(EventKind::RolloutFinished {
+        outcome,
+        summary: summary.clone(),
+    });
+    RolloutReport {
+        outcome,
+        summary,
+        failure,
+        events: timeline.events(),
+    }
 }
 
 /// Restores the active revision at full size with all traffic, then removes the target.
 /// Capacity comes back before traffic moves, and traffic moves before anything is stopped.
-async fn roll_back(plan: &RolloutPlan, cluster: &dyn Cluster, hooks: &dyn HookRunner, env: &RolloutEnv) -> Result<String, String> {
+async fn roll_back(
+    plan: &RolloutPlan,
+    cluster: &dyn Cluster,
+    hooks: &dyn HookRunner,
+    env: &RolloutEnv,
+) -> Result<String, String> {
     let target = plan.target.number;
-    env.record(EventKind::RollbackStarted { to: plan.active.map(|r| r.number) });
+    env.record(EventKind::RollbackStarted {
+        to: plan.active.map(|r| r.number),
+    });
     let result = async {
         if let Some(active) = plan.active {
-            cluster.scale(active.number, active.replicas).await.map_err(|e| e.to_string())?;
+            cluster
+                .scale(active.number, active.replicas)
+                .await
+                .map_err(|e| e.to_string())?;
             // Rollback gets its own deadline: the rollout's may already have passed.
             cluster
-                .wait_ready(active.number, active.replicas, plan.progress_deadline.as_millis() as u64)
+                .wait_ready(
+                    active.number,
+                    active.replicas,
+                    plan.progress_deadline.as_millis() as u64,
+                )
                 .await
-                .map_err(|e| format!("revision {} did not come back to full size: {e}", active.number))?;
-            cluster.set_weights(&[(active.number, MAX_WEIGHT)]).await.map_err(|e| e.to_string())?;
+                .map_err(|e| {
+                    format!(
+                        "revision {} did not come back to full size: {e}",
+                        active.number
+                    )
+                })?;
+            cluster
+                .set_weights(&[(active.number, MAX_WEIGHT)])
+                .await
+                .map_err(|e| e.to_string())?;
         } else {
             cluster.set_weights(&[]).await.map_err(|e| e.to_string())?;
         }
@@ -162,12 +206,24 @@ async fn roll_back(plan: &RolloutPlan, cluster: &dyn Cluster, hooks: &dyn HookRu
         Ok(HookStatus::FailureIgnored) => "failed (ignored by policy)".to_string(),
         Err(message) => format!("failed: {message}"),
     };
-    env.record(EventKind::Hook { point: "rollback".to_string(), status: hook_status });
+    env.record(EventKind::Hook {
+        point: "rollback".to_string(),
+        status: hook_status,
+    });
     let message = match (&result, plan.active) {
-        (Ok(()), Some(active)) => format!("rolled back: revision {} serves all traffic at {} replicas", active.number, active.replicas),
-        (Ok(()), None) => format!("rolled back: revision {target} removed; the app has no revision serving"),
+        (Ok(()), Some(active)) => format!(
+            "rolled back: revision {} serves all traffic at {} replicas",
+            active.number, active.replicas
+        ),
+        (Ok(()), None) => {
+            format!("rolled back: revision {target} removed; the app has no revision serving")
+        }
         (Err(e), _) => e.clone(),
     };
-    env.record(EventKind::RollbackFinished { to: plan.active.map(|r| r.number), ok: result.is_ok(), message: message.clone() });
+    env.record(EventKind::RollbackFinished {
+        to: plan.active.map(|r| r.number),
+        ok: result.is_ok(),
+        message: message.clone(),
+    });
     result.map(|()| message)
 }

@@ -113,7 +113,13 @@ impl SimCluster {
         for _ in 0..ready {
             entry.started += 1;
             let id = format!("r{revision}-{}", entry.started);
-            entry.instances.push(SimInstance { id, created: now, ready_at: Some(now), crash_at: None, http_ok: true });
+            entry.instances.push(SimInstance {
+                id,
+                created: now,
+                ready_at: Some(now),
+                crash_at: None,
+                http_ok: true,
+            });
         }
         entry.desired = ready;
         if weight > 0 {
@@ -123,7 +129,13 @@ impl SimCluster {
 
     /// Adds a revision with no instances whose instances the failure knobs apply to.
     pub fn add_faulty_revision(&self, revision: u32) {
-        self.state.lock().unwrap().revisions.entry(revision).or_default().faulty = true;
+        self.state
+            .lock()
+            .unwrap()
+            .revisions
+            .entry(revision)
+            .or_default()
+            .faulty = true;
     }
 
     /// The state of every revision now.
@@ -158,18 +170,30 @@ impl SimCluster {
             let mut events = Vec::new();
             revision.instances.retain(|instance| {
                 if instance.crash_at == Some(now) {
-                    events.push(EventKind::InstanceCrashed { revision: number, instance: instance.id.clone(), restart_in_ms: backoff });
+                    events.push(EventKind::InstanceCrashed {
+                        revision: number,
+                        instance: instance.id.clone(),
+                        restart_in_ms: backoff,
+                    });
                     false
                 } else {
                     if instance.ready_at == Some(now) {
-                        events.push(EventKind::InstanceReady { revision: number, instance: instance.id.clone() });
+                        events.push(EventKind::InstanceReady {
+                            revision: number,
+                            instance: instance.id.clone(),
+                        });
                     }
                     true
                 }
             });
-            let crashed = events.iter().filter(|e| matches!(e, EventKind::InstanceCrashed { .. })).count();
+            let crashed = events
+                .iter()
+                .filter(|e| matches!(e, EventKind::InstanceCrashed { .. }))
+                .count();
             revision.failed += crashed as u32;
-            revision.restarts.extend(std::iter::repeat_n(now + backoff, crashed));
+            revision
+                .restarts
+                .extend(std::iter::repeat_n(now + backoff, crashed));
             let due = revision.restarts.iter().filter(|&&t| t == now).count();
             revision.restarts.retain(|&t| t != now);
             for event in events {
@@ -177,13 +201,23 @@ impl SimCluster {
             }
             for _ in 0..due {
                 let id = state.start_instance(number);
-                self.emit(state, EventKind::InstanceStarted { revision: number, instance: id });
+                self.emit(
+                    state,
+                    EventKind::InstanceStarted {
+                        revision: number,
+                        instance: id,
+                    },
+                );
             }
         }
     }
 
     fn revision_error(state: &SimState, revision: u32) -> Result<(), DriverError> {
-        if state.revisions.contains_key(&revision) { Ok(()) } else { Err(DriverError::UnknownRevision(revision)) }
+        if state.revisions.contains_key(&revision) {
+            Ok(())
+        } else {
+            Err(DriverError::UnknownRevision(revision))
+        }
     }
 }
 
@@ -197,7 +231,11 @@ impl SimState {
         self.revisions
             .values()
             .flat_map(|r| {
-                let instance_times = r.instances.iter().flat_map(|i| [i.ready_at, i.crash_at]).flatten();
+                let instance_times = r
+                    .instances
+                    .iter()
+                    .flat_map(|i| [i.ready_at, i.crash_at])
+                    .flatten();
                 instance_times.chain(r.restarts.iter().copied())
             })
             .filter(|&t| t > now)
@@ -212,7 +250,11 @@ impl SimState {
         let jitter = 1.0 + config.start_jitter * (2.0 * self.random() - 1.0);
         let delay = ((config.start_delay_ms as f64) * jitter).round().max(1.0) as u64;
         let (never_ready, crashes, http_ok) = if faulty {
-            (self.random() < config.fail_readiness, self.random() < config.crash, self.random() >= config.fail_http)
+            (
+                self.random() < config.fail_readiness,
+                self.random() < config.crash,
+                self.random() >= config.fail_http,
+            )
         } else {
             (false, false, true)
         };
@@ -224,7 +266,13 @@ impl SimState {
         let revision = self.revisions.get_mut(&number).unwrap();
         revision.started += 1;
         let id = format!("r{number}-{}", revision.started);
-        revision.instances.push(SimInstance { id: id.clone(), created: now, ready_at, crash_at, http_ok });
+        revision.instances.push(SimInstance {
+            id: id.clone(),
+            created: now,
+            ready_at,
+            crash_at,
+            http_ok,
+        });
         id
     }
 
@@ -233,7 +281,11 @@ impl SimState {
         ReplicaCounts {
             desired: revision.desired,
             current: revision.instances.len() as u32,
-            ready: revision.instances.iter().filter(|i| i.ready(self.now)).count() as u32,
+            ready: revision
+                .instances
+                .iter()
+                .filter(|i| i.ready(self.now))
+                .count() as u32,
             failed: revision.failed,
         }
     }
@@ -244,7 +296,15 @@ impl SimState {
             .map(|&number| {
                 let c = self.counts(number);
                 let weight = self.weights.get(&number).copied().unwrap_or(0);
-                (number, RevisionState { desired: c.desired, current: c.current, ready: c.ready, weight })
+                (
+                    number,
+                    RevisionState {
+                        desired: c.desired,
+                        current: c.current,
+                        ready: c.ready,
+                        weight,
+                    },
+                )
             })
             .collect()
     }
@@ -267,13 +327,26 @@ impl Cluster for SimCluster {
         Self::revision_error(&state, revision)?;
         let from = state.revisions[&revision].desired;
         state.revisions.get_mut(&revision).unwrap().desired = replicas;
-        self.emit(&state, EventKind::Scaled { revision, from, to: replicas });
+        self.emit(
+            &state,
+            EventKind::Scaled {
+                revision,
+                from,
+                to: replicas,
+            },
+        );
         let current = state.revisions[&revision].instances.len() as u32;
         let pending = state.revisions[&revision].restarts.len() as u32;
         if replicas > current + pending {
             for _ in 0..(replicas - current - pending) {
                 let id = state.start_instance(revision);
-                self.emit(&state, EventKind::InstanceStarted { revision, instance: id });
+                self.emit(
+                    &state,
+                    EventKind::InstanceStarted {
+                        revision,
+                        instance: id,
+                    },
+                );
             }
         } else {
             let now = state.now;
@@ -285,11 +358,23 @@ impl Cluster for SimCluster {
             let cancelled = excess.min(pending);
             entry.restarts.truncate((pending - cancelled) as usize);
             excess -= cancelled;
-            entry.instances.sort_by_key(|i| (i.ready(now), std::cmp::Reverse(i.created)));
-            let stopped: Vec<String> = entry.instances.drain(..excess as usize).map(|i| i.id).collect();
+            entry
+                .instances
+                .sort_by_key(|i| (i.ready(now), std::cmp::Reverse(i.created)));
+            let stopped: Vec<String> = entry
+                .instances
+                .drain(..excess as usize)
+                .map(|i| i.id)
+                .collect();
             entry.instances.sort_by_key(|i| i.created);
             for id in stopped {
-                self.emit(&state, EventKind::InstanceStopped { revision, instance: id });
+                self.emit(
+                    &state,
+                    EventKind::InstanceStopped {
+                        revision,
+                        instance: id,
+                    },
+                );
             }
         }
         Ok(())
@@ -301,7 +386,12 @@ impl Cluster for SimCluster {
         Ok(state.counts(revision))
     }
 
-    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError> {
+    async fn wait_ready(
+        &self,
+        revision: u32,
+        ready: u32,
+        timeout_ms: u64,
+    ) -> Result<ReplicaCounts, DriverError> {
         let mut state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
         let deadline = state.now.saturating_add(timeout_ms);
@@ -341,7 +431,13 @@ impl Cluster for SimCluster {
     }
 
     fn weights(&self) -> Vec<(u32, u32)> {
-        self.state.lock().unwrap().weights.iter().map(|(r, w)| (*r, *w)).collect()
+        self.state
+            .lock()
+            .unwrap()
+            .weights
+            .iter()
+            .map(|(r, w)| (*r, *w))
+            .collect()
     }
 
     async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
@@ -361,7 +457,11 @@ impl Cluster for SimCluster {
             .filter(|i| !i.ready(now))
             .map(|i| match i.ready_at {
                 Some(_) => format!("{}: starting for {} ms", i.id, now - i.created),
-                None => format!("{}: readiness probe failing for {} ms", i.id, now - i.created),
+                None => format!(
+                    "{}: readiness probe failing for {} ms",
+                    i.id,
+                    now - i.created
+                ),
             })
             .collect();
         Ok(ProbeReport {
@@ -372,17 +472,36 @@ impl Cluster for SimCluster {
         })
     }
 
-    async fn check_http(&self, revision: u32, path: &str, expect_status: u16, _timeout_ms: u32) -> Result<HttpCheckReport, DriverError> {
+    async fn check_http(
+        &self,
+        revision: u32,
+        path: &str,
+        expect_status: u16,
+        _timeout_ms: u32,
+    ) -> Result<HttpCheckReport, DriverError> {
         let state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
         let now = state.now;
-        let ready: Vec<&SimInstance> = state.revisions[&revision].instances.iter().filter(|i| i.ready(now)).collect();
+        let ready: Vec<&SimInstance> = state.revisions[&revision]
+            .instances
+            .iter()
+            .filter(|i| i.ready(now))
+            .collect();
         let failures: Vec<String> = ready
             .iter()
             .filter(|i| !i.http_ok)
-            .map(|i| format!("{}: GET {path} answered 500, expected {expect_status}", i.id))
+            .map(|i| {
+                format!(
+                    "{}: GET {path} answered 500, expected {expect_status}",
+                    i.id
+                )
+            })
             .collect();
-        Ok(HttpCheckReport { checked: ready.len() as u32, passed: (ready.len() - failures.len()) as u32, failures })
+        Ok(HttpCheckReport {
+            checked: ready.len() as u32,
+            passed: (ready.len() - failures.len()) as u32,
+            failures,
+        })
     }
 }
 
@@ -425,7 +544,10 @@ mod tests {
 
     #[tokio::test]
     async fn instances_become_ready_after_their_start_delay() {
-        let sim = cluster(SimConfig { start_jitter: 0.0, ..SimConfig::default() });
+        let sim = cluster(SimConfig {
+            start_jitter: 0.0,
+            ..SimConfig::default()
+        });
         sim.scale(2, 2).await.unwrap();
         assert_eq!(sim.counts(2).unwrap().ready, 0);
         let counts = sim.wait_ready(2, 2, 10_000).await.unwrap();
@@ -435,7 +557,10 @@ mod tests {
 
     #[tokio::test]
     async fn never_ready_instances_time_out_in_virtual_time() {
-        let sim = cluster(SimConfig { fail_readiness: 1.0, ..SimConfig::default() });
+        let sim = cluster(SimConfig {
+            fail_readiness: 1.0,
+            ..SimConfig::default()
+        });
         sim.scale(2, 1).await.unwrap();
         let err = sim.wait_ready(2, 1, 600_000).await.unwrap_err();
         assert!(matches!(err, DriverError::Timeout { .. }));
@@ -444,14 +569,22 @@ mod tests {
 
     #[tokio::test]
     async fn crashed_instances_are_restarted() {
-        let sim = cluster(SimConfig { crash: 1.0, start_jitter: 0.0, ..SimConfig::default() });
+        let sim = cluster(SimConfig {
+            crash: 1.0,
+            start_jitter: 0.0,
+            ..SimConfig::default()
+        });
         sim.scale(2, 1).await.unwrap();
         sim.sleep_ms(1_500).await;
         let counts = sim.counts(2).unwrap();
         assert_eq!(counts.failed, 1);
         assert_eq!(counts.current, 0);
         sim.sleep_ms(1_000).await;
-        assert_eq!(sim.counts(2).unwrap().current, 1, "the replacement started after the backoff");
+        assert_eq!(
+            sim.counts(2).unwrap().current,
+            1,
+            "the replacement started after the backoff"
+        );
     }
 
     #[tokio::test]
@@ -459,14 +592,30 @@ mod tests {
         let sim = cluster(SimConfig::default());
         sim.scale(1, 5).await.unwrap();
         sim.scale(1, 3).await.unwrap();
-        assert_eq!(sim.counts(1).unwrap(), ReplicaCounts { desired: 3, current: 3, ready: 3, failed: 0 });
+        assert_eq!(
+            sim.counts(1).unwrap(),
+            ReplicaCounts {
+                desired: 3,
+                current: 3,
+                ready: 3,
+                failed: 0
+            }
+        );
     }
 
     #[tokio::test]
     async fn same_seed_same_story() {
         let run = |seed| async move {
             let timeline = Timeline::new(SIM_EPOCH_MS);
-            let sim = SimCluster::new(SimConfig { seed, fail_readiness: 0.3, crash: 0.2, ..SimConfig::default() }, timeline.clone());
+            let sim = SimCluster::new(
+                SimConfig {
+                    seed,
+                    fail_readiness: 0.3,
+                    crash: 0.2,
+                    ..SimConfig::default()
+                },
+                timeline.clone(),
+            );
             sim.add_faulty_revision(2);
             sim.scale(2, 8).await.unwrap();
             let _ = sim.wait_ready(2, 8, 30_000).await;

@@ -6,7 +6,11 @@ use crate::bindings::{ApiError, ExecOutput};
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn exec(&mut self, args: Vec<String>, _timeout_ms: u64) -> wasmtime::Result<Result<ExecOutput, ApiError>> {
+    async fn exec(
+        &mut self,
+        args: Vec<String>,
+        _timeout_ms: u64,
+    ) -> wasmtime::Result<Result<ExecOutput, ApiError>> {
         self.enter()?;
         let program = args.first().cloned().unwrap_or_default();
         Ok(Err(ApiError::Denied(format!(

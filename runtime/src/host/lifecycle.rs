@@ -6,7 +6,10 @@ use crate::events::EventKind;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn run_hook(&mut self, point: HookPoint) -> wasmtime::Result<Result<HookStatus, ApiError>> {
+    async fn run_hook(
+        &mut self,
+        point: HookPoint,
+    ) -> wasmtime::Result<Result<HookStatus, ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }
@@ -18,8 +21,12 @@ impl Host for GuestState {
             Ok(HookStatus::FailureIgnored) => "failed (ignored by policy)".to_string(),
             Err(message) => format!("failed: {message}"),
         };
-        self.env.record(EventKind::Hook { point: name.to_string(), status });
-        Ok(result.map_err(|message| ApiError::Aborted(format!("the {name} hook failed: {message}"))))
+        self.env.record(EventKind::Hook {
+            point: name.to_string(),
+            status,
+        });
+        Ok(result
+            .map_err(|message| ApiError::Aborted(format!("the {name} hook failed: {message}"))))
     }
 
     async fn set_maintenance(&mut self, on: bool) -> wasmtime::Result<Result<(), ApiError>> {
@@ -33,7 +40,10 @@ impl Host for GuestState {
     async fn progress(&mut self, percent: u8, message: String) -> wasmtime::Result<()> {
         self.enter()?;
         let message: String = message.chars().take(200).collect();
-        self.env.record(EventKind::Progress { percent: percent.min(100), message });
+        self.env.record(EventKind::Progress {
+            percent: percent.min(100),
+            message,
+        });
         Ok(())
     }
 }

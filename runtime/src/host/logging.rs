@@ -11,7 +11,9 @@ impl Host for GuestState {
         self.enter()?;
         self.budget.log_bytes += message.len();
         if self.budget.log_bytes > self.limits.log_bytes {
-            return Err(wasmtime::Error::new(GuestLimit::LogBytes(self.limits.log_bytes)));
+            return Err(wasmtime::Error::new(GuestLimit::LogBytes(
+                self.limits.log_bytes,
+            )));
         }
         let message = truncate(message, self.limits.log_line_bytes);
         let level = match level {
@@ -22,7 +24,10 @@ impl Host for GuestState {
             LogLevel::Error => "error",
         };
         tracing::debug!(rollout = %self.env.rollout, level, "{message}");
-        self.env.record(EventKind::Log { level: level.to_string(), message });
+        self.env.record(EventKind::Log {
+            level: level.to_string(),
+            message,
+        });
         Ok(())
     }
 }

@@ -6,7 +6,10 @@ use crate::driver::validate_weights;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn set_weights(&mut self, weights: Vec<RouteWeight>) -> wasmtime::Result<Result<(), ApiError>> {
+    async fn set_weights(
+        &mut self,
+        weights: Vec<RouteWeight>,
+    ) -> wasmtime::Result<Result<(), ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }
@@ -26,6 +29,9 @@ impl Host for GuestState {
     async fn weights(&mut self) -> wasmtime::Result<Vec<RouteWeight>> {
         self.enter()?;
         let weights = self.env.cluster.weights();
-        Ok(weights.into_iter().map(|(revision, weight)| RouteWeight { revision, weight }).collect())
+        Ok(weights
+            .into_iter()
+            .map(|(revision, weight)| RouteWeight { revision, weight })
+            .collect())
     }
 }

@@ -7,7 +7,11 @@ use crate::events::EventKind;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn scale(&mut self, revision: u32, replicas: u32) -> wasmtime::Result<Result<(), ApiError>> {
+    async fn scale(
+        &mut self,
+        revision: u32,
+        replicas: u32,
+    ) -> wasmtime::Result<Result<(), ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }
@@ -51,13 +55,22 @@ impl Host for GuestState {
         }
         let remaining = self.env.remaining_ms();
         let clamped = timeout_ms > remaining;
-        let result = self.env.cluster.wait_ready(revision, ready, timeout_ms.min(remaining)).await;
+        let result = self
+            .env
+            .cluster
+            .wait_ready(revision, ready, timeout_ms.min(remaining))
+            .await;
         let (observed, timed_out) = match &result {
             Ok(counts) => (counts.ready, false),
             Err(DriverError::Timeout { counts, .. }) => (counts.ready, true),
             Err(_) => (0, true),
         };
-        self.env.record(EventKind::Waited { revision, wanted: ready, ready: observed, timed_out });
+        self.env.record(EventKind::Waited {
+            revision,
+            wanted: ready,
+            ready: observed,
+            timed_out,
+        });
         Ok(match result {
             Err(DriverError::Timeout { .. }) if clamped => Err(self.env.deadline_error()),
             other => other.map_err(|e| self.driver_error(e)),

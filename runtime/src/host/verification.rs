@@ -18,12 +18,19 @@ impl Host for GuestState {
         }
         let result = self.env.cluster.probe(revision).await;
         if let Ok(report) = &result {
-            self.env.record(EventKind::Probed { revision, probed: report.probed, ready: report.ready });
+            self.env.record(EventKind::Probed {
+                revision,
+                probed: report.probed,
+                ready: report.ready,
+            });
         }
         Ok(result.map_err(|e| self.driver_error(e)))
     }
 
-    async fn check_http(&mut self, check: HttpCheck) -> wasmtime::Result<Result<HttpCheckReport, ApiError>> {
+    async fn check_http(
+        &mut self,
+        check: HttpCheck,
+    ) -> wasmtime::Result<Result<HttpCheckReport, ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }
@@ -31,7 +38,10 @@ impl Host for GuestState {
             return Ok(Err(error));
         }
         if !check.path.starts_with('/') || check.path.contains(char::is_whitespace) {
-            return Ok(Err(self.invalid(format!("check-http: path {:?} must start with / and contain no spaces", check.path))));
+            return Ok(Err(self.invalid(format!(
+                "check-http: path {:?} must start with / and contain no spaces",
+                check.path
+            ))));
         }
         if check.timeout_ms == 0 || check.timeout_ms > MAX_CHECK_TIMEOUT_MS {
             return Ok(Err(self.invalid(format!(
@@ -42,7 +52,12 @@ impl Host for GuestState {
         let result = self
             .env
             .cluster
-            .check_http(check.revision, &check.path, check.expect_status, check.timeout_ms)
+            .check_http(
+                check.revision,
+                &check.path,
+                check.expect_status,
+                check.timeout_ms,
+            )
             .await;
         if let Ok(report) = &result {
             self.env.record(EventKind::HttpChecked {

@@ -11,8 +11,21 @@ use crate::{Error, RolloutContext, RouteWeight};
 /// that a misspelt parameter fails the rollout with a message naming it, before anything
 /// changes.
 pub fn params<T: DeserializeOwned>(ctx: &RolloutContext) -> Result<T, Error> {
-    let raw = if ctx.params.trim().is_empty() { "{}" } else { ctx.params.as_str() };
-    serde_json::from_str(raw).map_err(|e| Error::Invalid(format!("strategy parameters: {e}")))
+    let raw = if ctx.params.trim().is_empty() {
+        "{}"
+    } else {
+        ctx.params.as_str()
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::Invalid(format!("strategy parameters: {inner}"))
+        } else {
+            Error::Invalid(format!("strategy parameter `{path}`: {inner}"))
+        }
+    })
 }
 
 /// A count given either absolutely (`2`) or as a percentage of the replicas (`"25%"`),
@@ -31,7 +44,11 @@ impl IntOrPercent {
             IntOrPercent::Count(n) => n,
             IntOrPercent::Percent(p) => {
                 let scaled = u64::from(total) * u64::from(p);
-                let value = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+                let value = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
                 u32::try_from(value).unwrap_or(u32::MAX)
             }
         }
@@ -81,7 +98,10 @@ pub fn split_weights(shares: &[(u32, u32)]) -> Vec<RouteWeight> {
         .filter(|&&(_, share)| share > 0)
         .map(|&(revision, share)| {
             let weight = (u64::from(share) * 256 / total).max(1);
-            RouteWeight { revision, weight: weight as u32 }
+            RouteWeight {
+                revision,
+                weight: weight as u32,
+            }
         })
         .collect()
 }
@@ -119,14 +139,34 @@ mod tests {
     fn parses_counts_and_percentages() {
         assert_eq!(parse_int_or_percent("25%"), Ok(IntOrPercent::Percent(25)));
         assert_eq!(parse_int_or_percent("3"), Ok(IntOrPercent::Count(3)));
-        assert!(parse_int_or_percent("150%").unwrap_err().contains("above 100%"));
-        assert!(parse_int_or_percent("lots").unwrap_err().contains("expected a count"));
+        assert!(
+            parse_int_or_percent("150%")
+                .unwrap_err()
+                .contains("above 100%")
+        );
+        assert!(
+            parse_int_or_percent("lots")
+                .unwrap_err()
+                .contains("expected a count")
+        );
     }
 
     #[test]
     fn weights_follow_shares() {
         let w = split_weights(&[(1, 3), (2, 1)]);
-        assert_eq!(w, vec![RouteWeight { revision: 1, weight: 192 }, RouteWeight { revision: 2, weight: 64 }]);
+        assert_eq!(
+            w,
+            vec![
+                RouteWeight {
+                    revision: 1,
+                    weight: 192
+                },
+                RouteWeight {
+                    revision: 2,
+                    weight: 64
+                }
+            ]
+        );
         let w = split_weights(&[(1, 1000), (2, 1)]);
         assert_eq!(w[1].weight, 1);
         assert!(split_weights(&[(1, 0)]).is_empty());

@@ -39,6 +39,7 @@ pub mod strategy {
         pub_export_macro: true,
         export_macro_name: "export_strategy",
         default_bindings_module: "slipway_sdk::strategy",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -70,6 +71,7 @@ pub mod hook {
             pub_export_macro: true,
             export_macro_name: "export_hook",
             default_bindings_module: "slipway_sdk::hook::bindings",
+            additional_derives: [PartialEq, Eq],
         });
     }
 

@@ -1,0 +1,280 @@
+//! # Blue-green
+//!
+//! Brings the target revision up at full size beside the active one, verifies it while it
+//! takes no traffic, then moves all traffic to it in one atomic route change. The active
+//! revision keeps running at full size, untouched: if anything goes wrong later, switching
+//! back is instant. Slipway retires it when it is no longer needed for rollback.
+//!
+//! Costs twice the capacity for the length of the rollout; in exchange users never see a
+//! mix of revisions and never see an unverified one.
+//!
+//! The order is:
+//!
+//! 1. the `pre` hook;
+//! 2. the target is scaled to full size and every replica must become ready;
+//! 3. the readiness probe is run afresh on every target instance and must pass on all;
+//! 4. if `verify-path` is set, every target instance must answer `GET verify-path` with
+//!    `verify-status`;
+//! 5. all traffic switches to the target;
+//! 6. the `post` hook.
+//!
+//! A failed wait or check fails the rollout before any user reaches the target.
+//!
+//! On an app's first deploy there is nothing to switch from: the target is scaled to full
+//! size and receives all traffic once every replica is ready.
+//!
+//! ## Parameters
+//!
+//! | name | default | meaning |
+//! |------|---------|---------|
+//! | `timeout-seconds` | `600` | How long to wait for every target replica to become ready. |
+//! | `verify-path` | none | A path such as `"/healthz"` that every target instance must answer before the switch. No HTTP check without it. |
+//! | `verify-status` | `200` | The status `verify-path` must answer with. |
+
+use serde::Deserialize;
+use slipway_sdk::{
+    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy,
+    lifecycle, log, routing, scaling, verification,
+};
+
+/// Per-request timeout of the HTTP check: instances that are ready should answer quickly.
+const CHECK_TIMEOUT_MS: u32 = 5000;
+
+/// At most this many instance failures are quoted in an error; the rest are counted.
+const MAX_QUOTED_FAILURES: usize = 5;
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct Params {
+    timeout_seconds: u32,
+    verify_path: Option<String>,
+    verify_status: u16,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            timeout_seconds: 600,
+            verify_path: None,
+            verify_status: 200,
+        }
+    }
+}
+
+impl Params {
+    fn validate(self) -> Result<Self, Error> {
+        let invalid =
+            |message: String| Err(Error::Invalid(format!("strategy parameters: {message}")));
+        if self.timeout_seconds == 0 {
+            return invalid("timeout-seconds must be at least 1".into());
+        }
+        if let Some(path) = &self.verify_path
+            && !path.starts_with('/')
+        {
+            return invalid(format!(
+                "verify-path {path:?} must start with '/', as in \"/healthz\""
+            ));
+        }
+        if !(100..=599).contains(&self.verify_status) {
+            return invalid(format!(
+                "verify-status {} is not an HTTP status; use one from 100 to 599, such as 200",
+                self.verify_status
+            ));
+        }
+        Ok(self)
+    }
+}
+
+struct BlueGreen;
+
+impl Strategy for BlueGreen {
+    fn run(ctx: RolloutContext) -> Result<Outcome, Error> {
+        let params = slipway_sdk::params::<Params>(&ctx)?.validate()?;
+        let target = ctx.target;
+        let (new, replicas) = (target.number, target.replicas);
+
+        lifecycle::run_hook(HookPoint::Pre)?;
+        let active = ctx.active.filter(|active| active.number != new);
+        match active {
+            None => log::info(&format!(
+                "first deploy: scaling revision {new} to {replicas}"
+            )),
+            Some(active) => log::info(&format!(
+                "blue-green: starting revision {new} at {replicas} replicas beside revision {}{}",
+                active.number,
+                if ctx.resumed { " (resumed)" } else { "" }
+            )),
+        }
+        // Idempotent, so a resumed rollout simply runs it again.
+        if scaling::counts(new)?.desired != replicas {
+            scaling::scale(new, replicas)?;
+        }
+        lifecycle::progress(
+            10,
+            &format!("starting {replicas} replicas of revision {new}"),
+        );
+        let counts = wait_ready(new, replicas, params.timeout_seconds)?;
+
+        if let Some(active) = active {
+            lifecycle::progress(50, &format!("verifying revision {new}"));
+            verify(new, replicas, &params)?;
+            log::info(&format!(
+                "revision {new} verified: switching all traffic from revision {}",
+                active.number
+            ));
+        }
+        routing::set_weights(&[RouteWeight {
+            revision: new,
+            weight: 256,
+        }])?;
+        lifecycle::progress(100, &format!("all traffic on revision {new}"));
+        lifecycle::run_hook(HookPoint::Post)?;
+
+        let mut summary = format!(
+            "{} of {replicas} replicas on revision {new}",
+            counts.ready.min(replicas)
+        );
+        if let Some(active) = active {
+            summary.push_str(&format!("; revision {} kept for rollback", active.number));
+        }
+        Ok(Outcome { summary })
+    }
+}
+
+slipway_sdk::export_strategy!(BlueGreen);
+
+/// Waits for `want` ready target instances, wording a timeout with the numbers.
+fn wait_ready(new: u32, want: u32, timeout_s: u32) -> Result<ReplicaCounts, Error> {
+    scaling::wait_ready(new, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
+        Error::Timeout(host_message) => match scaling::counts(new) {
+            Ok(c) => Error::Timeout(format!(
+                "revision {new}: only {} of {want} new replicas became ready within {timeout_s} s{}",
+                c.ready,
+                if c.failed > 0 { format!(" ({} failed to start)", c.failed) } else { String::new() }
+            )),
+            Err(_) => Error::Timeout(host_message),
+        },
+        other => other,
+    })
+}
+
+/// Checks the target afresh before users reach it: `wait-ready` only saw each instance
+/// pass once, and an instance can be ready yet answer its real routes wrongly.
+fn verify(new: u32, replicas: u32, params: &Params) -> Result<(), Error> {
+    let probe = verification::probe(new)?;
+    if probe.probed != replicas || probe.ready != probe.probed {
+        return Err(Error::VerificationFailed(format!(
+            "revision {new}: readiness probe passed on {} of {} instances, {replicas} expected{}",
+            probe.ready,
+            probe.probed,
+            quote(&probe.failures)
+        )));
+    }
+    let Some(path) = &params.verify_path else {
+        return Ok(());
+    };
+    if replicas == 0 {
+        log::info(&format!(
+            "revision {new} has no replicas: skipping GET {path}"
+        ));
+        return Ok(());
+    }
+    let report = verification::check_http(&HttpCheck {
+        revision: new,
+        path: path.clone(),
+        expect_status: params.verify_status,
+        timeout_ms: CHECK_TIMEOUT_MS,
+    })?;
+    if report.checked == 0 || report.passed != report.checked {
+        return Err(Error::VerificationFailed(format!(
+            "revision {new}: GET {path} answered {} on {} of {} instances{}",
+            params.verify_status,
+            report.passed,
+            report.checked,
+            quote(&report.failures)
+        )));
+    }
+    log::info(&format!(
+        "revision {new}: GET {path} answered {} on all {} instances",
+        params.verify_status, report.checked
+    ));
+    Ok(())
+}
+
+/// Formats instance failures for an error, keeping it to a readable length.
+fn quote(failures: &[String]) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        ": {}",
+        failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; ")
+    );
+    if failures.len() > MAX_QUOTED_FAILURES {
+        text.push_str(&format!(
+            "; and {} more",
+            failures.len() - MAX_QUOTED_FAILURES
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Params, Error> {
+        slipway_sdk::params::<Params>(&RolloutContext {
+            app: "shop".into(),
+            rollout: "r-1".into(),
+            target: slipway_sdk::Revision {
+                number: 2,
+                replicas: 3,
+            },
+            active: None,
+            others: Vec::new(),
+            params: json.into(),
+            resumed: false,
+        })?
+        .validate()
+    }
+
+    fn invalid(json: &str) -> String {
+        match parse(json) {
+            Err(Error::Invalid(message)) => message,
+            other => panic!("{json} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let p = parse("{}").unwrap();
+        assert_eq!(
+            (p.timeout_seconds, p.verify_path, p.verify_status),
+            (600, None, 200)
+        );
+        let p = parse(r#"{"verify-path": "/healthz", "verify-status": 204}"#).unwrap();
+        assert_eq!(
+            (p.verify_path.as_deref(), p.verify_status),
+            (Some("/healthz"), 204)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        assert!(invalid(r#"{"verify_path": "/x"}"#).contains("unknown field `verify_path`"));
+        assert!(invalid(r#"{"verify-path": "healthz"}"#).contains("must start with '/'"));
+        assert!(invalid(r#"{"verify-status": 42}"#).contains("from 100 to 599"));
+        assert!(invalid(r#"{"timeout-seconds": 0}"#).contains("at least 1"));
+    }
+
+    #[test]
+    fn quotes_a_few_failures() {
+        assert_eq!(quote(&[]), "");
+        let many: Vec<String> = (1..=7).map(|i| format!("i{i}: 500")).collect();
+        assert_eq!(
+            quote(&many),
+            ": i1: 500; i2: 500; i3: 500; i4: 500; i5: 500; and 2 more"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Slipway's end-to-end tests, compiled as one binary.
+//!
+//! They drive the real engine, the real built-in strategies and the real `slipway` binary.
+//! Guest fixtures (`tests/fixtures/*`) and example strategies are built for `wasm32-wasip2`
+//! on first use; the Python example needs `componentize-py` (installed by `.ci/run`).
+
+mod cli;
+mod examples;
+mod sandbox;
+mod strategies;
+mod support;
+mod wit;
