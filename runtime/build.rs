@@ -10,26 +10,14 @@ use std::process::Command;
 
 /// (package, file stem of the built component, name under `builtin:`)
 const BUILTINS: &[(&str, &str, &str)] = &[
-    (
-        "slipway-strategy-rolling",
-        "slipway_strategy_rolling",
-        "rolling",
-    ),
-    (
-        "slipway-strategy-recreate",
-        "slipway_strategy_recreate",
-        "recreate",
-    ),
+    ("slipway-strategy-rolling", "slipway_strategy_rolling", "rolling"),
+    ("slipway-strategy-recreate", "slipway_strategy_recreate", "recreate"),
     (
         "slipway-strategy-blue-green",
         "slipway_strategy_blue_green",
         "blue-green",
     ),
-    (
-        "slipway-strategy-canary",
-        "slipway_strategy_canary",
-        "canary",
-    ),
+    ("slipway-strategy-canary", "slipway_strategy_canary", "canary"),
 ];
 
 fn main() {
@@ -44,10 +32,7 @@ fn main() {
         "sdk/rust/Cargo.toml",
         "Cargo.lock",
     ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
 
     ensure_wasm_target();
@@ -78,9 +63,7 @@ fn main() {
     ] {
         command.env_remove(var);
     }
-    let status = command
-        .status()
-        .expect("run cargo to build the built-in strategies");
+    let status = command.status().expect("run cargo to build the built-in strategies");
     if !status.success() {
         panic!(
             "building the built-in strategies for wasm32-wasip2 failed (see above). \
@@ -89,8 +72,7 @@ fn main() {
     }
 
     let built = guest_target.join("wasm32-wasip2").join("wasm-guest");
-    let mut table =
-        String::from("/// The built-in strategies: (name under `builtin:`, component bytes).\n");
+    let mut table = String::from("/// The built-in strategies: (name under `builtin:`, component bytes).\n");
     table.push_str("pub const BUILTINS: &[(&str, &[u8])] = &[\n");
     for (_, stem, name) in BUILTINS {
         let source = built.join(format!("{stem}.wasm"));
@@ -116,15 +98,10 @@ fn ensure_wasm_target() {
     if sysroot.join("lib/rustlib/wasm32-wasip2").exists() {
         return;
     }
-    println!(
-        "cargo:warning=installing the wasm32-wasip2 target with rustup (needed for the built-in strategies)"
-    );
-    let _ = Command::new("rustup")
-        .args(["target", "add", "wasm32-wasip2"])
-        .status();
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (needed for the built-in strategies)");
+    let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
 }
 
 fn copy(source: &Path, dest: &Path) {
-    std::fs::copy(source, dest)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", source.display(), dest.display()));
+    std::fs::copy(source, dest).unwrap_or_else(|e| panic!("copy {} to {}: {e}", source.display(), dest.display()));
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slipway::bindings::Revision;
-use slipway::driver::NoHooks;
 use slipway::engine::{Limits, WasmEngine};
 use slipway::events::Timeline;
+use slipway::hooks::NoHooks;
 use slipway::modules::ModuleLoader;
 use slipway::rollout::{self, RolloutPlan};
 use slipway::sim::{SIM_EPOCH_MS, SimCluster, SimConfig};
@@ -26,10 +26,7 @@ fn main() {
 
 async fn bench() {
     let engine = WasmEngine::new().unwrap();
-    println!(
-        "pooling allocator: {}",
-        if engine.pooled() { "on" } else { "off" }
-    );
+    println!("pooling allocator: {}", if engine.pooled() { "on" } else { "off" });
 
     // Compile: no cache, so every load compiles from the component bytes.
     let uncached = ModuleLoader::new(engine.clone(), None).unwrap();
@@ -61,10 +58,7 @@ async fn bench() {
 
     // Host calls: the same guest with N calls and with none; the difference over N.
     let calls = build_guest("fixture-bench-calls");
-    let bench_calls = loader
-        .load_reference(calls.to_str().unwrap())
-        .await
-        .unwrap();
+    let bench_calls = loader.load_reference(calls.to_str().unwrap()).await.unwrap();
     let n = 2_000_000u64;
     let mut samples = Vec::new();
     for _ in 0..5 {
@@ -95,15 +89,7 @@ async fn run_calls(module: &slipway::modules::LoadedModule, calls: u64) -> Durat
     let timeline = Timeline::new(SIM_EPOCH_MS);
     let cluster = Arc::new(SimCluster::new(SimConfig::default(), timeline.clone()));
     cluster.add_faulty_revision(1);
-    let mut plan = RolloutPlan::new(
-        "bench",
-        "bench",
-        Revision {
-            number: 1,
-            replicas: 1,
-        },
-        None,
-    );
+    let mut plan = RolloutPlan::new("bench", "bench", Revision { number: 1, replicas: 1 }, None);
     plan.params = format!("{{\"calls\": {calls}}}");
     plan.limits.host_calls = u64::MAX;
     let start = Instant::now();
@@ -126,6 +112,9 @@ fn bench_env() -> Arc<slipway::host::RolloutEnv> {
         started_at_ms: SIM_EPOCH_MS,
         deadline_ms: u64::MAX,
         seed: 1,
+        target: Revision { number: 1, replicas: 1 },
+        active: None,
+        grants: Default::default(),
     })
 }
 

@@ -29,8 +29,8 @@ pub mod hook {
 }
 
 pub use strategy::slipway::deploy::types::{
-    Error as ApiError, ExecOutput, HookContext, HookPoint, HookStatus, HttpCheck, HttpCheckReport,
-    LogLevel, Outcome, ProbeReport, ReplicaCounts, Revision, RolloutContext, RouteWeight,
+    Error as ApiError, ExecOutput, HookContext, HookPoint, HookStatus, HttpCheck, HttpCheckReport, LogLevel, Outcome,
+    ProbeReport, ReplicaCounts, Revision, RolloutContext, RouteWeight,
 };
 
 /// The version of the host API this runner implements. Modules built against a newer

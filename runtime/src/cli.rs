@@ -1,4 +1,8 @@
-//! The `slipway` command line.
+//! The `slipway` command line: the runner (`serve`), its client for people and CI (`deploy`,
+//! `status`, `history`, `module`), and the simulator (`simulate`).
+
+mod client;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,9 +27,95 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the runner: apps, rollouts and the HTTP API, with local processes and the built-in
+    /// router. Stops every instance on SIGTERM or SIGINT.
+    Serve(serve::ServeArgs),
+    /// Deploy a spec file and follow the rollout. Exits 0 when it succeeds, 1 when it fails.
+    Deploy(DeployArgs),
+    /// Show apps and their instances.
+    Status(StatusArgs),
+    /// Show an app's revisions and rollouts.
+    History(HistoryArgs),
+    /// Upload or list strategy and hook modules.
+    #[command(subcommand)]
+    Module(ModuleCommand),
     /// Run one rollout from revision 1 to revision 2 against a simulated cluster and print
     /// its timeline. Exits 0 when the rollout succeeds, 1 when it fails.
     Simulate(SimulateArgs),
+}
+
+/// Where the runner is and how to authenticate.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The runner's API address.
+    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
+    server: String,
+    /// A bearer token (default: the admin token `slipway serve` wrote to its data directory).
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// The runner's data directory, to find its admin token.
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway", global = true)]
+    data_dir: PathBuf,
+}
+
+impl Remote {
+    fn client(&self) -> client::Client {
+        let token = self.token.clone().or_else(|| {
+            std::fs::read_to_string(self.data_dir.join(serve::ADMIN_TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        client::Client::new(&self.server, token)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// The spec file (slipway.toml).
+    file: PathBuf,
+    /// Return once the rollout has started instead of following it.
+    #[arg(long)]
+    no_wait: bool,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// One app (default: all).
+    app: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct HistoryArgs {
+    app: String,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModuleCommand {
+    /// Upload a component (.wasm) under a name; specs refer to it as NAME or NAME@sha256:….
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List uploaded modules and the built-ins.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +178,11 @@ enum Output {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Deploy(args) => deploy(args).await,
+        Command::Status(args) => status(args).await,
+        Command::History(args) => history(args).await,
+        Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
     };
     match result {
@@ -97,6 +192,218 @@ pub async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    let spec = crate::spec::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", args.file.display()))?;
+    let client = args.remote.client();
+    let body = bytes::Bytes::from(serde_json::to_vec(&spec)?);
+    let (_, answer) = client
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/apps/{}", spec.name),
+            "application/json",
+            body,
+        )
+        .await?;
+    let json = args.output == Output::Json;
+    let Some(rollout) = answer["rollout"].as_str().map(str::to_string) else {
+        if json {
+            println!("{answer}");
+        } else {
+            println!(
+                "{} is already at revision {} (the spec is unchanged); nothing to do",
+                spec.name, answer["revision"]
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !json {
+        println!(
+            "{}: revision {} created; rollout {rollout} started",
+            spec.name, answer["revision"]
+        );
+    }
+    if args.no_wait {
+        if json {
+            println!("{answer}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut events = Vec::new();
+    let end = client
+        .follow(&rollout, |value| {
+            if json {
+                events.push(value);
+            } else if let Ok(event) = serde_json::from_value::<crate::events::Event>(value) {
+                println!("{event}");
+            }
+        })
+        .await?;
+    let state = end["state"].as_str().unwrap_or("unknown").to_string();
+    let summary = end["summary"].as_str().unwrap_or("").to_string();
+    if json {
+        println!("{}", serde_json::json!({ "rollout": end, "events": events }));
+    } else if state == "succeeded" {
+        println!("deployed {} revision {}: {summary}", spec.name, answer["revision"]);
+    } else {
+        eprintln!("rollout {rollout} {state}: {summary}");
+    }
+    Ok(if state == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = args.remote.client();
+    let apps = match &args.app {
+        Some(app) => vec![client.get(&format!("/v1/apps/{app}")).await?],
+        None => client.get("/v1/apps").await?["apps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if apps.is_empty() {
+        println!("no apps yet; deploy one with `slipway deploy slipway.toml`");
+    }
+    for app in apps {
+        let active = app["active_revision"]
+            .as_u64()
+            .map_or("none".to_string(), |r| r.to_string());
+        let rollout = app["running_rollout"]
+            .as_str()
+            .map(|r| format!(", rollout {r} running"))
+            .unwrap_or_default();
+        let maintenance = if app["maintenance"].as_bool() == Some(true) {
+            ", MAINTENANCE"
+        } else {
+            ""
+        };
+        println!(
+            "{}  listen {}  active revision {active}{rollout}{maintenance}",
+            app["name"].as_str().unwrap_or("?"),
+            app["spec"]["listen"].as_str().unwrap_or("?")
+        );
+        if let Some(revisions) = app["instances"]["revisions"].as_object() {
+            for (revision, s) in revisions {
+                println!(
+                    "  revision {revision}: {}/{} ready (desired {}), weight {}",
+                    s["ready"], s["current"], s["desired"], s["weight"]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let client = args.remote.client();
+    let history = client.get(&format!("/v1/apps/{}/revisions", args.app)).await?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<5} {:<11} {:<22} {:<14} {:<20} REASON",
+        "REV", "STATE", "STRATEGY", "DIGEST", "CREATED"
+    );
+    for revision in history["revisions"].as_array().into_iter().flatten() {
+        let digest = revision["strategy_digest"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches("sha256:");
+        println!(
+            "{:<5} {:<11} {:<22} {:<14} {:<20} {}",
+            revision["number"],
+            revision["state"].as_str().unwrap_or(""),
+            revision["strategy"].as_str().unwrap_or(""),
+            &digest[..digest.len().min(12)],
+            format_time(revision["created_at"].as_u64().unwrap_or(0)),
+            revision["reason"].as_str().unwrap_or("")
+        );
+    }
+    println!();
+    println!(
+        "{:<28} {:<8} {:<12} {:<20} SUMMARY",
+        "ROLLOUT", "TARGET", "OUTCOME", "STARTED"
+    );
+    for rollout in history["rollouts"].as_array().into_iter().flatten() {
+        println!(
+            "{:<28} {:<8} {:<12} {:<20} {}",
+            rollout["id"].as_str().unwrap_or(""),
+            rollout["target"],
+            rollout["state"].as_str().unwrap_or(""),
+            format_time(rollout["started_at"].as_u64().unwrap_or(0)),
+            rollout["summary"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ModuleCommand::Push { file, name, remote } => {
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let path = format!("/v1/modules?name={name}");
+            let (_, module) = remote
+                .client()
+                .call(hyper::Method::POST, &path, "application/wasm", bytes.into())
+                .await?;
+            println!(
+                "uploaded {} as {}@{} ({} world)",
+                file.display(),
+                module["name"].as_str().unwrap_or(""),
+                module["digest"].as_str().unwrap_or(""),
+                module["world"].as_str().unwrap_or("")
+            );
+        }
+        ModuleCommand::List { remote } => {
+            let list = remote.client().get("/v1/modules").await?;
+            for builtin in list["builtin"].as_array().into_iter().flatten() {
+                println!("{:<24} built in", builtin.as_str().unwrap_or(""));
+            }
+            for module in list["modules"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {} {} {} bytes",
+                    module["name"].as_str().unwrap_or(""),
+                    module["world"].as_str().unwrap_or(""),
+                    module["digest"].as_str().unwrap_or(""),
+                    module["size"]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for a Unix time in milliseconds.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one column.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -112,16 +419,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(args.replicas >= 1, "--replicas must be at least 1");
     serde_json::from_str::<serde_json::Value>(&args.params).map_err(|e| {
-        anyhow::anyhow!(
-            "--params is not valid JSON ({e}); pass an object such as '{{\"max-surge\": 2}}'"
-        )
+        anyhow::anyhow!("--params is not valid JSON ({e}); pass an object such as '{{\"max-surge\": 2}}'")
     })?;
 
     let engine = WasmEngine::new()?;
-    let cache_dir = args
-        .cache_dir
-        .clone()
-        .or_else(ModuleLoader::default_cache_dir);
+    let cache_dir = args.cache_dir.clone().or_else(ModuleLoader::default_cache_dir);
     let loader = ModuleLoader::new(engine, cache_dir)?;
     let module = loader.load_reference(&args.strategy).await?;
     anyhow::ensure!(

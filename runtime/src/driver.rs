@@ -4,9 +4,12 @@
 //! built-in router implement it for real. Strategies cannot tell the difference, which is the
 //! point: a strategy tried under `slipway simulate` behaves the same in production.
 
+pub mod compute;
+pub mod router;
+
 use async_trait::async_trait;
 
-use crate::bindings::{HookPoint, HookStatus, HttpCheckReport, ProbeReport, ReplicaCounts};
+use crate::bindings::{HttpCheckReport, ProbeReport, ReplicaCounts};
 
 /// Most instances one revision may be scaled to. A strategy asking for more is making a
 /// mistake, not a deployment.
@@ -29,10 +32,7 @@ pub enum DriverError {
     Invalid(String),
     /// A wait ended before its condition held; carries what was observed.
     #[error("{message}")]
-    Timeout {
-        message: String,
-        counts: ReplicaCounts,
-    },
+    Timeout { message: String, counts: ReplicaCounts },
     /// The infrastructure failed.
     #[error("{0}")]
     Infrastructure(String),
@@ -51,12 +51,7 @@ pub trait Cluster: Send + Sync {
     /// What is observed about `revision` now.
     fn counts(&self, revision: u32) -> Result<ReplicaCounts, DriverError>;
     /// Waits until `revision` has at least `ready` ready instances, or `timeout_ms` passes.
-    async fn wait_ready(
-        &self,
-        revision: u32,
-        ready: u32,
-        timeout_ms: u64,
-    ) -> Result<ReplicaCounts, DriverError>;
+    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError>;
 
     /// Replaces all route weights at once (revisions not listed get 0).
     async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError>;
@@ -77,25 +72,6 @@ pub trait Cluster: Send + Sync {
     ) -> Result<HttpCheckReport, DriverError>;
 }
 
-/// Runs the app's lifecycle hooks with their failure policies.
-#[async_trait]
-pub trait HookRunner: Send + Sync {
-    /// Runs the hook configured for `point`, if any. An `Err` means the hook failed and its
-    /// policy says the rollout must fail.
-    async fn run_hook(&self, point: HookPoint) -> Result<HookStatus, String>;
-}
-
-/// A [`HookRunner`] for apps without hooks.
-#[derive(Debug, Default)]
-pub struct NoHooks;
-
-#[async_trait]
-impl HookRunner for NoHooks {
-    async fn run_hook(&self, _point: HookPoint) -> Result<HookStatus, String> {
-        Ok(HookStatus::NotConfigured)
-    }
-}
-
 /// Checks route weights against the rules every router enforces.
 pub fn validate_weights(weights: &[(u32, u32)]) -> Result<(), DriverError> {
     let routed = weights.iter().filter(|(_, w)| *w > 0).count();
@@ -111,9 +87,7 @@ pub fn validate_weights(weights: &[(u32, u32)]) -> Result<(), DriverError> {
             )));
         }
         if weights.iter().filter(|(r, _)| r == revision).count() > 1 {
-            return Err(DriverError::Invalid(format!(
-                "revision {revision} is listed twice"
-            )));
+            return Err(DriverError::Invalid(format!("revision {revision} is listed twice")));
         }
     }
     Ok(())

@@ -71,8 +71,7 @@ impl WasmEngine {
             Err(error) => {
                 tracing::warn!(%error, "pooling allocator unavailable; falling back to on-demand allocation");
                 (
-                    Engine::new(&config(false))
-                        .map_err(|e| anyhow::anyhow!("build the wasmtime engine: {e:#}"))?,
+                    Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("build the wasmtime engine: {e:#}"))?,
                     false,
                 )
             }
@@ -99,9 +98,7 @@ impl WasmEngine {
     pub fn compatibility_key(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 }

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::failure::GuestFailure;
 
 /// What the host observed about one revision at the time of an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevisionState {
     pub desired: u32,
     pub current: u32,
@@ -18,7 +18,7 @@ pub struct RevisionState {
 }
 
 /// One line of the timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     /// Milliseconds since the rollout started.
     pub at_ms: u64,
@@ -30,7 +30,7 @@ pub struct Event {
 }
 
 /// What happened.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum EventKind {
     RolloutStarted {
@@ -118,7 +118,7 @@ pub enum EventKind {
 }
 
 /// How a rollout ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutOutcome {
     /// The target serves; it is the app's running revision.
@@ -135,6 +135,9 @@ impl RolloutOutcome {
     }
 }
 
+/// Receives every event as it is appended, with its sequence number (from 0).
+pub type EventSink = Arc<dyn Fn(u64, &Event) + Send + Sync>;
+
 /// An append-only, shareable event log for one rollout.
 #[derive(Clone, Default)]
 pub struct Timeline {
@@ -145,6 +148,7 @@ pub struct Timeline {
 struct TimelineInner {
     started_at_ms: u64,
     events: Vec<Event>,
+    sink: Option<EventSink>,
 }
 
 impl Timeline {
@@ -154,6 +158,19 @@ impl Timeline {
             inner: Arc::new(Mutex::new(TimelineInner {
                 started_at_ms,
                 events: Vec::new(),
+                sink: None,
+            })),
+        }
+    }
+
+    /// A timeline that also hands every event to `sink` (to persist and broadcast it), in
+    /// order: the sink is called under the timeline's lock.
+    pub fn with_sink(started_at_ms: u64, sink: EventSink) -> Self {
+        Timeline {
+            inner: Arc::new(Mutex::new(TimelineInner {
+                started_at_ms,
+                events: Vec::new(),
+                sink: Some(sink),
             })),
         }
     }
@@ -161,7 +178,11 @@ impl Timeline {
     pub fn push(&self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionState>>) {
         let mut inner = self.inner.lock().unwrap();
         let at_ms = now_ms.saturating_sub(inner.started_at_ms);
-        inner.events.push(Event { at_ms, kind, state });
+        let event = Event { at_ms, kind, state };
+        if let Some(sink) = &inner.sink {
+            sink(inner.events.len() as u64, &event);
+        }
+        inner.events.push(event);
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -198,15 +219,11 @@ impl std::fmt::Display for Event {
                     "rollout   {app}: {from} → revision {to}, {replicas} replicas, strategy {strategy}{again}"
                 )?
             }
-            EventKind::Scaled { revision, from, to } => {
-                write!(f, "scale     revision {revision}: {from} → {to}")?
-            }
+            EventKind::Scaled { revision, from, to } => write!(f, "scale     revision {revision}: {from} → {to}")?,
             EventKind::InstanceStarted { revision, instance } => {
                 write!(f, "start     revision {revision}: {instance}")?
             }
-            EventKind::InstanceReady { revision, instance } => {
-                write!(f, "ready     revision {revision}: {instance}")?
-            }
+            EventKind::InstanceReady { revision, instance } => write!(f, "ready     revision {revision}: {instance}")?,
             EventKind::InstanceCrashed {
                 revision,
                 instance,
@@ -234,10 +251,7 @@ impl std::fmt::Display for Event {
                 timed_out,
             } => {
                 let how = if *timed_out { "timed out" } else { "done" };
-                write!(
-                    f,
-                    "wait      revision {revision}: {ready}/{wanted} ready, {how}"
-                )?
+                write!(f, "wait      revision {revision}: {ready}/{wanted} ready, {how}")?
             }
             EventKind::Probed {
                 revision,
@@ -254,12 +268,8 @@ impl std::fmt::Display for Event {
                 "check     revision {revision}: GET {path} passed on {passed}/{checked}"
             )?,
             EventKind::Hook { point, status } => write!(f, "hook      {point}: {status}")?,
-            EventKind::Maintenance { on } => {
-                write!(f, "maint     {}", if *on { "on" } else { "off" })?
-            }
-            EventKind::Progress { percent, message } => {
-                write!(f, "progress  {percent:>3}% {message}")?
-            }
+            EventKind::Maintenance { on } => write!(f, "maint     {}", if *on { "on" } else { "off" })?,
+            EventKind::Progress { percent, message } => write!(f, "progress  {percent:>3}% {message}")?,
             EventKind::Log { level, message } => write!(f, "log       [{level}] {message}")?,
             EventKind::StrategyFailed { failure } => write!(f, "FAILED    {failure}")?,
             EventKind::RollbackStarted { to } => match to {

@@ -3,12 +3,12 @@
 //! **Invariant:** nothing a guest does reaches the runner as a panic or a hang; every way a
 //! guest can fail ends here, as a [`GuestFailure`] recorded on its own rollout.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bindings::ApiError;
 
 /// What went wrong inside (or with) a guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// It ran its own code for longer than its CPU budget.
@@ -54,7 +54,7 @@ impl FailureKind {
 }
 
 /// A guest failure, as recorded on its rollout and shown to people.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{module} ({short}) failed: {kind}: {message}", short = short_digest(digest), kind = kind.as_str())]
 pub struct GuestFailure {
     /// The module's name: `builtin:rolling`, a file name, or an uploaded name.
@@ -65,7 +65,7 @@ pub struct GuestFailure {
     /// What happened, in words.
     pub message: String,
     /// The last bytes the guest wrote to stderr, if any.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stderr_tail: String,
 }
 
@@ -113,10 +113,7 @@ pub fn classify(error: &wasmtime::Error, stderr_tail: &str) -> (FailureKind, Str
                     crate::engine::MAX_WASM_STACK >> 10
                 ),
             ),
-            wasmtime::Trap::Interrupt => (
-                FailureKind::CpuDeadline,
-                "the guest was interrupted".to_string(),
-            ),
+            wasmtime::Trap::Interrupt => (FailureKind::CpuDeadline, "the guest was interrupted".to_string()),
             _ => match panic_message(stderr_tail) {
                 Some(message) => (FailureKind::Panic, message),
                 None => (FailureKind::Trap, format!("the guest trapped: {trap}")),
@@ -135,15 +132,9 @@ fn panic_message(stderr: &str) -> Option<String> {
     if let Some(at) = stderr.rfind("panicked at ") {
         let rest = &stderr[at + "panicked at ".len()..];
         let (location, message) = rest.split_once('\n').unwrap_or((rest, ""));
-        let message: Vec<&str> = message
-            .lines()
-            .take_while(|l| !l.starts_with("note:"))
-            .collect();
+        let message: Vec<&str> = message.lines().take_while(|l| !l.starts_with("note:")).collect();
         let location = location.trim_end_matches(':');
-        return Some(format!(
-            "panicked at {location}: {}",
-            message.join(" ").trim()
-        ));
+        return Some(format!("panicked at {location}: {}", message.join(" ").trim()));
     }
     if stderr.contains("Traceback (most recent call last)") {
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty())?;
@@ -153,10 +144,7 @@ fn panic_message(stderr: &str) -> Option<String> {
 }
 
 /// The failure for a strategy that returned `Err(error)` from `run`.
-pub fn from_strategy_error(
-    error: &ApiError,
-    last_invalid_call: Option<&str>,
-) -> (FailureKind, String) {
+pub fn from_strategy_error(error: &ApiError, last_invalid_call: Option<&str>) -> (FailureKind, String) {
     match error {
         ApiError::Invalid(message) if last_invalid_call.is_some() => (
             FailureKind::InvalidCall,
@@ -165,9 +153,7 @@ pub fn from_strategy_error(
                 last_invalid_call.unwrap_or(message)
             ),
         ),
-        ApiError::Aborted(message) if message.contains("deadline") => {
-            (FailureKind::Deadline, message.clone())
-        }
+        ApiError::Aborted(message) if message.contains("deadline") => (FailureKind::Deadline, message.clone()),
         other => (FailureKind::StrategyError, describe_api_error(other)),
     }
 }
@@ -200,8 +186,7 @@ mod tests {
 
     #[test]
     fn python_tracebacks_keep_their_last_line() {
-        let stderr =
-            "Traceback (most recent call last):\n  File \"app.py\", line 3\nValueError: bad wave\n";
+        let stderr = "Traceback (most recent call last):\n  File \"app.py\", line 3\nValueError: bad wave\n";
         assert_eq!(
             panic_message(stderr).unwrap(),
             "uncaught exception: ValueError: bad wave"
@@ -211,10 +196,7 @@ mod tests {
     #[test]
     fn invalid_errors_after_a_rejected_call_are_invalid_calls() {
         let e = ApiError::Invalid("weight 1000".into());
-        assert_eq!(
-            from_strategy_error(&e, Some("weight 1000")).0,
-            FailureKind::InvalidCall
-        );
+        assert_eq!(from_strategy_error(&e, Some("weight 1000")).0, FailureKind::InvalidCall);
         assert_eq!(from_strategy_error(&e, None).0, FailureKind::StrategyError);
     }
 }

@@ -127,19 +127,13 @@ pub async fn run_hook(
     let (mut store, stderr) = new_store(pre.engine(), env, limits);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
-        instance
-            .slipway_deploy_hook_handler()
-            .call_run(&mut store, &ctx)
-            .await
+        instance.slipway_deploy_hook_handler().call_run(&mut store, &ctx).await
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(HookFailure::Guest(failure(
             module,
             FailureKind::Deadline,
-            format!(
-                "the hook did not finish within its {} s timeout",
-                timeout.as_secs()
-            ),
+            format!("the hook did not finish within its {} s timeout", timeout.as_secs()),
             &stderr,
         ))),
         Ok(Err(error)) => {
@@ -153,11 +147,7 @@ pub async fn run_hook(
 
 /// Instantiates a strategy in a fresh store and drops it: the fixed cost of every
 /// invocation, measured by the benchmarks.
-pub async fn instantiate_only(
-    module: &LoadedModule,
-    env: Arc<RolloutEnv>,
-    limits: &Limits,
-) -> anyhow::Result<()> {
+pub async fn instantiate_only(module: &LoadedModule, env: Arc<RolloutEnv>, limits: &Limits) -> anyhow::Result<()> {
     let ModulePre::Strategy(pre) = module.pre.as_ref() else {
         anyhow::bail!("{} is not a strategy", module.name);
     };
@@ -190,12 +180,7 @@ fn wrong_world(module: &LoadedModule, expected: World) -> GuestFailure {
     }
 }
 
-fn failure(
-    module: &LoadedModule,
-    kind: FailureKind,
-    message: String,
-    stderr: &TailPipe,
-) -> GuestFailure {
+fn failure(module: &LoadedModule, kind: FailureKind, message: String, stderr: &TailPipe) -> GuestFailure {
     GuestFailure {
         module: module.name.clone(),
         digest: module.digest.clone(),
@@ -205,11 +190,7 @@ fn failure(
     }
 }
 
-fn new_store(
-    engine: &Engine,
-    env: Arc<RolloutEnv>,
-    limits: &Limits,
-) -> (Store<GuestState>, TailPipe) {
+fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<GuestState>, TailPipe) {
     let stderr = TailPipe::new(limits.stderr_tail_bytes);
     // No preopened directories, no environment, no arguments, no network: the guest reaches
     // the world only through the host API. Its clocks and randomness are the rollout's, so a
@@ -263,27 +244,14 @@ struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
-            return Err(wasmtime::Error::new(GuestLimit::Memory {
-                desired,
-                cap: self.cap,
-            }));
+            return Err(wasmtime::Error::new(GuestLimit::Memory { desired, cap: self.cap }));
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -398,11 +366,7 @@ impl Pollable for TailPipe {
 }
 
 impl tokio::io::AsyncWrite for TailPipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -15,11 +15,12 @@ mod verification;
 
 use std::sync::Arc;
 
-use crate::bindings::ApiError;
-use crate::driver::{Cluster, DriverError, HookRunner};
+use crate::bindings::{ApiError, Revision};
+use crate::driver::{Cluster, DriverError};
 use crate::events::{EventKind, Timeline};
 use crate::failure::GuestLimit;
 use crate::guest::GuestState;
+use crate::hooks::{Grants, HookRunner};
 
 /// What the host functions of one rollout act on.
 pub struct RolloutEnv {
@@ -36,9 +37,32 @@ pub struct RolloutEnv {
     pub deadline_ms: u64,
     /// Seeds the guest's WASI randomness.
     pub seed: u64,
+    /// The revision being deployed and the one serving before.
+    pub target: Revision,
+    pub active: Option<Revision>,
+    /// What a hook running in this environment may do beyond the common interfaces.
+    pub grants: Grants,
 }
 
 impl RolloutEnv {
+    /// The same rollout, seen by a hook with `grants`.
+    pub(crate) fn for_hook(&self, grants: Grants) -> RolloutEnv {
+        RolloutEnv {
+            app: self.app.clone(),
+            rollout: self.rollout.clone(),
+            cluster: self.cluster.clone(),
+            hooks: self.hooks.clone(),
+            timeline: self.timeline.clone(),
+            revisions: self.revisions.clone(),
+            started_at_ms: self.started_at_ms,
+            deadline_ms: self.deadline_ms,
+            seed: self.seed.rotate_left(7),
+            target: self.target,
+            active: self.active,
+            grants,
+        }
+    }
+
     pub(crate) fn record(&self, kind: EventKind) {
         self.timeline.push(self.cluster.now_ms(), kind, None);
     }
@@ -50,9 +74,7 @@ impl RolloutEnv {
 
     pub(crate) fn deadline_error(&self) -> ApiError {
         let secs = (self.deadline_ms - self.started_at_ms) / 1000;
-        ApiError::Aborted(format!(
-            "the rollout's progress deadline of {secs} s passed"
-        ))
+        ApiError::Aborted(format!("the rollout's progress deadline of {secs} s passed"))
     }
 }
 
@@ -61,9 +83,7 @@ impl GuestState {
     pub(crate) fn enter(&mut self) -> wasmtime::Result<()> {
         self.budget.host_calls += 1;
         if self.budget.host_calls > self.limits.host_calls {
-            return Err(wasmtime::Error::new(GuestLimit::HostCalls(
-                self.limits.host_calls,
-            )));
+            return Err(wasmtime::Error::new(GuestLimit::HostCalls(self.limits.host_calls)));
         }
         Ok(())
     }

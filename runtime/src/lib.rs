@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod api;
+pub mod auth;
 pub mod bindings;
 pub mod cli;
 pub mod driver;
@@ -10,7 +12,12 @@ pub mod engine;
 pub mod events;
 pub mod failure;
 pub mod guest;
+pub mod hooks;
 pub mod host;
 pub mod modules;
+pub mod probe;
 pub mod rollout;
+pub mod runner;
 pub mod sim;
+pub mod spec;
+pub mod store;

@@ -42,9 +42,7 @@ impl std::fmt::Display for World {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Larger than [`MAX_MODULE_BYTES`].
-    #[error(
-        "the module is {size} bytes, over the {limit}-byte limit; strip debug info or build with opt-level \"s\""
-    )]
+    #[error("the module is {size} bytes, over the {limit}-byte limit; strip debug info or build with opt-level \"s\"")]
     TooLarge { size: usize, limit: usize },
     /// Not a WebAssembly binary at all.
     #[error(
@@ -73,10 +71,7 @@ pub enum LoadError {
     UnknownBuiltin(String),
     /// The module file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 }
 
 /// A compiled component, ready to instantiate many times.
@@ -147,12 +142,10 @@ impl ModuleLoader {
             return self.load_builtin(name).await;
         }
         let path = Path::new(reference);
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| LoadError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.load(reference, bytes).await
     }
 
@@ -177,12 +170,7 @@ impl ModuleLoader {
             .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
     }
 
-    fn load_blocking(
-        &self,
-        name: String,
-        digest: String,
-        bytes: Vec<u8>,
-    ) -> Result<LoadedModule, LoadError> {
+    fn load_blocking(&self, name: String, digest: String, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
         let component = self.compile_cached(&digest, &bytes)?;
         let world = world_of(&component, self.engine.engine())?;
         let linker = match world {
@@ -194,13 +182,11 @@ impl ModuleLoader {
             .map_err(|e| LoadError::Unlinkable(format!("{e:#}")))?;
         let pre = match world {
             World::Strategy => ModulePre::Strategy(
-                bindings::strategy::StrategyPre::new(pre)
-                    .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+                bindings::strategy::StrategyPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
             ),
-            World::Hook => ModulePre::Hook(
-                bindings::hook::HookPre::new(pre)
-                    .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
-            ),
+            World::Hook => {
+                ModulePre::Hook(bindings::hook::HookPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+            }
         };
         Ok(LoadedModule {
             name,
@@ -231,8 +217,7 @@ impl ModuleLoader {
                 }
             }
         }
-        let component =
-            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         if let Some(path) = &cached
             && let Err(error) = write_atomically(path, &component)
         {
@@ -281,10 +266,7 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 /// Finds which of our worlds the component exports, and refuses ones built for a newer API.
 fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, LoadError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
     let mut found = None;
     for export in &exports {
         let Some((package_interface, version)) = export.split_once('@') else {
@@ -339,20 +321,11 @@ mod tests {
 
     #[test]
     fn header_checks_say_what_the_bytes_are() {
-        assert!(matches!(
-            check_header(b"hello world"),
-            Err(LoadError::NotWasm)
-        ));
-        assert!(matches!(
-            check_header(b"\0asm\x01\0\0\0"),
-            Err(LoadError::CoreModule)
-        ));
+        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
         let big = vec![0u8; MAX_MODULE_BYTES + 1];
-        assert!(matches!(
-            check_header(&big),
-            Err(LoadError::TooLarge { .. })
-        ));
+        assert!(matches!(check_header(&big), Err(LoadError::TooLarge { .. })));
     }
 
     #[test]

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::bindings::{HookPoint, HookStatus, Revision, RolloutContext};
-use crate::driver::{Cluster, HookRunner, MAX_WEIGHT};
+use crate::bindings::{HookPoint, Revision, RolloutContext};
+use crate::driver::{Cluster, MAX_WEIGHT};
 use crate::engine::Limits;
 use crate::events::{Event, EventKind, RolloutOutcome, Timeline};
 use crate::failure::GuestFailure;
+use crate::hooks::HookRunner;
 use crate::host::RolloutEnv;
 use crate::modules::LoadedModule;
 
@@ -89,6 +90,9 @@ pub async fn run(
         started_at_ms,
         deadline_ms: started_at_ms + plan.progress_deadline.as_millis() as u64,
         seed: plan.seed,
+        target: plan.target,
+        active: plan.active,
+        grants: Default::default(),
     });
     env.record(EventKind::RolloutStarted {
         app: plan.app.clone(),
@@ -112,8 +116,7 @@ pub async fn run(
     // The wall-clock backstop: the progress deadline is enforced on the cluster's clock at
     // every host call; this catches a guest stuck where no host call happens.
     let wall_clock = plan.progress_deadline + Duration::from_secs(30);
-    let result =
-        crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock).await;
+    let result = crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock).await;
 
     let (outcome, summary, failure) = match result {
         Ok(outcome) => (RolloutOutcome::Succeeded, outcome.summary, None),
@@ -162,7 +165,7 @@ async fn roll_back(
     plan: &RolloutPlan,
     cluster: &dyn Cluster,
     hooks: &dyn HookRunner,
-    env: &RolloutEnv,
+    env: &Arc<RolloutEnv>,
 ) -> Result<String, String> {
     let target = plan.target.number;
     env.record(EventKind::RollbackStarted {
@@ -182,12 +185,7 @@ async fn roll_back(
                     plan.progress_deadline.as_millis() as u64,
                 )
                 .await
-                .map_err(|e| {
-                    format!(
-                        "revision {} did not come back to full size: {e}",
-                        active.number
-                    )
-                })?;
+                .map_err(|e| format!("revision {} did not come back to full size: {e}", active.number))?;
             cluster
                 .set_weights(&[(active.number, MAX_WEIGHT)])
                 .await
@@ -199,16 +197,10 @@ async fn roll_back(
         Ok::<_, String>(())
     }
     .await;
-    let hook = hooks.run_hook(HookPoint::Rollback).await;
-    let hook_status = match &hook {
-        Ok(HookStatus::NotConfigured) => "not configured".to_string(),
-        Ok(HookStatus::Succeeded) => "succeeded".to_string(),
-        Ok(HookStatus::FailureIgnored) => "failed (ignored by policy)".to_string(),
-        Err(message) => format!("failed: {message}"),
-    };
+    let hook = hooks.run_hook(HookPoint::Rollback, env).await;
     env.record(EventKind::Hook {
         point: "rollback".to_string(),
-        status: hook_status,
+        status: crate::hooks::describe(&hook),
     });
     let message = match (&result, plan.active) {
         (Ok(()), Some(active)) => format!(

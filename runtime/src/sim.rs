@@ -11,8 +11,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::bindings::{HookPoint, HookStatus, HttpCheckReport, ProbeReport, ReplicaCounts};
-use crate::driver::{Cluster, DriverError, HookRunner, validate_weights};
+use crate::driver::{Cluster, DriverError, validate_weights};
 use crate::events::{EventKind, RevisionState, Timeline};
+use crate::hooks::HookRunner;
+use crate::host::RolloutEnv;
 
 /// Where virtual time starts: a fixed instant, so traces do not depend on the machine's clock.
 pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -129,13 +131,7 @@ impl SimCluster {
 
     /// Adds a revision with no instances whose instances the failure knobs apply to.
     pub fn add_faulty_revision(&self, revision: u32) {
-        self.state
-            .lock()
-            .unwrap()
-            .revisions
-            .entry(revision)
-            .or_default()
-            .faulty = true;
+        self.state.lock().unwrap().revisions.entry(revision).or_default().faulty = true;
     }
 
     /// The state of every revision now.
@@ -191,9 +187,7 @@ impl SimCluster {
                 .filter(|e| matches!(e, EventKind::InstanceCrashed { .. }))
                 .count();
             revision.failed += crashed as u32;
-            revision
-                .restarts
-                .extend(std::iter::repeat_n(now + backoff, crashed));
+            revision.restarts.extend(std::iter::repeat_n(now + backoff, crashed));
             let due = revision.restarts.iter().filter(|&&t| t == now).count();
             revision.restarts.retain(|&t| t != now);
             for event in events {
@@ -231,11 +225,7 @@ impl SimState {
         self.revisions
             .values()
             .flat_map(|r| {
-                let instance_times = r
-                    .instances
-                    .iter()
-                    .flat_map(|i| [i.ready_at, i.crash_at])
-                    .flatten();
+                let instance_times = r.instances.iter().flat_map(|i| [i.ready_at, i.crash_at]).flatten();
                 instance_times.chain(r.restarts.iter().copied())
             })
             .filter(|&t| t > now)
@@ -281,11 +271,7 @@ impl SimState {
         ReplicaCounts {
             desired: revision.desired,
             current: revision.instances.len() as u32,
-            ready: revision
-                .instances
-                .iter()
-                .filter(|i| i.ready(self.now))
-                .count() as u32,
+            ready: revision.instances.iter().filter(|i| i.ready(self.now)).count() as u32,
             failed: revision.failed,
         }
     }
@@ -340,13 +326,7 @@ impl Cluster for SimCluster {
         if replicas > current + pending {
             for _ in 0..(replicas - current - pending) {
                 let id = state.start_instance(revision);
-                self.emit(
-                    &state,
-                    EventKind::InstanceStarted {
-                        revision,
-                        instance: id,
-                    },
-                );
+                self.emit(&state, EventKind::InstanceStarted { revision, instance: id });
             }
         } else {
             let now = state.now;
@@ -361,20 +341,10 @@ impl Cluster for SimCluster {
             entry
                 .instances
                 .sort_by_key(|i| (i.ready(now), std::cmp::Reverse(i.created)));
-            let stopped: Vec<String> = entry
-                .instances
-                .drain(..excess as usize)
-                .map(|i| i.id)
-                .collect();
+            let stopped: Vec<String> = entry.instances.drain(..excess as usize).map(|i| i.id).collect();
             entry.instances.sort_by_key(|i| i.created);
             for id in stopped {
-                self.emit(
-                    &state,
-                    EventKind::InstanceStopped {
-                        revision,
-                        instance: id,
-                    },
-                );
+                self.emit(&state, EventKind::InstanceStopped { revision, instance: id });
             }
         }
         Ok(())
@@ -386,12 +356,7 @@ impl Cluster for SimCluster {
         Ok(state.counts(revision))
     }
 
-    async fn wait_ready(
-        &self,
-        revision: u32,
-        ready: u32,
-        timeout_ms: u64,
-    ) -> Result<ReplicaCounts, DriverError> {
+    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError> {
         let mut state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
         let deadline = state.now.saturating_add(timeout_ms);
@@ -457,11 +422,7 @@ impl Cluster for SimCluster {
             .filter(|i| !i.ready(now))
             .map(|i| match i.ready_at {
                 Some(_) => format!("{}: starting for {} ms", i.id, now - i.created),
-                None => format!(
-                    "{}: readiness probe failing for {} ms",
-                    i.id,
-                    now - i.created
-                ),
+                None => format!("{}: readiness probe failing for {} ms", i.id, now - i.created),
             })
             .collect();
         Ok(ProbeReport {
@@ -490,12 +451,7 @@ impl Cluster for SimCluster {
         let failures: Vec<String> = ready
             .iter()
             .filter(|i| !i.http_ok)
-            .map(|i| {
-                format!(
-                    "{}: GET {path} answered 500, expected {expect_status}",
-                    i.id
-                )
-            })
+            .map(|i| format!("{}: GET {path} answered 500, expected {expect_status}", i.id))
             .collect();
         Ok(HttpCheckReport {
             checked: ready.len() as u32,
@@ -513,7 +469,7 @@ pub struct SimHooks {
 
 #[async_trait]
 impl HookRunner for SimHooks {
-    async fn run_hook(&self, point: HookPoint) -> Result<HookStatus, String> {
+    async fn run_hook(&self, point: HookPoint, _env: &std::sync::Arc<RolloutEnv>) -> Result<HookStatus, String> {
         if self.failing.contains(&point) {
             Err("simulated hook failure".to_string())
         } else {

@@ -7,10 +7,7 @@ use crate::support::workspace;
 pub fn slipway(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(args)
-        .env(
-            "SLIPWAY_CACHE_DIR",
-            workspace().join("target/test-module-cache"),
-        )
+        .env("SLIPWAY_CACHE_DIR", workspace().join("target/test-module-cache"))
         .output()
         .expect("run slipway")
 }
@@ -25,13 +22,7 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn simulate_rolling_prints_a_timeline_and_succeeds() {
-    let output = slipway(&[
-        "simulate",
-        "--strategy",
-        "builtin:rolling",
-        "--replicas",
-        "10",
-    ]);
+    let output = slipway(&["simulate", "--strategy", "builtin:rolling", "--replicas", "10"]);
     let text = stdout(&output);
     assert!(output.status.success(), "{text}{}", stderr(&output));
     for needle in [
@@ -60,10 +51,7 @@ fn a_failed_rollout_exits_non_zero_and_says_it_rolled_back() {
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("ROLLED BACK"), "{text}");
-    assert!(
-        text.contains("revision 1 serves all traffic at 3 replicas"),
-        "{text}"
-    );
+    assert!(text.contains("revision 1 serves all traffic at 3 replicas"), "{text}");
 }
 
 #[test]
@@ -96,13 +84,7 @@ fn json_output_is_deterministic_for_a_seed() {
 
 #[test]
 fn a_failing_hook_aborts_the_rollout() {
-    let output = slipway(&[
-        "simulate",
-        "--strategy",
-        "builtin:recreate",
-        "--fail-hook",
-        "mid",
-    ]);
+    let output = slipway(&["simulate", "--strategy", "builtin:recreate", "--fail-hook", "mid"]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("hook      mid: failed"), "{text}");
@@ -112,10 +94,7 @@ fn a_failing_hook_aborts_the_rollout() {
 #[test]
 fn bad_input_gets_a_clear_error() {
     for (args, needle) in [
-        (
-            vec!["--strategy", "builtin:nope"],
-            "no built-in strategy \"nope\"",
-        ),
+        (vec!["--strategy", "builtin:nope"], "no built-in strategy \"nope\""),
         (
             vec!["--strategy", "/does/not/exist.wasm"],
             "cannot read /does/not/exist.wasm",

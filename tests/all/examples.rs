@@ -50,10 +50,7 @@ fn the_python_example_strategy_builds_with_componentize_py_and_runs() {
     ]);
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
-    assert!(
-        text.contains("SUCCEEDED 4 of 4 replicas on revision 2"),
-        "{text}"
-    );
+    assert!(text.contains("SUCCEEDED 4 of 4 replicas on revision 2"), "{text}");
 
     let bad = slipway(&[
         "simulate",

@@ -5,7 +5,10 @@
 //! on first use; the Python example needs `componentize-py` (installed by `.ci/run`).
 
 mod cli;
+mod deploy;
 mod examples;
+mod load;
+mod runner;
 mod sandbox;
 mod strategies;
 mod support;

@@ -47,9 +47,7 @@ async fn fails_alone(fixture: &str, kind: FailureKind, needle: &str) {
         "{fixture}: {needle:?} not in {failure}"
     );
     assert!(
-        failure
-            .module
-            .ends_with(&format!("{}.wasm", fixture.replace('-', "_"))),
+        failure.module.ends_with(&format!("{}.wasm", fixture.replace('-', "_"))),
         "{failure}"
     );
     assert!(failure.digest.starts_with("sha256:"), "{failure}");
@@ -67,22 +65,12 @@ async fn an_infinite_loop_hits_the_cpu_budget() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_memory_bomb_hits_the_memory_cap() {
-    fails_alone(
-        "fixture-memory-bomb",
-        FailureKind::MemoryLimit,
-        "over the cap",
-    )
-    .await;
+    fails_alone("fixture-memory-bomb", FailureKind::MemoryLimit, "over the cap").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn deep_recursion_overflows_the_stack() {
-    fails_alone(
-        "fixture-deep-recursion",
-        FailureKind::StackOverflow,
-        "stack",
-    )
-    .await;
+    fails_alone("fixture-deep-recursion", FailureKind::StackOverflow, "stack").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -92,12 +80,7 @@ async fn a_panic_is_reported_with_the_guests_message() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_host_call_flood_hits_the_call_budget() {
-    fails_alone(
-        "fixture-call-flood",
-        FailureKind::HostCallLimit,
-        "host calls",
-    )
-    .await;
+    fails_alone("fixture-call-flood", FailureKind::HostCallLimit, "host calls").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -107,12 +90,7 @@ async fn a_log_flood_hits_the_log_budget() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn nonsense_arguments_are_refused_as_invalid_calls() {
-    fails_alone(
-        "fixture-invalid-call",
-        FailureKind::InvalidCall,
-        "weight 1000",
-    )
-    .await;
+    fails_alone("fixture-invalid-call", FailureKind::InvalidCall, "weight 1000").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -136,17 +114,12 @@ async fn bytes_that_are_not_a_component_are_refused_with_what_they_are() {
     ];
     for (bytes, needle) in cases {
         let error = loader().load("upload", bytes.to_vec()).await.unwrap_err();
-        assert!(
-            error.to_string().contains(needle),
-            "{needle:?} not in {error}"
-        );
+        assert!(error.to_string().contains(needle), "{needle:?} not in {error}");
     }
     let error = loader().load_reference("builtin:yolo").await.unwrap_err();
     assert!(matches!(error, LoadError::UnknownBuiltin(_)));
     assert!(
-        error
-            .to_string()
-            .contains("rolling, recreate, blue-green, canary"),
+        error.to_string().contains("rolling, recreate, blue-green, canary"),
         "{error}"
     );
 }
@@ -155,12 +128,7 @@ async fn bytes_that_are_not_a_component_are_refused_with_what_they_are() {
 async fn a_well_behaved_custom_strategy_succeeds() {
     let good = load_guest("fixture-well-behaved").await;
     let run = Sim::new(4).run(&good).await;
-    assert_eq!(
-        run.report.outcome,
-        RolloutOutcome::Succeeded,
-        "{}",
-        run.trace()
-    );
+    assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
     assert_eq!((run.last[&2].ready, run.last[&2].weight), (4, 256));
 }
 
@@ -170,16 +138,8 @@ async fn the_progress_deadline_aborts_a_slow_strategy_and_rolls_back() {
     let mut sim = Sim::new(3).params(r#"{"pause-seconds": 400}"#);
     sim.plan.progress_deadline = std::time::Duration::from_secs(600);
     let run = sim.run(&canary).await;
-    assert_eq!(
-        run.report.outcome,
-        RolloutOutcome::RolledBack,
-        "{}",
-        run.trace()
-    );
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack, "{}", run.trace());
     let failure = run.report.failure.as_ref().unwrap();
     assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
-    assert!(
-        failure.message.contains("progress deadline of 600 s"),
-        "{failure}"
-    );
+    assert!(failure.message.contains("progress deadline of 600 s"), "{failure}");
 }

@@ -16,12 +16,7 @@ async fn rolling_keeps_surge_and_availability_bounds_at_every_step() {
         (10, r#"{"max-surge": "20%", "max-unavailable": 0}"#, 2, 0),
         (7, r#"{"max-surge": 1, "max-unavailable": 1}"#, 1, 1),
         (1, r#"{}"#, 1, 0),
-        (
-            25,
-            r#"{"max-surge": "50%", "max-unavailable": "50%"}"#,
-            13,
-            12,
-        ),
+        (25, r#"{"max-surge": "50%", "max-unavailable": "50%"}"#, 13, 12),
     ];
     for (replicas, params, surge, unavailable) in cases {
         for seed in 1..=4 {
@@ -58,12 +53,7 @@ async fn rolling_keeps_surge_and_availability_bounds_at_every_step() {
                 "{}",
                 run.trace()
             );
-            assert_eq!(
-                (run.last[&1].current, run.last[&1].weight),
-                (0, 0),
-                "{}",
-                run.trace()
-            );
+            assert_eq!((run.last[&1].current, run.last[&1].weight), (0, 0), "{}", run.trace());
         }
     }
 }
@@ -72,36 +62,22 @@ async fn rolling_keeps_surge_and_availability_bounds_at_every_step() {
 async fn blue_green_switches_all_traffic_once_the_target_is_fully_ready() {
     let blue_green = load("builtin:blue-green").await;
     let run = Sim::new(5).seed(3).crash(0.2).run(&blue_green).await;
-    assert_eq!(
-        run.report.outcome,
-        RolloutOutcome::Succeeded,
-        "{}",
-        run.trace()
-    );
+    assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
     let switches: Vec<_> = run
         .events()
         .iter()
         .filter(|e| matches!(&e.kind, EventKind::WeightsChanged { weights } if weights.contains_key(&2)))
         .collect();
-    assert_eq!(
-        switches.len(),
-        1,
-        "traffic moves in exactly one step:\n{}",
-        run.trace()
-    );
+    assert_eq!(switches.len(), 1, "traffic moves in exactly one step:\n{}", run.trace());
     let state = switches[0].state.as_ref().unwrap();
-    assert_eq!(
-        state[&2].ready, 5,
-        "the target is fully ready when traffic moves"
-    );
+    assert_eq!(state[&2].ready, 5, "the target is fully ready when traffic moves");
     assert_eq!(
         (state[&1].weight, state[&2].weight),
         (0, 256),
         "all traffic moves at once"
     );
     for event in run.events() {
-        if let (Some(state), EventKind::Scaled { .. } | EventKind::InstanceReady { .. }) =
-            (&event.state, &event.kind)
+        if let (Some(state), EventKind::Scaled { .. } | EventKind::InstanceReady { .. }) = (&event.state, &event.kind)
             && state[&2].weight == 0
         {
             assert_eq!(
@@ -120,56 +96,24 @@ async fn blue_green_switches_all_traffic_once_the_target_is_fully_ready() {
 async fn recreate_stops_the_old_revision_runs_mid_then_verifies_one_replica_first() {
     let recreate = load("builtin:recreate").await;
     let run = Sim::new(4).seed(2).run(&recreate).await;
-    assert_eq!(
-        run.report.outcome,
-        RolloutOutcome::Succeeded,
-        "{}",
-        run.trace()
-    );
+    assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
     let hook = |name: &'static str| move |k: &EventKind| matches!(k, EventKind::Hook { point, .. } if point == name);
     let pre = run.position(hook("pre")).unwrap();
     let maintenance_on = run
         .position(|k| matches!(k, EventKind::Maintenance { on: true }))
         .unwrap();
     let old_down = run
-        .position(|k| {
-            matches!(
-                k,
-                EventKind::Scaled {
-                    revision: 1,
-                    to: 0,
-                    ..
-                }
-            )
-        })
+        .position(|k| matches!(k, EventKind::Scaled { revision: 1, to: 0, .. }))
         .unwrap();
     let mid = run.position(hook("mid")).unwrap();
     let first = run
-        .position(|k| {
-            matches!(
-                k,
-                EventKind::Scaled {
-                    revision: 2,
-                    to: 1,
-                    ..
-                }
-            )
-        })
+        .position(|k| matches!(k, EventKind::Scaled { revision: 2, to: 1, .. }))
         .unwrap();
     let first_ready = run
         .position(|k| matches!(k, EventKind::InstanceReady { revision: 2, .. }))
         .unwrap();
     let rest = run
-        .position(|k| {
-            matches!(
-                k,
-                EventKind::Scaled {
-                    revision: 2,
-                    to: 4,
-                    ..
-                }
-            )
-        })
+        .position(|k| matches!(k, EventKind::Scaled { revision: 2, to: 4, .. }))
         .unwrap();
     let maintenance_off = run
         .position(|k| matches!(k, EventKind::Maintenance { on: false }))
@@ -206,25 +150,15 @@ async fn canary_moves_traffic_in_its_steps_with_pauses_between() {
     let canary = load("builtin:canary").await;
     for (params, expected) in [
         (r#"{}"#, vec![26, 128, 256]),
-        (
-            r#"{"steps": [20, 40, 100], "pause-seconds": 30}"#,
-            vec![51, 102, 256],
-        ),
+        (r#"{"steps": [20, 40, 100], "pause-seconds": 30}"#, vec![51, 102, 256]),
     ] {
         let run = Sim::new(10).params(params).run(&canary).await;
-        assert_eq!(
-            run.report.outcome,
-            RolloutOutcome::Succeeded,
-            "{}",
-            run.trace()
-        );
+        assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
         let steps: Vec<(u64, u32)> = run
             .events()
             .iter()
             .filter_map(|e| match &e.kind {
-                EventKind::WeightsChanged { weights } => {
-                    Some((e.at_ms, weights.get(&2).copied().unwrap_or(0)))
-                }
+                EventKind::WeightsChanged { weights } => Some((e.at_ms, weights.get(&2).copied().unwrap_or(0))),
                 _ => None,
             })
             .collect();
@@ -260,11 +194,7 @@ async fn a_target_that_never_becomes_ready_is_rolled_back_for_every_builtin() {
             run.trace()
         );
         let failure = run.report.failure.as_ref().unwrap();
-        assert_eq!(
-            failure.kind,
-            FailureKind::StrategyError,
-            "{name}: {failure}"
-        );
+        assert_eq!(failure.kind, FailureKind::StrategyError, "{name}: {failure}");
         assert!(failure.message.contains("timeout"), "{name}: {failure}");
         assert_eq!(
             (run.last[&1].ready, run.last[&1].weight),
@@ -285,11 +215,7 @@ async fn a_target_that_never_becomes_ready_is_rolled_back_for_every_builtin() {
 async fn bad_parameters_fail_before_anything_changes() {
     for (name, params, needle) in [
         ("rolling", r#"{"max-surge": "lots"}"#, "max-surge"),
-        (
-            "rolling",
-            r#"{"max-surge": 0, "max-unavailable": 0}"#,
-            "max-surge",
-        ),
+        ("rolling", r#"{"max-surge": 0, "max-unavailable": 0}"#, "max-surge"),
         ("canary", r#"{"steps": [50, 10]}"#, "steps"),
         ("blue-green", r#"{"verify-pth": "/"}"#, "verify-pth"),
         ("recreate", r#"{"maintenance": "yes"}"#, "maintenance"),
@@ -301,18 +227,12 @@ async fn bad_parameters_fail_before_anything_changes() {
             .failure
             .as_ref()
             .unwrap_or_else(|| panic!("{name} {params} succeeded"));
+        assert!(failure.message.contains(needle), "{name} {params}: {failure}");
+        let started = run.position(|k| matches!(k, EventKind::StrategyFailed { .. })).unwrap();
         assert!(
-            failure.message.contains(needle),
-            "{name} {params}: {failure}"
-        );
-        let started = run
-            .position(|k| matches!(k, EventKind::StrategyFailed { .. }))
-            .unwrap();
-        assert!(
-            !run.events()[..started].iter().any(|e| matches!(
-                e.kind,
-                EventKind::Scaled { .. } | EventKind::WeightsChanged { .. }
-            )),
+            !run.events()[..started]
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Scaled { .. } | EventKind::WeightsChanged { .. })),
             "{name} {params} changed something before failing:\n{}",
             run.trace()
         );
@@ -343,10 +263,6 @@ async fn a_first_deploy_brings_the_target_up_and_routes_to_it() {
             "{name}:\n{}",
             run.trace()
         );
-        assert_eq!(
-            (run.last[&2].ready, run.last[&2].weight),
-            (3, 256),
-            "{name}"
-        );
+        assert_eq!((run.last[&2].ready, run.last[&2].weight), (3, 256), "{name}");
     }
 }

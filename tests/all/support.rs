@@ -5,18 +5,15 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use slipway::bindings::Revision;
-use slipway::driver::NoHooks;
 use slipway::engine::WasmEngine;
 use slipway::events::{Event, EventKind, RevisionState, Timeline};
+use slipway::hooks::NoHooks;
 use slipway::modules::{LoadedModule, ModuleLoader};
 use slipway::rollout::{self, RolloutPlan, RolloutReport};
 use slipway::sim::{SIM_EPOCH_MS, SimCluster, SimConfig};
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Where guests built by the tests land (the runtime's build script uses the same place).
@@ -69,9 +66,7 @@ pub fn guest(package: &str) -> PathBuf {
         ] {
             command.env_remove(var);
         }
-        let status = command
-            .status()
-            .expect("run cargo to build the test guests");
+        let status = command.status().expect("run cargo to build the test guests");
         assert!(status.success(), "building the test guests failed");
     });
     let path = guest_dir().join(format!("{}.wasm", package.replace('-', "_")));
@@ -84,8 +79,7 @@ pub fn loader() -> &'static ModuleLoader {
     static LOADER: OnceLock<ModuleLoader> = OnceLock::new();
     LOADER.get_or_init(|| {
         let engine = WasmEngine::new().expect("build the engine");
-        ModuleLoader::new(engine, Some(workspace().join("target/test-module-cache")))
-            .expect("create the loader")
+        ModuleLoader::new(engine, Some(workspace().join("target/test-module-cache"))).expect("create the loader")
     })
 }
 
@@ -112,14 +106,8 @@ impl Sim {
         let plan = RolloutPlan::new(
             "app",
             "test-rollout",
-            Revision {
-                number: 2,
-                replicas,
-            },
-            Some(Revision {
-                number: 1,
-                replicas,
-            }),
+            Revision { number: 2, replicas },
+            Some(Revision { number: 1, replicas }),
         );
         Sim {
             config: SimConfig::default(),
@@ -155,14 +143,7 @@ impl Sim {
             cluster.add_ready_revision(active.number, active.replicas, 256);
         }
         cluster.add_faulty_revision(self.plan.target.number);
-        let report = rollout::run(
-            module,
-            &self.plan,
-            cluster.clone(),
-            Arc::new(NoHooks),
-            timeline,
-        )
-        .await;
+        let report = rollout::run(module, &self.plan, cluster.clone(), Arc::new(NoHooks), timeline).await;
         let last = cluster.snapshot();
         Outcome { report, last }
     }

@@ -6,15 +6,13 @@ use crate::events::EventKind;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn run_hook(
-        &mut self,
-        point: HookPoint,
-    ) -> wasmtime::Result<Result<HookStatus, ApiError>> {
+    async fn run_hook(&mut self, point: HookPoint) -> wasmtime::Result<Result<HookStatus, ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }
-        let name = hook_point_name(point);
-        let result = self.env.hooks.run_hook(point).await;
+        let name = crate::hooks::point_name(point);
+        let env = self.env.clone();
+        let result = env.hooks.run_hook(point, &env).await;
         let status = match &result {
             Ok(HookStatus::NotConfigured) => "not configured".to_string(),
             Ok(HookStatus::Succeeded) => "succeeded".to_string(),
@@ -25,8 +23,7 @@ impl Host for GuestState {
             point: name.to_string(),
             status,
         });
-        Ok(result
-            .map_err(|message| ApiError::Aborted(format!("the {name} hook failed: {message}"))))
+        Ok(result.map_err(|message| ApiError::Aborted(format!("the {name} hook failed: {message}"))))
     }
 
     async fn set_maintenance(&mut self, on: bool) -> wasmtime::Result<Result<(), ApiError>> {
@@ -45,15 +42,5 @@ impl Host for GuestState {
             message,
         });
         Ok(())
-    }
-}
-
-/// The WIT name of a hook point.
-pub fn hook_point_name(point: HookPoint) -> &'static str {
-    match point {
-        HookPoint::Pre => "pre",
-        HookPoint::Mid => "mid",
-        HookPoint::Post => "post",
-        HookPoint::Rollback => "rollback",
     }
 }

@@ -11,9 +11,7 @@ impl Host for GuestState {
         self.enter()?;
         self.budget.log_bytes += message.len();
         if self.budget.log_bytes > self.limits.log_bytes {
-            return Err(wasmtime::Error::new(GuestLimit::LogBytes(
-                self.limits.log_bytes,
-            )));
+            return Err(wasmtime::Error::new(GuestLimit::LogBytes(self.limits.log_bytes)));
         }
         let message = truncate(message, self.limits.log_line_bytes);
         let level = match level {

@@ -6,10 +6,7 @@ use crate::driver::validate_weights;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn set_weights(
-        &mut self,
-        weights: Vec<RouteWeight>,
-    ) -> wasmtime::Result<Result<(), ApiError>> {
+    async fn set_weights(&mut self, weights: Vec<RouteWeight>) -> wasmtime::Result<Result<(), ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }

@@ -7,11 +7,7 @@ use crate::events::EventKind;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
-    async fn scale(
-        &mut self,
-        revision: u32,
-        replicas: u32,
-    ) -> wasmtime::Result<Result<(), ApiError>> {
+    async fn scale(&mut self, revision: u32, replicas: u32) -> wasmtime::Result<Result<(), ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }

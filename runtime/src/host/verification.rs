@@ -27,10 +27,7 @@ impl Host for GuestState {
         Ok(result.map_err(|e| self.driver_error(e)))
     }
 
-    async fn check_http(
-        &mut self,
-        check: HttpCheck,
-    ) -> wasmtime::Result<Result<HttpCheckReport, ApiError>> {
+    async fn check_http(&mut self, check: HttpCheck) -> wasmtime::Result<Result<HttpCheckReport, ApiError>> {
         if let Err(error) = self.enter_action()? {
             return Ok(Err(error));
         }
@@ -52,12 +49,7 @@ impl Host for GuestState {
         let result = self
             .env
             .cluster
-            .check_http(
-                check.revision,
-                &check.path,
-                check.expect_status,
-                check.timeout_ms,
-            )
+            .check_http(check.revision, &check.path, check.expect_status, check.timeout_ms)
             .await;
         if let Ok(report) = &result {
             self.env.record(EventKind::HttpChecked {

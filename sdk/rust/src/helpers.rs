@@ -44,11 +44,7 @@ impl IntOrPercent {
             IntOrPercent::Count(n) => n,
             IntOrPercent::Percent(p) => {
                 let scaled = u64::from(total) * u64::from(p);
-                let value = if round_up {
-                    scaled.div_ceil(100)
-                } else {
-                    scaled / 100
-                };
+                let value = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
                 u32::try_from(value).unwrap_or(u32::MAX)
             }
         }
@@ -139,16 +135,8 @@ mod tests {
     fn parses_counts_and_percentages() {
         assert_eq!(parse_int_or_percent("25%"), Ok(IntOrPercent::Percent(25)));
         assert_eq!(parse_int_or_percent("3"), Ok(IntOrPercent::Count(3)));
-        assert!(
-            parse_int_or_percent("150%")
-                .unwrap_err()
-                .contains("above 100%")
-        );
-        assert!(
-            parse_int_or_percent("lots")
-                .unwrap_err()
-                .contains("expected a count")
-        );
+        assert!(parse_int_or_percent("150%").unwrap_err().contains("above 100%"));
+        assert!(parse_int_or_percent("lots").unwrap_err().contains("expected a count"));
     }
 
     #[test]

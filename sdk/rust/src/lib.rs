@@ -77,16 +77,15 @@ pub mod hook {
 
     pub use bindings::exports::slipway::deploy::hook_handler::Guest as Hook;
     pub use bindings::slipway::deploy::types::{
-        Error, ExecOutput, HookContext, HookPoint, HttpCheck, HttpCheckReport, LogLevel,
-        ProbeReport, Revision,
+        Error, ExecOutput, HookContext, HookPoint, HttpCheck, HttpCheckReport, LogLevel, ProbeReport, Revision,
     };
     pub use bindings::slipway::deploy::{clock, hook_env, logging, verification};
 }
 
 pub use strategy::exports::slipway::deploy::strategy_handler::Guest as Strategy;
 pub use strategy::slipway::deploy::types::{
-    Error, HookPoint, HookStatus, HttpCheck, HttpCheckReport, LogLevel, Outcome, ProbeReport,
-    ReplicaCounts, Revision, RolloutContext, RouteWeight,
+    Error, HookPoint, HookStatus, HttpCheck, HttpCheckReport, LogLevel, Outcome, ProbeReport, ReplicaCounts, Revision,
+    RolloutContext, RouteWeight,
 };
 pub use strategy::slipway::deploy::{clock, lifecycle, logging, routing, scaling, verification};
 

@@ -33,8 +33,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy,
-    lifecycle, log, routing, scaling, verification,
+    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, lifecycle, log,
+    routing, scaling, verification,
 };
 
 /// Per-request timeout of the HTTP check: instances that are ready should answer quickly.
@@ -63,17 +63,14 @@ impl Default for Params {
 
 impl Params {
     fn validate(self) -> Result<Self, Error> {
-        let invalid =
-            |message: String| Err(Error::Invalid(format!("strategy parameters: {message}")));
+        let invalid = |message: String| Err(Error::Invalid(format!("strategy parameters: {message}")));
         if self.timeout_seconds == 0 {
             return invalid("timeout-seconds must be at least 1".into());
         }
         if let Some(path) = &self.verify_path
             && !path.starts_with('/')
         {
-            return invalid(format!(
-                "verify-path {path:?} must start with '/', as in \"/healthz\""
-            ));
+            return invalid(format!("verify-path {path:?} must start with '/', as in \"/healthz\""));
         }
         if !(100..=599).contains(&self.verify_status) {
             return invalid(format!(
@@ -96,9 +93,7 @@ impl Strategy for BlueGreen {
         lifecycle::run_hook(HookPoint::Pre)?;
         let active = ctx.active.filter(|active| active.number != new);
         match active {
-            None => log::info(&format!(
-                "first deploy: scaling revision {new} to {replicas}"
-            )),
+            None => log::info(&format!("first deploy: scaling revision {new} to {replicas}")),
             Some(active) => log::info(&format!(
                 "blue-green: starting revision {new} at {replicas} replicas beside revision {}{}",
                 active.number,
@@ -109,10 +104,7 @@ impl Strategy for BlueGreen {
         if scaling::counts(new)?.desired != replicas {
             scaling::scale(new, replicas)?;
         }
-        lifecycle::progress(
-            10,
-            &format!("starting {replicas} replicas of revision {new}"),
-        );
+        lifecycle::progress(10, &format!("starting {replicas} replicas of revision {new}"));
         let counts = wait_ready(new, replicas, params.timeout_seconds)?;
 
         if let Some(active) = active {
@@ -150,7 +142,11 @@ fn wait_ready(new: u32, want: u32, timeout_s: u32) -> Result<ReplicaCounts, Erro
             Ok(c) => Error::Timeout(format!(
                 "revision {new}: only {} of {want} new replicas became ready within {timeout_s} s{}",
                 c.ready,
-                if c.failed > 0 { format!(" ({} failed to start)", c.failed) } else { String::new() }
+                if c.failed > 0 {
+                    format!(" ({} failed to start)", c.failed)
+                } else {
+                    String::new()
+                }
             )),
             Err(_) => Error::Timeout(host_message),
         },
@@ -174,9 +170,7 @@ fn verify(new: u32, replicas: u32, params: &Params) -> Result<(), Error> {
         return Ok(());
     };
     if replicas == 0 {
-        log::info(&format!(
-            "revision {new} has no replicas: skipping GET {path}"
-        ));
+        log::info(&format!("revision {new} has no replicas: skipping GET {path}"));
         return Ok(());
     }
     let report = verification::check_http(&HttpCheck {
@@ -206,15 +200,9 @@ fn quote(failures: &[String]) -> String {
     if failures.is_empty() {
         return String::new();
     }
-    let mut text = format!(
-        ": {}",
-        failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; ")
-    );
+    let mut text = format!(": {}", failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; "));
     if failures.len() > MAX_QUOTED_FAILURES {
-        text.push_str(&format!(
-            "; and {} more",
-            failures.len() - MAX_QUOTED_FAILURES
-        ));
+        text.push_str(&format!("; and {} more", failures.len() - MAX_QUOTED_FAILURES));
     }
     text
 }
@@ -227,10 +215,7 @@ mod tests {
         slipway_sdk::params::<Params>(&RolloutContext {
             app: "shop".into(),
             rollout: "r-1".into(),
-            target: slipway_sdk::Revision {
-                number: 2,
-                replicas: 3,
-            },
+            target: slipway_sdk::Revision { number: 2, replicas: 3 },
             active: None,
             others: Vec::new(),
             params: json.into(),
@@ -249,15 +234,9 @@ mod tests {
     #[test]
     fn defaults() {
         let p = parse("{}").unwrap();
-        assert_eq!(
-            (p.timeout_seconds, p.verify_path, p.verify_status),
-            (600, None, 200)
-        );
+        assert_eq!((p.timeout_seconds, p.verify_path, p.verify_status), (600, None, 200));
         let p = parse(r#"{"verify-path": "/healthz", "verify-status": 204}"#).unwrap();
-        assert_eq!(
-            (p.verify_path.as_deref(), p.verify_status),
-            (Some("/healthz"), 204)
-        );
+        assert_eq!((p.verify_path.as_deref(), p.verify_status), (Some("/healthz"), 204));
     }
 
     #[test]

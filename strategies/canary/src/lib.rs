@@ -34,8 +34,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy,
-    clock, lifecycle, log, routing, scaling, verification,
+    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock, lifecycle, log,
+    routing, scaling, verification,
 };
 
 /// Per-request timeout of the HTTP check: instances that are ready should answer quickly.
@@ -69,12 +69,9 @@ impl Default for Params {
 impl Params {
     /// Checks the values and completes `steps` with the final 100.
     fn validate(mut self) -> Result<Self, Error> {
-        let invalid =
-            |message: String| Err(Error::Invalid(format!("strategy parameters: {message}")));
+        let invalid = |message: String| Err(Error::Invalid(format!("strategy parameters: {message}")));
         if self.steps.is_empty() {
-            return invalid(
-                "steps is empty; list traffic percentages such as [10, 50, 100]".into(),
-            );
+            return invalid("steps is empty; list traffic percentages such as [10, 50, 100]".into());
         }
         if let Some(&bad) = self.steps.iter().find(|&&p| !(1..=100).contains(&p)) {
             return invalid(format!(
@@ -97,9 +94,7 @@ impl Params {
         if let Some(path) = &self.verify_path
             && !path.starts_with('/')
         {
-            return invalid(format!(
-                "verify-path {path:?} must start with '/', as in \"/healthz\""
-            ));
+            return invalid(format!("verify-path {path:?} must start with '/', as in \"/healthz\""));
         }
         if !(100..=599).contains(&self.verify_status) {
             return invalid(format!(
@@ -127,10 +122,7 @@ fn step_weight(percent: u32) -> u32 {
 /// routing change nothing; its pause and checks are repeated, as they may not have
 /// finished), so a restarted rollout neither pulls traffic back nor skips a check.
 fn resume_from(steps: &[u32], share: u32) -> usize {
-    steps
-        .iter()
-        .rposition(|&p| step_weight(p) <= share)
-        .unwrap_or(0)
+    steps.iter().rposition(|&p| step_weight(p) <= share).unwrap_or(0)
 }
 
 /// The target's share of the route now, scaled to 256.
@@ -141,9 +133,7 @@ fn current_share(weights: &[RouteWeight], new: u32) -> u32 {
         .filter(|w| w.revision == new)
         .map(|w| u64::from(w.weight))
         .sum();
-    (own * 256)
-        .checked_div(total)
-        .map_or(0, |share| share as u32)
+    (own * 256).checked_div(total).map_or(0, |share| share as u32)
 }
 
 struct Canary;
@@ -163,13 +153,9 @@ impl Strategy for Canary {
             }
             _ => {
                 if active.is_some() {
-                    log::info(&format!(
-                        "revision {new} has no replicas: nothing to canary"
-                    ));
+                    log::info(&format!("revision {new} has no replicas: nothing to canary"));
                 } else {
-                    log::info(&format!(
-                        "first deploy: scaling revision {new} to {replicas}"
-                    ));
+                    log::info(&format!("first deploy: scaling revision {new} to {replicas}"));
                 }
                 scaling::scale(new, replicas)?;
                 let counts = wait_ready(new, replicas, params.timeout_seconds)?;
@@ -211,9 +197,7 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
         let want = step_replicas(replicas, percent);
         // Never scale the target down: a resumed rollout may already be further along.
         if scaling::counts(new)?.desired < want {
-            log::info(&format!(
-                "step {percent}%: scaling revision {new} to {want}"
-            ));
+            log::info(&format!("step {percent}%: scaling revision {new} to {want}"));
             scaling::scale(new, want)?;
         }
         wait_ready(new, want, params.timeout_seconds)?;
@@ -230,10 +214,7 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
                     revision: old,
                     weight: 256 - weight,
                 },
-                RouteWeight {
-                    revision: new,
-                    weight,
-                },
+                RouteWeight { revision: new, weight },
             ]
         };
         routing::set_weights(&weights)?;
@@ -259,7 +240,11 @@ fn wait_ready(new: u32, want: u32, timeout_s: u32) -> Result<ReplicaCounts, Erro
             Ok(c) => Error::Timeout(format!(
                 "revision {new}: only {} of {want} new replicas became ready within {timeout_s} s{}",
                 c.ready,
-                if c.failed > 0 { format!(" ({} failed to start)", c.failed) } else { String::new() }
+                if c.failed > 0 {
+                    format!(" ({} failed to start)", c.failed)
+                } else {
+                    String::new()
+                }
             )),
             Err(_) => Error::Timeout(host_message),
         },
@@ -305,15 +290,9 @@ fn quote(failures: &[String]) -> String {
     if failures.is_empty() {
         return String::new();
     }
-    let mut text = format!(
-        ": {}",
-        failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; ")
-    );
+    let mut text = format!(": {}", failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; "));
     if failures.len() > MAX_QUOTED_FAILURES {
-        text.push_str(&format!(
-            "; and {} more",
-            failures.len() - MAX_QUOTED_FAILURES
-        ));
+        text.push_str(&format!("; and {} more", failures.len() - MAX_QUOTED_FAILURES));
     }
     text
 }
@@ -326,10 +305,7 @@ mod tests {
         slipway_sdk::params::<Params>(&RolloutContext {
             app: "shop".into(),
             rollout: "r-1".into(),
-            target: slipway_sdk::Revision {
-                number: 2,
-                replicas: 3,
-            },
+            target: slipway_sdk::Revision { number: 2, replicas: 3 },
             active: None,
             others: Vec::new(),
             params: json.into(),
@@ -349,10 +325,7 @@ mod tests {
     fn defaults() {
         let p = parse("{}").unwrap();
         assert_eq!(p.steps, [10, 50, 100]);
-        assert_eq!(
-            (p.pause_seconds, p.timeout_seconds, p.verify_status),
-            (10, 600, 200)
-        );
+        assert_eq!((p.pause_seconds, p.timeout_seconds, p.verify_status), (10, 600, 200));
         assert_eq!(p.verify_path, None);
     }
 
@@ -364,15 +337,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        assert!(
-            invalid(r#"{"steps": [50, 10]}"#)
-                .contains("strictly ascending, but 50 is followed by 10")
-        );
+        assert!(invalid(r#"{"steps": [50, 10]}"#).contains("strictly ascending, but 50 is followed by 10"));
         assert!(invalid(r#"{"steps": [10, 10]}"#).contains("strictly ascending"));
-        assert!(
-            invalid(r#"{"steps": [0, 50]}"#)
-                .contains("step 0 in steps [0, 50] is not a percentage")
-        );
+        assert!(invalid(r#"{"steps": [0, 50]}"#).contains("step 0 in steps [0, 50] is not a percentage"));
         assert!(invalid(r#"{"steps": [150]}"#).contains("from 1 to 100"));
         assert!(invalid(r#"{"steps": []}"#).contains("steps is empty"));
         assert!(invalid(r#"{"steps": "10,50"}"#).contains("expected a sequence"));

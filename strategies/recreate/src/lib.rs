@@ -31,8 +31,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock,
-    lifecycle, log, routing, scaling,
+    Error, HookPoint, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock, lifecycle, log, routing,
+    scaling,
 };
 
 /// How often to look again while old instances drain (there is no host call to wait on it).
@@ -77,9 +77,7 @@ impl Strategy for Recreate {
         let active = ctx.active.filter(|active| active.number != new);
         let counts = match active {
             None => {
-                log::info(&format!(
-                    "first deploy: scaling revision {new} to {replicas}"
-                ));
+                log::info(&format!("first deploy: scaling revision {new} to {replicas}"));
                 scaling::scale(new, replicas)?;
                 let counts = wait_ready(new, replicas, timeout_s, |c| {
                     all_ready_failed(new, replicas, timeout_s, c)
@@ -103,13 +101,7 @@ impl Strategy for Recreate {
 
 slipway_sdk::export_strategy!(Recreate);
 
-fn recreate(
-    old: u32,
-    new: u32,
-    replicas: u32,
-    params: &Params,
-    resumed: bool,
-) -> Result<ReplicaCounts, Error> {
+fn recreate(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> Result<ReplicaCounts, Error> {
     let timeout_s = params.timeout_seconds;
     log::info(&format!(
         "recreating: stopping revision {old} before starting revision {new}{}",
@@ -142,10 +134,7 @@ fn recreate(
 }
 
 fn route_all_to(revision: u32) -> Result<(), Error> {
-    routing::set_weights(&[RouteWeight {
-        revision,
-        weight: 256,
-    }])
+    routing::set_weights(&[RouteWeight { revision, weight: 256 }])
 }
 
 /// Scales the old revision to 0 and waits until its last instance has stopped.
@@ -195,9 +184,7 @@ fn start(new: u32, replicas: u32, timeout_s: u32) -> Result<ReplicaCounts, Error
     lifecycle::progress(60, &format!("first replica of revision {new} ready"));
 
     if replicas > 1 {
-        log::info(&format!(
-            "first replica ready: scaling revision {new} to {replicas}"
-        ));
+        log::info(&format!("first replica ready: scaling revision {new} to {replicas}"));
         scaling::scale(new, replicas)?;
     }
     wait_ready(new, replicas, timeout_s, |c| {
@@ -245,10 +232,7 @@ mod tests {
         slipway_sdk::params::<Params>(&RolloutContext {
             app: "shop".into(),
             rollout: "r-1".into(),
-            target: slipway_sdk::Revision {
-                number: 2,
-                replicas: 3,
-            },
+            target: slipway_sdk::Revision { number: 2, replicas: 3 },
             active: None,
             others: Vec::new(),
             params: json.into(),

@@ -34,8 +34,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, IntOrPercent, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy,
-    clock, lifecycle, log, routing, scaling, split_weights,
+    Error, HookPoint, IntOrPercent, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock, lifecycle,
+    log, routing, scaling, split_weights,
 };
 
 /// How often to look again while old instances drain (there is no host call to wait on it).
@@ -127,9 +127,7 @@ fn next_step(old: ReplicaCounts, new: ReplicaCounts, bounds: Bounds) -> Step {
     // the surge until `current` drops; `desired` alone would overshoot R + surge.
     let old_total = old.desired.max(old.current);
     let new_total = new.desired.max(new.current);
-    let room = bounds
-        .max_total()
-        .saturating_sub(old_total.saturating_add(new_total));
+    let room = bounds.max_total().saturating_sub(old_total.saturating_add(new_total));
     let new_desired = bounds.replicas.min(new.desired.saturating_add(room));
 
     // Only ready instances keep the app available, and an instance being drained after a
@@ -198,9 +196,7 @@ slipway_sdk::export_strategy!(Rolling);
 
 /// Nothing to replace: bring the target up to full size.
 fn first_deploy(new: u32, replicas: u32, timeout_s: u32) -> Result<ReplicaCounts, Error> {
-    log::info(&format!(
-        "first deploy: scaling revision {new} to {replicas}"
-    ));
+    log::info(&format!("first deploy: scaling revision {new} to {replicas}"));
     scaling::scale(new, replicas)?;
     let mut counts = scaling::counts(new)?;
     while counts.ready < replicas {
@@ -252,12 +248,7 @@ fn roll(old: u32, new: u32, bounds: Bounds, timeout_s: u32) -> Result<ReplicaCou
             (old_counts, new_counts)
         };
         follow_readiness(old, old_counts, new, new_counts)?;
-        report(
-            new,
-            new_counts.ready,
-            bounds.replicas,
-            Some((old, old_counts.ready)),
-        );
+        report(new, new_counts.ready, bounds.replicas, Some((old, old_counts.ready)));
 
         if !changed {
             if new_counts.ready < new_counts.desired {
@@ -272,12 +263,7 @@ fn roll(old: u32, new: u32, bounds: Bounds, timeout_s: u32) -> Result<ReplicaCou
 }
 
 /// Splits traffic in proportion to ready instances, touching the route only if that changes it.
-fn follow_readiness(
-    old: u32,
-    old_counts: ReplicaCounts,
-    new: u32,
-    new_counts: ReplicaCounts,
-) -> Result<(), Error> {
+fn follow_readiness(old: u32, old_counts: ReplicaCounts, new: u32, new_counts: ReplicaCounts) -> Result<(), Error> {
     let wanted = split_weights(&[
         (old, old_counts.ready.min(old_counts.desired)),
         (new, new_counts.ready.min(new_counts.desired)),
@@ -315,10 +301,7 @@ fn report(new: u32, ready: u32, replicas: u32, old: Option<(u32, u32)>) {
     } else {
         (u64::from(ready.min(replicas)) * 100 / u64::from(replicas)) as u8
     };
-    let mut message = format!(
-        "{} of {replicas} replicas of revision {new} ready",
-        ready.min(replicas)
-    );
+    let mut message = format!("{} of {replicas} replicas of revision {new} ready", ready.min(replicas));
     if let Some((old, old_ready)) = old {
         message.push_str(&format!("; {old_ready} ready on revision {old}"));
     }
@@ -327,11 +310,7 @@ fn report(new: u32, ready: u32, replicas: u32, old: Option<(u32, u32)>) {
 }
 
 /// Waits for one more new instance to become ready; a timeout fails the rollout.
-fn wait_next_ready(
-    new: u32,
-    counts: ReplicaCounts,
-    timeout_s: u32,
-) -> Result<ReplicaCounts, Error> {
+fn wait_next_ready(new: u32, counts: ReplicaCounts, timeout_s: u32) -> Result<ReplicaCounts, Error> {
     let want = counts.ready + 1;
     scaling::wait_ready(new, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
         Error::Timeout(_) => {
@@ -455,27 +434,15 @@ mod tests {
         let step = next_step(counts(3, 3, 3), counts(0, 0, 0), b);
         assert_eq!(step, Step { old: 3, new: 1 });
         // Until the new instance is ready nothing else may happen.
-        assert_eq!(
-            next_step(counts(3, 3, 3), counts(1, 1, 0), b),
-            Step { old: 3, new: 1 }
-        );
-        assert_eq!(
-            next_step(counts(3, 3, 3), counts(1, 1, 1), b),
-            Step { old: 2, new: 1 }
-        );
+        assert_eq!(next_step(counts(3, 3, 3), counts(1, 1, 0), b), Step { old: 3, new: 1 });
+        assert_eq!(next_step(counts(3, 3, 3), counts(1, 1, 1), b), Step { old: 2, new: 1 });
     }
 
     #[test]
     fn unavailable_only_stops_before_starting() {
         let b = bounds(3, 0, 1);
-        assert_eq!(
-            next_step(counts(3, 3, 3), counts(0, 0, 0), b),
-            Step { old: 2, new: 0 }
-        );
-        assert_eq!(
-            next_step(counts(2, 2, 2), counts(0, 0, 0), b),
-            Step { old: 2, new: 1 }
-        );
+        assert_eq!(next_step(counts(3, 3, 3), counts(0, 0, 0), b), Step { old: 2, new: 0 });
+        assert_eq!(next_step(counts(2, 2, 2), counts(0, 0, 0), b), Step { old: 2, new: 1 });
     }
 
     #[test]
@@ -531,10 +498,7 @@ mod tests {
         let Err(Error::Invalid(message)) = params.bounds(3) else {
             panic!("accepted")
         };
-        assert!(
-            message.contains("both resolve to 0 for 3 replicas"),
-            "{message}"
-        );
+        assert!(message.contains("both resolve to 0 for 3 replicas"), "{message}");
         assert!(message.contains("max-surge to at least 1"), "{message}");
         // Nothing to replace when the target has no replicas.
         assert!(params.bounds(0).is_ok());
@@ -544,10 +508,7 @@ mod tests {
         slipway_sdk::params(&RolloutContext {
             app: "shop".into(),
             rollout: "r-1".into(),
-            target: slipway_sdk::Revision {
-                number: 2,
-                replicas: 3,
-            },
+            target: slipway_sdk::Revision { number: 2, replicas: 3 },
             active: None,
             others: Vec::new(),
             params: json.into(),

@@ -25,8 +25,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, HookStatus, Outcome, RolloutContext, RouteWeight, Strategy, lifecycle, log,
-    params, routing, scaling, split_weights,
+    Error, HookPoint, HookStatus, Outcome, RolloutContext, RouteWeight, Strategy, lifecycle, log, params, routing,
+    scaling, split_weights,
 };
 
 #[derive(Debug, Deserialize)]
@@ -77,10 +77,7 @@ impl Strategy for Waves {
             target_up += step;
             lifecycle::progress(
                 percent(target_up - step, target.replicas),
-                &format!(
-                    "wave {wave}: scaling revision {} to {target_up}",
-                    target.number
-                ),
+                &format!("wave {wave}: scaling revision {} to {target_up}", target.number),
             );
 
             scaling::scale(target.number, target_up)?;
@@ -115,10 +112,7 @@ impl Strategy for Waves {
             // The active revision had more replicas than the target: retire the rest.
             scaling::scale(a.number, 0)?;
         }
-        lifecycle::progress(
-            100,
-            &format!("revision {} serves all traffic", target.number),
-        );
+        lifecycle::progress(100, &format!("revision {} serves all traffic", target.number));
 
         hook(HookPoint::Post)?;
 
@@ -142,9 +136,7 @@ fn hook(point: HookPoint) -> Result<(), Error> {
     match lifecycle::run_hook(point)? {
         HookStatus::NotConfigured => {}
         HookStatus::Succeeded => log::info(&format!("{name} hook succeeded")),
-        HookStatus::FailureIgnored => {
-            log::warn(&format!("{name} hook failed; its policy ignores that"))
-        }
+        HookStatus::FailureIgnored => log::warn(&format!("{name} hook failed; its policy ignores that")),
     }
     Ok(())
 }

@@ -1,0 +1,286 @@
+//! Example app for Slipway to deploy: a tiny HTTP/1.1 server with knobs that make it
+//! misbehave on purpose, so rollouts, probes, rollbacks and drains can be tried for real.
+//!
+//! Run with (from the workspace root):
+//!
+//! ```sh
+//! cargo build -p hello
+//! PORT=8081 VERSION=v2 target/debug/hello
+//! curl -i http://127.0.0.1:8081/          # 200 "hello from v2", header X-Hello-Version: v2
+//! curl -i http://127.0.0.1:8081/healthz   # 200 "ok"
+//! ```
+//!
+//! or deploy three replicas of it with `examples/hello/slipway.toml`.
+//!
+//! Environment:
+//!
+//! - `PORT` (required): the port to listen on, on 127.0.0.1. Slipway sets it for each replica.
+//! - `VERSION` (default `v1`): named in every answer to `GET /`.
+//! - `HELLO_START_DELAY_MS`: wait this long before listening, like a slow start.
+//! - `HELLO_NEVER_READY=1`: `/healthz` answers 503 forever; `/` still works.
+//! - `HELLO_CRASH_ON_START=1`: print a message to stderr and exit 1 at once.
+//! - `HELLO_RESPONSE_DELAY_MS`: delay every answer to `/`, to see in-flight requests drain.
+//!
+//! On SIGTERM or SIGINT it stops accepting connections, lets requests in flight finish,
+//! closes idle keep-alive connections and exits 0. A missing or invalid setting exits 2.
+
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+/// The readiness path Slipway's HTTP probe asks.
+const HEALTH_PATH: &str = "/healthz";
+
+fn main() -> ExitCode {
+    // Checked before anything else so that a crash is a crash, whatever else is set.
+    match flag("HELLO_CRASH_ON_START") {
+        Ok(true) => {
+            eprintln!("hello: crashing on start because HELLO_CRASH_ON_START=1");
+            return ExitCode::from(1);
+        }
+        Ok(false) => {}
+        Err(message) => return config_error(&message),
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(message) => return config_error(&message),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hello: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("hello: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Settings read once from the environment.
+struct Config {
+    port: u16,
+    version: String,
+    start_delay: Duration,
+    never_ready: bool,
+    response_delay: Duration,
+}
+
+impl Config {
+    fn from_env() -> Result<Config, String> {
+        let port = match std::env::var("PORT") {
+            Ok(text) => text
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| format!("PORT must be a port number from 0 to 65535, not {text:?}"))?,
+            Err(_) => return Err("PORT is not set: say which port to listen on, e.g. PORT=8081".into()),
+        };
+        let version = std::env::var("VERSION").unwrap_or_else(|_| "v1".to_owned());
+        if version.is_empty() || HeaderValue::from_str(&version).is_err() {
+            return Err(format!(
+                "VERSION must be non-empty visible ASCII (it goes into a header), not {version:?}"
+            ));
+        }
+        Ok(Config {
+            port,
+            version,
+            start_delay: millis("HELLO_START_DELAY_MS")?,
+            never_ready: flag("HELLO_NEVER_READY")?,
+            response_delay: millis("HELLO_RESPONSE_DELAY_MS")?,
+        })
+    }
+}
+
+fn config_error(message: &str) -> ExitCode {
+    eprintln!("hello: {message}");
+    ExitCode::from(2)
+}
+
+/// A boolean knob: unset, empty, `0` or `false` is off; `1` or `true` is on.
+fn flag(name: &str) -> Result<bool, String> {
+    match std::env::var(name).as_deref().map(str::trim) {
+        Err(_) | Ok("" | "0" | "false") => Ok(false),
+        Ok("1" | "true") => Ok(true),
+        Ok(other) => Err(format!("{name} must be 1 or 0, not {other:?}")),
+    }
+}
+
+/// A delay knob in milliseconds: unset or empty is no delay.
+fn millis(name: &str) -> Result<Duration, String> {
+    match std::env::var(name).as_deref().map(str::trim) {
+        Err(_) | Ok("") => Ok(Duration::ZERO),
+        Ok(text) => text
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{name} must be a whole number of milliseconds, not {text:?}")),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    // Signal handlers go in first so that a SIGTERM during a slow start is a clean exit, not
+    // the default action.
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let shutdown = async {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    };
+    tokio::pin!(shutdown);
+    let version = config.version.clone();
+
+    if !config.start_delay.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(config.start_delay) => {}
+            name = &mut shutdown => {
+                println!("hello {version} shut down on {name} before it started listening");
+                return Ok(());
+            }
+        }
+    }
+
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    println!("hello {version} listening on {address}");
+
+    let app = Arc::new(App::new(config));
+    let (stop_sender, stop) = watch::channel(false);
+    // Every connection task holds a clone of `open`; once all are dropped, `closed` yields
+    // `None` and the drain is complete.
+    let (open, mut closed) = mpsc::channel::<()>(1);
+    let name = loop {
+        tokio::select! {
+            name = &mut shutdown => break name,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, Arc::clone(&app), stop.clone(), open.clone()));
+                }
+                Err(error) => {
+                    // Usually out of file descriptors; pausing keeps the loop from spinning.
+                    eprintln!("hello: accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    };
+
+    drop(listener);
+    // Nobody may be waiting on `stop` if no connection is open; that is fine.
+    let _ = stop_sender.send(true);
+    drop(open);
+    let _ = closed.recv().await;
+    println!("hello {version} shut down on {name}");
+    Ok(())
+}
+
+/// Serves one keep-alive connection until the client closes it or shutdown begins; then
+/// hyper finishes the request in flight, if any, and closes the connection.
+async fn serve_connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<bool>, _open: mpsc::Sender<()>) {
+    let service = service_fn(move |request| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(app.answer(request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let stopping = async move {
+        // The `Ref` the wait returns holds a lock; it must not live across an await.
+        let _ = stop.wait_for(|stop| *stop).await.map(drop);
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping => {
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
+    // A client that goes away mid-request is its own business; the server carries on.
+    drop(result);
+}
+
+struct App {
+    version: String,
+    version_header: HeaderValue,
+    never_ready: bool,
+    response_delay: Duration,
+}
+
+impl App {
+    fn new(config: Config) -> App {
+        let version_header = HeaderValue::from_str(&config.version).expect("VERSION was checked when it was read");
+        App {
+            version: config.version,
+            version_header,
+            never_ready: config.never_ready,
+            response_delay: config.response_delay,
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        if path != "/" && path != HEALTH_PATH {
+            return text(StatusCode::NOT_FOUND, "not found\n".into());
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        if path == HEALTH_PATH {
+            return if self.never_ready {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready (HELLO_NEVER_READY=1)\n".into(),
+                )
+            } else {
+                text(StatusCode::OK, "ok\n".into())
+            };
+        }
+        if !self.response_delay.is_zero() {
+            tokio::time::sleep(self.response_delay).await;
+        }
+        let mut response = text(StatusCode::OK, format!("hello from {}\n", self.version));
+        response
+            .headers_mut()
+            .insert("x-hello-version", self.version_header.clone());
+        response
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

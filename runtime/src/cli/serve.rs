@@ -1,0 +1,147 @@
+//! `slipway serve`: the runner process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::api::{self, ApiState};
+use crate::auth::{Scope, Tokens};
+use crate::engine::{Limits, WasmEngine};
+use crate::modules::ModuleLoader;
+use crate::runner::{Runner, RunnerConfig};
+
+/// Where `serve` writes the admin token it creates when no tokens are configured.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The data directory: the SQLite database, uploaded modules, the module cache.
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
+    data_dir: PathBuf,
+    /// Where the HTTP API listens.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// A file of `SCOPE TOKEN` lines (scopes: read, deploy, admin). Tokens can also come from
+    /// SLIPWAY_TOKENS="scope:token,…". With neither, an admin token is created in the data
+    /// directory.
+    #[arg(long, env = "SLIPWAY_TOKENS_FILE")]
+    tokens: Option<PathBuf>,
+    /// Spec files to deploy once the runner is up (as `slipway deploy` would). Repeatable.
+    #[arg(long)]
+    deploy: Vec<PathBuf>,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", args.data_dir.display()))?;
+    let tokens = load_tokens(&args)?;
+    let mut specs = Vec::new();
+    for file in &args.deploy {
+        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+        specs.push(crate::spec::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?);
+    }
+    let engine = WasmEngine::new()?;
+    let loader = ModuleLoader::new(engine, Some(args.data_dir.join("cache")))?;
+    let runner = Runner::start(
+        RunnerConfig {
+            data_dir: args.data_dir.clone(),
+            limits: Limits::default(),
+        },
+        loader,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e} (is another runner running? use --listen)",
+            args.listen
+        )
+    })?;
+    eprintln!(
+        "slipway: API on http://{} (data in {})",
+        listener.local_addr()?,
+        args.data_dir.display()
+    );
+    for spec in specs {
+        let name = spec.name.clone();
+        let listen = spec.listen;
+        match runner.deploy(spec).await {
+            Ok(crate::runner::DeployAccepted::Started { revision, rollout, .. }) => {
+                eprintln!(
+                    "slipway: deploying {name} revision {revision} (rollout {rollout}); it will answer on http://{listen}"
+                )
+            }
+            Ok(crate::runner::DeployAccepted::Unchanged { revision, .. }) => {
+                eprintln!("slipway: {name} is already at revision {revision}; it answers on http://{listen}")
+            }
+            Err(error) => eprintln!("slipway: could not deploy {name}: {error}"),
+        }
+    }
+    let app = api::app(ApiState {
+        runner: runner.clone(),
+        tokens: Arc::new(tokens),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    eprintln!("slipway: stopping every instance");
+    runner.shutdown().await;
+    eprintln!("slipway: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_tokens(args: &ServeArgs) -> anyhow::Result<Tokens> {
+    let mut tokens = Tokens::default();
+    if let Some(path) = &args.tokens {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the tokens file {}: {e}", path.display()))?;
+        tokens = Tokens::parse_file(&text, path).map_err(anyhow::Error::msg)?;
+    }
+    if let Ok(text) = std::env::var("SLIPWAY_TOKENS") {
+        let from_env = Tokens::parse_env(&text).map_err(anyhow::Error::msg)?;
+        if tokens.is_empty() {
+            tokens = from_env;
+        } else {
+            anyhow::bail!("tokens are configured both in --tokens and SLIPWAY_TOKENS; use one");
+        }
+    }
+    if tokens.is_empty() {
+        let path = args.data_dir.join(ADMIN_TOKEN_FILE);
+        let token = match std::fs::read_to_string(&path) {
+            Ok(token) => token.trim().to_string(),
+            Err(_) => {
+                let token = crate::auth::generate_token()?;
+                write_private(&path, &token)?;
+                eprintln!(
+                    "slipway: created an admin token in {} (the CLI reads it from there)",
+                    path.display()
+                );
+                token
+            }
+        };
+        tokens.add(Scope::Admin, &token).map_err(anyhow::Error::msg)?;
+    }
+    Ok(tokens)
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

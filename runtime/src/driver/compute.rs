@@ -1,0 +1,3 @@
+//! Compute drivers: where instances of a revision run.
+
+pub mod process;

@@ -1,0 +1,3 @@
+//! Router drivers: how requests reach the ready instances of each revision.
+
+pub mod builtin;

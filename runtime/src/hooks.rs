@@ -1,0 +1,157 @@
+//! Lifecycle hooks: Wasm components run at `pre`, `mid`, `post` and `rollback`, each with a
+//! timeout and a failure policy the host enforces.
+//!
+//! The strategy decides *when* a point runs (`lifecycle.run-hook`); the host decides *what
+//! a failure means*: `abort` fails the rollout, `retry` runs the hook again with backoff until
+//! it succeeds or the rollout's deadline passes, `ignore` records the failure and goes on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::bindings::{HookContext, HookPoint, HookStatus};
+use crate::engine::Limits;
+use crate::events::EventKind;
+use crate::guest::{self, HookFailure};
+use crate::host::RolloutEnv;
+use crate::modules::LoadedModule;
+
+/// Runs the app's lifecycle hooks with their failure policies.
+#[async_trait]
+pub trait HookRunner: Send + Sync {
+    /// Runs the hook configured for `point`, if any. An `Err` means the hook failed and its
+    /// policy says the rollout must fail.
+    async fn run_hook(&self, point: HookPoint, env: &Arc<RolloutEnv>) -> Result<HookStatus, String>;
+}
+
+/// A [`HookRunner`] for apps without hooks.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+#[async_trait]
+impl HookRunner for NoHooks {
+    async fn run_hook(&self, _point: HookPoint, _env: &Arc<RolloutEnv>) -> Result<HookStatus, String> {
+        Ok(HookStatus::NotConfigured)
+    }
+}
+
+/// What a failed hook means for its rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    Abort,
+    Retry,
+    Ignore,
+}
+
+/// Capabilities a hook may be granted, and nothing else.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// `exec` in the target revision's environment.
+    pub exec: Option<ExecEnv>,
+}
+
+/// Where `exec` runs: the target revision's working directory and environment.
+#[derive(Clone, Debug)]
+pub struct ExecEnv {
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<std::path::PathBuf>,
+}
+
+/// One configured hook.
+#[derive(Clone, Debug)]
+pub struct Hook {
+    pub module: LoadedModule,
+    /// Parameters as JSON.
+    pub params: String,
+    pub timeout: Duration,
+    pub policy: FailurePolicy,
+    pub grants: Grants,
+}
+
+/// The first retry waits this long; each further one doubles it, up to [`MAX_RETRY_BACKOFF`].
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Hooks as Wasm components.
+#[derive(Clone, Debug, Default)]
+pub struct WasmHooks {
+    pub hooks: BTreeMap<&'static str, Hook>,
+    pub limits: Limits,
+}
+
+/// The WIT name of a hook point.
+pub fn point_name(point: HookPoint) -> &'static str {
+    match point {
+        HookPoint::Pre => "pre",
+        HookPoint::Mid => "mid",
+        HookPoint::Post => "post",
+        HookPoint::Rollback => "rollback",
+    }
+}
+
+/// How a hook run ended, in words for the timeline.
+pub fn describe(result: &Result<HookStatus, String>) -> String {
+    match result {
+        Ok(HookStatus::NotConfigured) => "not configured".to_string(),
+        Ok(HookStatus::Succeeded) => "succeeded".to_string(),
+        Ok(HookStatus::FailureIgnored) => "failed (ignored by policy)".to_string(),
+        Err(message) => format!("failed: {message}"),
+    }
+}
+
+#[async_trait]
+impl HookRunner for WasmHooks {
+    async fn run_hook(&self, point: HookPoint, env: &Arc<RolloutEnv>) -> Result<HookStatus, String> {
+        let name = point_name(point);
+        let Some(hook) = self.hooks.get(name) else {
+            return Ok(HookStatus::NotConfigured);
+        };
+        let mut backoff = RETRY_BACKOFF;
+        for attempt in 1.. {
+            let ctx = HookContext {
+                app: env.app.clone(),
+                rollout: env.rollout.clone(),
+                point,
+                target: env.target,
+                active: env.active,
+                params: hook.params.clone(),
+                attempt,
+            };
+            let hook_env = Arc::new(env.for_hook(hook.grants.clone()));
+            let failure = match guest::run_hook(&hook.module, ctx, hook_env, &self.limits, hook.timeout).await {
+                Ok(()) => return Ok(HookStatus::Succeeded),
+                Err(HookFailure::Returned(message)) => message,
+                Err(HookFailure::Guest(failure)) => failure.to_string(),
+            };
+            match hook.policy {
+                FailurePolicy::Abort => return Err(failure),
+                FailurePolicy::Ignore => {
+                    env.record(EventKind::Log {
+                        level: "warn".into(),
+                        message: format!("the {name} hook failed and its policy is ignore: {failure}"),
+                    });
+                    return Ok(HookStatus::FailureIgnored);
+                }
+                FailurePolicy::Retry => {
+                    if env.remaining_ms() <= backoff.as_millis() as u64 {
+                        return Err(format!(
+                            "{failure} (retried {attempt} times until the progress deadline)"
+                        ));
+                    }
+                    env.record(EventKind::Log {
+                        level: "warn".into(),
+                        message: format!(
+                            "the {name} hook failed (attempt {attempt}), retrying in {} s: {failure}",
+                            backoff.as_secs()
+                        ),
+                    });
+                    env.cluster.sleep_ms(backoff.as_millis() as u64).await;
+                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                }
+            }
+        }
+        unreachable!("the retry loop returns")
+    }
+}

@@ -1,0 +1,304 @@
+//! A real `slipway serve` for end-to-end tests: its own data directory, API port and tokens,
+//! started as a child process and stopped with SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::support::workspace;
+
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+pub const DEPLOY: &str = "deploy-token-0123456789abcdef";
+pub const READ: &str = "read-token-0123456789abcdef";
+
+pub struct Server {
+    child: Option<Child>,
+    pub api: String,
+    pub data: PathBuf,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `hello` example app's binary, built on first use.
+pub fn hello() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let built = workspace().join("target/debug/hello");
+            if built.exists() {
+                return built;
+            }
+            let dir = workspace().join("target/hello");
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(workspace())
+                .args(["build", "--locked", "-p", "hello", "--target-dir"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "building examples/hello failed");
+            dir.join("debug/hello")
+        })
+        .clone()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_in(&unique_dir("data"))
+    }
+
+    /// Starts a runner on an existing data directory (to test restarts).
+    pub fn start_in(data: &Path) -> Server {
+        let port = free_port();
+        let api = format!("http://127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data)
+            .env("SLIPWAY_TOKENS", format!("admin:{ADMIN},deploy:{DEPLOY},read:{READ}"))
+            .env("SLIPWAY_LOG", "error")
+            .current_dir(workspace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start slipway serve");
+        let server = Server {
+            child: Some(child),
+            api,
+            data: data.to_path_buf(),
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr: SocketAddr = self.api.trim_start_matches("http://").parse().unwrap();
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+                use std::io::{Read, Write};
+                let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("slipway serve did not become healthy on {}", self.api);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Runs the `slipway` CLI against this runner with `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .env("SLIPWAY_SERVER", &self.api)
+            .env("SLIPWAY_TOKEN", token)
+            .current_dir(workspace())
+            .output()
+            .expect("run the slipway CLI")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(ADMIN, args)
+    }
+
+    /// Sends an API request with curl-like simplicity; returns (status, body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr: SocketAddr = self.api.trim_start_matches("http://").parse().unwrap();
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: slipway\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let _ = stream.write_all(body);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, dechunk(&body))
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.request("GET", path, Some(READ), "application/json", b"");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Stops the runner with SIGTERM and waits for it.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slipway serve did not stop within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the runner with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Undoes chunked transfer encoding (the API streams some answers).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_string();
+        };
+        if size == 0 || after.len() < size {
+            return if out.is_empty() && size != 0 {
+                body.to_string()
+            } else {
+                out
+            };
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+pub fn unique_dir(what: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = workspace()
+        .join("target/e2e")
+        .join(format!("{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A spec for the hello app at `version`, listening on `listen`.
+pub fn hello_spec(listen: SocketAddr, version: &str, strategy: &str, params: &str, extra_env: &str) -> String {
+    format!(
+        r#"name = "hello"
+replicas = 3
+listen = "{listen}"
+
+[process]
+command = "{command}"
+env = {{ VERSION = "{version}"{extra_env} }}
+grace-period = "10s"
+
+[probe]
+http = "/healthz"
+interval = "200ms"
+timeout = "2s"
+failure-threshold = 3
+
+[strategy]
+module = "{strategy}"
+params = {params}
+
+[lifecycle]
+progress-deadline = "120s"
+"#,
+        command = hello().display()
+    )
+}
+
+/// Writes `text` to a file in a fresh directory and returns its path.
+pub fn write_spec(text: &str) -> PathBuf {
+    let path = unique_dir("spec").join("slipway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// PIDs of live processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() != Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
