@@ -115,6 +115,7 @@ fn bench_env() -> Arc<slipway::host::RolloutEnv> {
         target: Revision { number: 1, replicas: 1 },
         active: None,
         grants: Default::default(),
+        control: Default::default(),
     })
 }
 

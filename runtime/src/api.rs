@@ -40,7 +40,14 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", put(put_app).patch(patch_app).get(get_app))
         .route("/v1/apps/{app}/revisions", get(revisions))
+        .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/redeploy", post(redeploy))
+        .route("/v1/apps/{app}/retry", post(retry))
+        .route("/v1/apps/{app}/scale", put(scale))
+        .route("/v1/apps/{app}/route", put(route))
+        .route("/v1/apps/{app}/maintenance", put(maintenance))
         .route("/v1/rollouts/{id}", get(get_rollout))
+        .route("/v1/rollouts/{id}/{action}", post(steer))
         .route("/v1/rollouts/{id}/events", get(rollout_events))
         .route("/v1/modules", post(upload_module).get(list_modules))
         .fallback(|| async {
@@ -88,6 +95,7 @@ impl From<DeployError> for ApiError {
         let (status, code) = match &error {
             DeployError::InvalidSpec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-spec"),
             DeployError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown-app"),
+            DeployError::UnknownRevision(_) => (StatusCode::NOT_FOUND, "unknown-revision"),
             DeployError::UnknownModule(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-module"),
             DeployError::BadModule(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-module"),
             DeployError::Conflict { .. } => (StatusCode::CONFLICT, "rollout-running"),
@@ -229,6 +237,109 @@ fn deployed(result: crate::runner::DeployAccepted) -> Result<Response, ApiError>
     Ok((status, Json(result)).into_response())
 }
 
+/// Reads a small JSON body (empty means `{}`).
+async fn json_body(body: Body) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_body(body, MAX_SPEC_BYTES, "body").await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+fn field<T: serde::de::DeserializeOwned>(body: &serde_json::Value, name: &str, example: &str) -> Result<T, ApiError> {
+    serde_json::from_value(body.get(name).cloned().unwrap_or(serde_json::Value::Null)).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("expected a body like {example}"),
+        )
+    })
+}
+
+async fn rollback(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    let body = json_body(body).await?;
+    let to: Option<u32> = field(&body, "to", r#"{"to": 3} or {}"#)?;
+    deployed(state.runner.rollback(&app, to).await?)
+}
+
+async fn redeploy(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    let body = json_body(body).await?;
+    let revision: u32 = field(&body, "revision", r#"{"revision": 3}"#)?;
+    deployed(state.runner.redeploy(&app, revision).await?)
+}
+
+async fn retry(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    deployed(state.runner.retry(&app).await?)
+}
+
+async fn scale(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    let body = json_body(body).await?;
+    let replicas: u32 = field(&body, "replicas", r#"{"replicas": 5}"#)?;
+    Ok(Json(state.runner.scale(&app, replicas).await?).into_response())
+}
+
+async fn route(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    let body = json_body(body).await?;
+    let weights: std::collections::BTreeMap<u32, u32> = field(&body, "weights", r#"{"weights": {"2": 198, "3": 2}}"#)?;
+    Ok(Json(state.runner.route(&app, &weights).await?).into_response())
+}
+
+async fn maintenance(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    let body = json_body(body).await?;
+    let on: bool = field(&body, "on", r#"{"on": true}"#)?;
+    Ok(Json(state.runner.maintenance(&app, on).await?).into_response())
+}
+
+async fn steer(
+    State(state): State<ApiState>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Deploy)?;
+    Ok(Json(state.runner.steer(&id, &action)?).into_response())
+}
+
 async fn list_apps(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
     let apps: Vec<serde_json::Value> = state
@@ -304,6 +415,13 @@ async fn rollout_events(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
     let (stored, receiver) = state.runner.follow(&id)?;
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        return Ok(Json(json!({ "rollout": id, "events": stored })).into_response());
+    }
     let seen = stored.len() as u64;
     let past = stream::iter(
         stored

@@ -36,6 +36,24 @@ enum Command {
     Status(StatusArgs),
     /// Show an app's revisions and rollouts.
     History(HistoryArgs),
+    /// Roll back to the previous revision: instant when it is still kept, else a redeploy.
+    Rollback(RollbackArgs),
+    /// Deploy a new revision from an earlier revision's config and module digests.
+    Redeploy(RedeployArgs),
+    /// Run the failed latest revision's rollout again (no new revision).
+    Retry(AppArgs),
+    /// Hold a running rollout at its next step.
+    Pause(SteerArgs),
+    /// Let a paused rollout go on.
+    Resume(SteerArgs),
+    /// Stop a running rollout and roll back.
+    Abort(SteerArgs),
+    /// Set the replicas of the app's running revision (no new revision).
+    Scale(ScaleArgs),
+    /// Split traffic by hand across up to four revisions: `slipway route hello 2=198 3=2`.
+    Route(RouteArgs),
+    /// Turn the app's maintenance page on or off.
+    Maintenance(MaintenanceArgs),
     /// Upload or list strategy and hook modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -97,6 +115,70 @@ struct HistoryArgs {
     app: String,
     #[arg(long, value_enum, default_value_t = Output::Human)]
     output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct AppArgs {
+    app: String,
+    /// Return once the rollout has started instead of following it.
+    #[arg(long)]
+    no_wait: bool,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct RollbackArgs {
+    #[command(flatten)]
+    app: AppArgs,
+    /// The revision to go back to (default: the most recent earlier one that ran).
+    #[arg(long)]
+    to: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RedeployArgs {
+    #[command(flatten)]
+    app: AppArgs,
+    /// The revision whose config to deploy again.
+    revision: u32,
+}
+
+#[derive(Debug, clap::Args)]
+struct SteerArgs {
+    /// A rollout id, or an app name (its running rollout).
+    target: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    app: String,
+    replicas: u32,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct RouteArgs {
+    app: String,
+    /// REVISION=WEIGHT pairs, weights 0 to 256.
+    #[arg(required = true)]
+    weights: Vec<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
+struct MaintenanceArgs {
+    app: String,
+    #[arg(value_parser = ["on", "off"])]
+    state: String,
     #[command(flatten)]
     remote: Remote,
 }
@@ -182,6 +264,27 @@ pub async fn main() -> ExitCode {
         Command::Deploy(args) => deploy(args).await,
         Command::Status(args) => status(args).await,
         Command::History(args) => history(args).await,
+        Command::Rollback(args) => {
+            let body = serde_json::json!({ "to": args.to });
+            operation(&args.app, "rollback", body).await
+        }
+        Command::Redeploy(args) => {
+            let body = serde_json::json!({ "revision": args.revision });
+            operation(&args.app, "redeploy", body).await
+        }
+        Command::Retry(args) => operation(&args, "retry", serde_json::json!({})).await,
+        Command::Pause(args) => steer(args, "pause").await,
+        Command::Resume(args) => steer(args, "resume").await,
+        Command::Abort(args) => steer(args, "abort").await,
+        Command::Scale(args) => {
+            let body = serde_json::json!({ "replicas": args.replicas });
+            put(&args.remote, &format!("/v1/apps/{}/scale", args.app), body).await
+        }
+        Command::Route(args) => route(args).await,
+        Command::Maintenance(args) => {
+            let body = serde_json::json!({ "on": args.state == "on" });
+            put(&args.remote, &format!("/v1/apps/{}/maintenance", args.app), body).await
+        }
         Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
     };
@@ -232,9 +335,15 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    follow_rollout(&client, &rollout, args.output).await
+}
+
+/// Follows a rollout to its end, printing its events; exit 0 when it succeeded.
+async fn follow_rollout(client: &client::Client, rollout: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let json = output == Output::Json;
     let mut events = Vec::new();
     let end = client
-        .follow(&rollout, |value| {
+        .follow(rollout, |value| {
             if json {
                 events.push(value);
             } else if let Ok(event) = serde_json::from_value::<crate::events::Event>(value) {
@@ -247,7 +356,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::json!({ "rollout": end, "events": events }));
     } else if state == "succeeded" {
-        println!("deployed {} revision {}: {summary}", spec.name, answer["revision"]);
+        println!("rollout {rollout} succeeded: {summary}");
     } else {
         eprintln!("rollout {rollout} {state}: {summary}");
     }
@@ -256,6 +365,99 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Starts an app operation that runs a rollout (rollback, redeploy, retry) and follows it.
+async fn operation(args: &AppArgs, action: &str, body: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let client = args.remote.client();
+    let path = format!("/v1/apps/{}/{action}", args.app);
+    let (_, answer) = client
+        .call(
+            hyper::Method::POST,
+            &path,
+            "application/json",
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?;
+    let rollout = answer["rollout"].as_str().unwrap_or_default().to_string();
+    if args.output == Output::Human {
+        println!(
+            "{}: {action} of revision {} started (rollout {rollout})",
+            args.app, answer["revision"]
+        );
+        if let Some(note) = answer["note"].as_str() {
+            println!("{}: {note}", args.app);
+        }
+    }
+    if args.no_wait {
+        if args.output == Output::Json {
+            println!("{answer}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_rollout(&client, &rollout, args.output).await
+}
+
+async fn steer(args: SteerArgs, action: &str) -> anyhow::Result<ExitCode> {
+    let client = args.remote.client();
+    // An app name stands for its running rollout.
+    let rollout = match client.get(&format!("/v1/apps/{}", args.target)).await {
+        Ok(app) => app["running_rollout"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("{} has no running rollout to {action}", args.target))?,
+        Err(_) => args.target.clone(),
+    };
+    let (_, answer) = client
+        .call(
+            hyper::Method::POST,
+            &format!("/v1/rollouts/{rollout}/{action}"),
+            "application/json",
+            bytes::Bytes::new(),
+        )
+        .await?;
+    let verb = match action {
+        "pause" => "paused",
+        "resume" => "resumed",
+        _ => "aborted (it rolls back)",
+    };
+    if answer["changed"] == true {
+        println!("rollout {rollout} {verb}");
+    } else {
+        println!("rollout {rollout} was already {verb}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn put(remote: &Remote, path: &str, body: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let (_, answer) = remote
+        .client()
+        .call(
+            hyper::Method::PUT,
+            path,
+            "application/json",
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?;
+    println!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
+    let mut weights = serde_json::Map::new();
+    for pair in &args.weights {
+        let (revision, weight) = pair
+            .split_once('=')
+            .and_then(|(r, w)| Some((r.trim().parse::<u32>().ok()?, w.trim().parse::<u32>().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("{pair:?}: expected REVISION=WEIGHT, e.g. 2=198"))?;
+        weights.insert(revision.to_string(), weight.into());
+    }
+    put(
+        &args.remote,
+        &format!("/v1/apps/{}/route", args.app),
+        serde_json::json!({ "weights": weights }),
+    )
+    .await
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {

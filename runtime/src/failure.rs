@@ -29,6 +29,8 @@ pub enum FailureKind {
     LogLimit,
     /// The rollout's progress deadline passed.
     Deadline,
+    /// An operator aborted the rollout.
+    Aborted,
     /// The strategy returned an error of its own.
     StrategyError,
     /// The module could not be loaded at all.
@@ -47,6 +49,7 @@ impl FailureKind {
             FailureKind::HostCallLimit => "host-call-limit",
             FailureKind::LogLimit => "log-limit",
             FailureKind::Deadline => "deadline",
+            FailureKind::Aborted => "aborted",
             FailureKind::StrategyError => "strategy-error",
             FailureKind::InvalidModule => "invalid-module",
         }
@@ -154,6 +157,7 @@ pub fn from_strategy_error(error: &ApiError, last_invalid_call: Option<&str>) ->
             ),
         ),
         ApiError::Aborted(message) if message.contains("deadline") => (FailureKind::Deadline, message.clone()),
+        ApiError::Aborted(message) if message.contains("by an operator") => (FailureKind::Aborted, message.clone()),
         other => (FailureKind::StrategyError, describe_api_error(other)),
     }
 }

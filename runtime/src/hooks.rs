@@ -50,6 +50,8 @@ pub enum FailurePolicy {
 pub struct Grants {
     /// `exec` in the target revision's environment.
     pub exec: Option<ExecEnv>,
+    /// Hosts (`HOST` or `HOST:PORT`) the hook may send HTTP requests to.
+    pub http_hosts: Vec<String>,
 }
 
 /// Where `exec` runs: the target revision's working directory and environment.
@@ -78,6 +80,8 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, Default)]
 pub struct WasmHooks {
     pub hooks: BTreeMap<&'static str, Hook>,
+    /// Points whose hook already succeeded in this rollout (before a runner restart).
+    pub done: Vec<&'static str>,
     pub limits: Limits,
 }
 
@@ -105,6 +109,9 @@ pub fn describe(result: &Result<HookStatus, String>) -> String {
 impl HookRunner for WasmHooks {
     async fn run_hook(&self, point: HookPoint, env: &Arc<RolloutEnv>) -> Result<HookStatus, String> {
         let name = point_name(point);
+        if self.done.contains(&name) {
+            return Ok(HookStatus::Succeeded);
+        }
         let Some(hook) = self.hooks.get(name) else {
             return Ok(HookStatus::NotConfigured);
         };

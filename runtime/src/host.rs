@@ -8,12 +8,16 @@ mod clock;
 mod hook_env;
 mod lifecycle;
 mod logging;
+mod outbound_http;
 mod routing;
 mod scaling;
 mod types;
 mod verification;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::watch;
 
 use crate::bindings::{ApiError, Revision};
 use crate::driver::{Cluster, DriverError};
@@ -42,6 +46,79 @@ pub struct RolloutEnv {
     pub active: Option<Revision>,
     /// What a hook running in this environment may do beyond the common interfaces.
     pub grants: Grants,
+    /// Pause, resume and abort from operators.
+    pub control: Arc<RolloutControl>,
+}
+
+/// How operators steer a running rollout: a paused rollout holds at its next host call; an
+/// aborted one gets `aborted` from every host call and is rolled back by the host.
+#[derive(Debug)]
+pub struct RolloutControl {
+    paused: watch::Sender<bool>,
+    aborted: watch::Sender<bool>,
+    /// Time spent paused does not count against the progress deadline.
+    paused_ms: AtomicU64,
+    pause_started: AtomicU64,
+    was_aborted: AtomicBool,
+}
+
+impl Default for RolloutControl {
+    fn default() -> Self {
+        RolloutControl {
+            paused: watch::channel(false).0,
+            aborted: watch::channel(false).0,
+            paused_ms: AtomicU64::new(0),
+            pause_started: AtomicU64::new(0),
+            was_aborted: AtomicBool::new(false),
+        }
+    }
+}
+
+impl RolloutControl {
+    /// Holds the rollout at its next host call. Returns false if it was already paused.
+    pub fn pause(&self, now_ms: u64) -> bool {
+        let changed = self.paused.send_if_modified(|p| !std::mem::replace(p, true));
+        if changed {
+            self.pause_started.store(now_ms, Ordering::SeqCst);
+        }
+        changed
+    }
+
+    /// Lets a paused rollout go on. Returns false if it was not paused.
+    pub fn resume(&self, now_ms: u64) -> bool {
+        let changed = self.paused.send_if_modified(|p| std::mem::replace(p, false));
+        if changed {
+            let started = self.pause_started.load(Ordering::SeqCst);
+            self.paused_ms
+                .fetch_add(now_ms.saturating_sub(started), Ordering::SeqCst);
+        }
+        changed
+    }
+
+    pub fn abort(&self) {
+        self.was_aborted.store(true, Ordering::SeqCst);
+        self.aborted.send_replace(true);
+        self.paused.send_replace(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.was_aborted.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the rollout is aborted.
+    pub async fn aborted(&self) {
+        let mut receiver = self.aborted.subscribe();
+        let _ = receiver.wait_for(|a| *a).await;
+    }
+
+    async fn hold_while_paused(&self) {
+        let mut receiver = self.paused.subscribe();
+        let _ = receiver.wait_for(|p| !*p).await;
+    }
 }
 
 impl RolloutEnv {
@@ -60,6 +137,20 @@ impl RolloutEnv {
             target: self.target,
             active: self.active,
             grants,
+            control: self.control.clone(),
+        }
+    }
+
+    /// The cluster-clock time of the progress deadline, moved out by time spent paused.
+    pub(crate) fn deadline_ms(&self) -> u64 {
+        self.deadline_ms + self.control.paused_ms.load(Ordering::SeqCst)
+    }
+
+    /// Runs `work` unless the rollout is aborted first.
+    pub(crate) async fn unless_aborted<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+        tokio::select! {
+            result = work => Ok(result),
+            () = self.control.aborted() => Err(aborted_error()),
         }
     }
 
@@ -69,13 +160,18 @@ impl RolloutEnv {
 
     /// The time left before the progress deadline.
     pub(crate) fn remaining_ms(&self) -> u64 {
-        self.deadline_ms.saturating_sub(self.cluster.now_ms())
+        self.deadline_ms().saturating_sub(self.cluster.now_ms())
     }
 
     pub(crate) fn deadline_error(&self) -> ApiError {
         let secs = (self.deadline_ms - self.started_at_ms) / 1000;
         ApiError::Aborted(format!("the rollout's progress deadline of {secs} s passed"))
     }
+}
+
+/// What every host call answers once an operator aborted the rollout.
+pub fn aborted_error() -> ApiError {
+    ApiError::Aborted("the rollout was aborted by an operator".to_string())
 }
 
 impl GuestState {
@@ -88,9 +184,20 @@ impl GuestState {
         Ok(())
     }
 
-    /// Enters a call that acts on the rollout: also refuses it once the deadline passed.
-    pub(crate) fn enter_action(&mut self) -> wasmtime::Result<Result<(), ApiError>> {
+    /// Enters a call that acts on the rollout: holds while the rollout is paused, and
+    /// refuses the call once it is aborted or its deadline passed.
+    pub(crate) async fn enter_action(&mut self) -> wasmtime::Result<Result<(), ApiError>> {
         self.enter()?;
+        if self.env.control.is_paused() {
+            let control = self.env.control.clone();
+            tokio::select! {
+                () = control.hold_while_paused() => {}
+                () = control.aborted() => {}
+            }
+        }
+        if self.env.control.is_aborted() {
+            return Ok(Err(aborted_error()));
+        }
         if self.env.remaining_ms() == 0 {
             return Ok(Err(self.env.deadline_error()));
         }

@@ -12,10 +12,13 @@ use crate::bindings::{HookPoint, Revision, RolloutContext};
 use crate::driver::{Cluster, MAX_WEIGHT};
 use crate::engine::Limits;
 use crate::events::{Event, EventKind, RolloutOutcome, Timeline};
-use crate::failure::GuestFailure;
+use crate::failure::{FailureKind, GuestFailure};
 use crate::hooks::HookRunner;
-use crate::host::RolloutEnv;
+use crate::host::{RolloutControl, RolloutEnv};
 use crate::modules::LoadedModule;
+
+/// How long an aborted strategy has to return before it is stopped.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Default progress deadline for a whole rollout (as in Kubernetes and Argo Rollouts).
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
@@ -76,6 +79,26 @@ pub async fn run(
     hooks: Arc<dyn HookRunner>,
     timeline: Timeline,
 ) -> RolloutReport {
+    run_controlled(
+        module,
+        plan,
+        cluster,
+        hooks,
+        timeline,
+        Arc::new(RolloutControl::default()),
+    )
+    .await
+}
+
+/// [`run`], steerable by operators through `control` (pause, resume, abort).
+pub async fn run_controlled(
+    module: &LoadedModule,
+    plan: &RolloutPlan,
+    cluster: Arc<dyn Cluster>,
+    hooks: Arc<dyn HookRunner>,
+    timeline: Timeline,
+    control: Arc<RolloutControl>,
+) -> RolloutReport {
     let started_at_ms = cluster.now_ms();
     let mut revisions = vec![plan.target.number];
     revisions.extend(plan.active.iter().map(|r| r.number));
@@ -93,6 +116,7 @@ pub async fn run(
         target: plan.target,
         active: plan.active,
         grants: Default::default(),
+        control: control.clone(),
     });
     env.record(EventKind::RolloutStarted {
         app: plan.app.clone(),
@@ -116,7 +140,22 @@ pub async fn run(
     // The wall-clock backstop: the progress deadline is enforced on the cluster's clock at
     // every host call; this catches a guest stuck where no host call happens.
     let wall_clock = plan.progress_deadline + Duration::from_secs(30);
-    let result = crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock).await;
+    let strategy = crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock);
+    let result = tokio::select! {
+        result = strategy => result,
+        () = async {
+            // An abort gives the strategy a moment to return `aborted` on its own; then it is
+            // dropped, store and all.
+            control.aborted().await;
+            tokio::time::sleep(ABORT_GRACE).await;
+        } => Err(GuestFailure {
+            module: module.name.clone(),
+            digest: module.digest.clone(),
+            kind: FailureKind::Aborted,
+            message: "the rollout was aborted by an operator".to_string(),
+            stderr_tail: String::new(),
+        }),
+    };
 
     let (outcome, summary, failure) = match result {
         Ok(outcome) => (RolloutOutcome::Succeeded, outcome.summary, None),
@@ -125,7 +164,7 @@ pub async fn run(
             env.record(EventKind::StrategyFailed {
                 failure: failure.clone(),
             });
-            if plan.auto_rollback {
+            if plan.auto_rollback || control.is_aborted() {
                 match roll_back(plan, cluster.as_ref(), hooks.as_ref(), &env).await {
                     Ok(message) => (
                         RolloutOutcome::RolledBack,

@@ -205,7 +205,8 @@ pub enum HookPolicy {
     /// Fail the rollout (and roll back, if `auto-rollback` is on).
     #[default]
     Abort,
-    /// Run the hook once more; a second failure aborts.
+    /// Run the hook again, with backoff, until it succeeds or the rollout's progress deadline
+    /// passes.
     Retry,
     /// Log the failure and carry on.
     Ignore,

@@ -28,6 +28,7 @@ pub mod rollout_state {
     pub const SUCCEEDED: &str = "succeeded";
     pub const ROLLED_BACK: &str = "rolled-back";
     pub const FAILED: &str = "failed";
+    pub const ABORTED: &str = "aborted";
 }
 
 #[derive(Clone)]
@@ -41,6 +42,10 @@ pub struct AppRow {
     pub spec: serde_json::Value,
     pub active_revision: Option<u32>,
     pub maintenance: bool,
+    /// Replicas set by hand for the running revision, until the next rollout.
+    pub scale: Option<u32>,
+    /// Route weights set by hand (revision → weight), until the next rollout.
+    pub route: Option<serde_json::Value>,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -90,6 +95,8 @@ CREATE TABLE IF NOT EXISTS apps (
     spec TEXT NOT NULL,
     active_revision INTEGER,
     maintenance INTEGER NOT NULL DEFAULT 0,
+    scale INTEGER,
+    route TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -189,10 +196,36 @@ impl Store {
         Ok(())
     }
 
+    pub fn set_scale(&self, app: &str, replicas: Option<u32>) -> anyhow::Result<()> {
+        self.with(|c| c.execute("UPDATE apps SET scale = ?2 WHERE name = ?1", params![app, replicas]))?;
+        Ok(())
+    }
+
+    pub fn set_route(&self, app: &str, route: Option<&serde_json::Value>) -> anyhow::Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE apps SET route = ?2 WHERE name = ?1",
+                params![app, route.map(|r| r.to_string())],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Deletes a revision's record (its rollouts and their events stay, as history).
+    pub fn delete_revision(&self, app: &str, number: u32) -> anyhow::Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM revisions WHERE app = ?1 AND number = ?2",
+                params![app, number],
+            )
+        })?;
+        Ok(())
+    }
+
     pub fn apps(&self) -> anyhow::Result<Vec<AppRow>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, spec, active_revision, maintenance, created_at, updated_at FROM apps ORDER BY name",
+                "SELECT name, spec, active_revision, maintenance, scale, route, created_at, updated_at FROM apps ORDER BY name",
             )?;
             let rows = stmt.query_map([], app_row)?;
             rows.collect()
@@ -202,7 +235,7 @@ impl Store {
     pub fn app(&self, name: &str) -> anyhow::Result<Option<AppRow>> {
         self.with(|c| {
             c.query_row(
-                "SELECT name, spec, active_revision, maintenance, created_at, updated_at FROM apps WHERE name = ?1",
+                "SELECT name, spec, active_revision, maintenance, scale, route, created_at, updated_at FROM apps WHERE name = ?1",
                 [name],
                 app_row,
             )
@@ -412,8 +445,10 @@ fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppRow> {
         spec: json_column(r.get(1)?),
         active_revision: r.get(2)?,
         maintenance: r.get(3)?,
-        created_at: r.get::<_, i64>(4)? as u64,
-        updated_at: r.get::<_, i64>(5)? as u64,
+        scale: r.get(4)?,
+        route: r.get::<_, Option<String>>(5)?.map(json_column),
+        created_at: r.get::<_, i64>(6)? as u64,
+        updated_at: r.get::<_, i64>(7)? as u64,
     })
 }
 

@@ -7,6 +7,7 @@
 mod cli;
 mod deploy;
 mod examples;
+mod lifecycle;
 mod load;
 mod runner;
 mod sandbox;

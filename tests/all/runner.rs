@@ -124,6 +124,30 @@ impl Server {
         content_type: &str,
         body: &[u8],
     ) -> (u16, String) {
+        self.request_with(method, path, token, content_type, "*/*", body)
+    }
+
+    /// Like [`request`](Self::request), asking for JSON.
+    pub fn request_accept(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, String) {
+        self.request_with(method, path, token, content_type, "application/json", body)
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        accept: &str,
+        body: &[u8],
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         let addr: SocketAddr = self.api.trim_start_matches("http://").parse().unwrap();
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -132,7 +156,7 @@ impl Server {
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: slipway\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: slipway\r\n{auth}Accept: {accept}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).unwrap();
@@ -153,7 +177,7 @@ impl Server {
     }
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = self.request("GET", path, Some(READ), "application/json", b"");
+        let (status, body) = self.request_accept("GET", path, Some(READ), "application/json", b"");
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -239,8 +263,48 @@ pub fn unique_dir(what: &str) -> PathBuf {
 
 /// A spec for the hello app at `version`, listening on `listen`.
 pub fn hello_spec(listen: SocketAddr, version: &str, strategy: &str, params: &str, extra_env: &str) -> String {
-    format!(
-        r#"name = "hello"
+    HelloSpec {
+        listen,
+        version,
+        strategy,
+        params,
+        extra_env,
+        ..HelloSpec::default()
+    }
+    .toml()
+}
+
+/// The hello app's spec with every knob the tests turn.
+pub struct HelloSpec<'a> {
+    pub listen: SocketAddr,
+    pub version: &'a str,
+    pub strategy: &'a str,
+    pub params: &'a str,
+    pub extra_env: &'a str,
+    /// Extra `[lifecycle]` lines.
+    pub lifecycle: &'a str,
+    /// Extra tables (hooks).
+    pub tables: &'a str,
+}
+
+impl Default for HelloSpec<'_> {
+    fn default() -> Self {
+        HelloSpec {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            version: "v1",
+            strategy: "builtin:rolling",
+            params: "{}",
+            extra_env: "",
+            lifecycle: "",
+            tables: "",
+        }
+    }
+}
+
+impl HelloSpec<'_> {
+    pub fn toml(&self) -> String {
+        format!(
+            r#"name = "hello"
 replicas = 3
 listen = "{listen}"
 
@@ -261,9 +325,20 @@ params = {params}
 
 [lifecycle]
 progress-deadline = "120s"
+{lifecycle}
+
+{tables}
 "#,
-        command = hello().display()
-    )
+            listen = self.listen,
+            version = self.version,
+            extra_env = self.extra_env,
+            strategy = self.strategy,
+            params = self.params,
+            lifecycle = self.lifecycle,
+            tables = self.tables,
+            command = hello().display()
+        )
+    }
 }
 
 /// Writes `text` to a file in a fresh directory and returns its path.

@@ -34,7 +34,12 @@ const TEST_GUESTS: &[&str] = &[
     "fixture-well-behaved",
     "fixture-hook-ok",
     "fixture-hook-fail",
+    "fixture-hook-flaky",
+    "fixture-hook-exec",
+    "fixture-hook-http",
     "example-strategy-waves",
+    "example-hook-migrate",
+    "example-hook-notify",
 ];
 
 /// The component built from `package`, building all test guests on first use.

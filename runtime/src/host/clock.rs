@@ -11,11 +11,14 @@ impl Host for GuestState {
     }
 
     async fn sleep(&mut self, ms: u64) -> wasmtime::Result<Result<(), ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         let remaining = self.env.remaining_ms();
-        self.env.cluster.sleep_ms(ms.min(remaining)).await;
+        let env = self.env.clone();
+        if let Err(aborted) = env.unless_aborted(env.cluster.sleep_ms(ms.min(remaining))).await {
+            return Ok(Err(aborted));
+        }
         if ms >= remaining {
             return Ok(Err(self.env.deadline_error()));
         }

@@ -18,7 +18,7 @@ const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Host for GuestState {
     async fn exec(&mut self, args: Vec<String>, timeout_ms: u64) -> wasmtime::Result<Result<ExecOutput, ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         let program = args.first().cloned().unwrap_or_default();
@@ -57,16 +57,39 @@ impl Host for GuestState {
                 ))));
             }
         };
-        let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-        let read = async {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            out.extend_from_slice(&err);
-            out
-        };
-        let (exit_code, output) = match tokio::time::timeout(timeout, async { tokio::join!(child.wait(), read) }).await
-        {
-            Ok((status, output)) => (status.ok().and_then(|s| s.code()), output),
+        // Both streams feed one buffer as they arrive, so the tail interleaves them the way a
+        // terminal would, and whatever came before a timeout is kept.
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|mut stream| {
+            let output = output.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut output = output.lock().unwrap();
+                    output.extend_from_slice(&chunk[..n]);
+                    let excess = output.len().saturating_sub(EXEC_OUTPUT_TAIL);
+                    output.drain(..excess);
+                }
+            })
+        })
+        .collect();
+        let exit_code = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => status.ok().and_then(|s| s.code()),
             Err(_) => {
                 if let Some(pid) = child.id() {
                     let _ = nix::sys::signal::killpg(
@@ -75,9 +98,17 @@ impl Host for GuestState {
                     );
                 }
                 let _ = child.wait().await;
-                (None, format!("killed after {} ms", timeout.as_millis()).into_bytes())
+                output
+                    .lock()
+                    .unwrap()
+                    .extend_from_slice(format!("\n[killed after {} ms]", timeout.as_millis()).as_bytes());
+                None
             }
         };
+        for reader in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        }
+        let output = output.lock().unwrap().clone();
         let tail = String::from_utf8_lossy(&output[output.len().saturating_sub(EXEC_OUTPUT_TAIL)..]).into_owned();
         let shown: Vec<&str> = tail
             .lines()

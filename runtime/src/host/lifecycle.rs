@@ -7,7 +7,7 @@ use crate::guest::GuestState;
 
 impl Host for GuestState {
     async fn run_hook(&mut self, point: HookPoint) -> wasmtime::Result<Result<HookStatus, ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         let name = crate::hooks::point_name(point);
@@ -27,7 +27,7 @@ impl Host for GuestState {
     }
 
     async fn set_maintenance(&mut self, on: bool) -> wasmtime::Result<Result<(), ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         let result = self.env.cluster.set_maintenance(on).await;

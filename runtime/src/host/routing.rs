@@ -7,7 +7,7 @@ use crate::guest::GuestState;
 
 impl Host for GuestState {
     async fn set_weights(&mut self, weights: Vec<RouteWeight>) -> wasmtime::Result<Result<(), ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         for weight in &weights {

@@ -8,7 +8,7 @@ use crate::guest::GuestState;
 
 impl Host for GuestState {
     async fn scale(&mut self, revision: u32, replicas: u32) -> wasmtime::Result<Result<(), ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         if let Err(error) = self.known(revision) {
@@ -38,7 +38,7 @@ impl Host for GuestState {
         ready: u32,
         timeout_ms: u64,
     ) -> wasmtime::Result<Result<ReplicaCounts, ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         if let Err(error) = self.known(revision) {
@@ -51,11 +51,14 @@ impl Host for GuestState {
         }
         let remaining = self.env.remaining_ms();
         let clamped = timeout_ms > remaining;
-        let result = self
-            .env
-            .cluster
-            .wait_ready(revision, ready, timeout_ms.min(remaining))
-            .await;
+        let env = self.env.clone();
+        let result = match env
+            .unless_aborted(env.cluster.wait_ready(revision, ready, timeout_ms.min(remaining)))
+            .await
+        {
+            Ok(result) => result,
+            Err(aborted) => return Ok(Err(aborted)),
+        };
         let (observed, timed_out) = match &result {
             Ok(counts) => (counts.ready, false),
             Err(DriverError::Timeout { counts, .. }) => (counts.ready, true),

@@ -10,7 +10,7 @@ const MAX_CHECK_TIMEOUT_MS: u32 = 60_000;
 
 impl Host for GuestState {
     async fn probe(&mut self, revision: u32) -> wasmtime::Result<Result<ProbeReport, ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         if let Err(error) = self.known(revision) {
@@ -28,7 +28,7 @@ impl Host for GuestState {
     }
 
     async fn check_http(&mut self, check: HttpCheck) -> wasmtime::Result<Result<HttpCheckReport, ApiError>> {
-        if let Err(error) = self.enter_action()? {
+        if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
         if let Err(error) = self.known(check.revision) {

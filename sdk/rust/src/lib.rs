@@ -76,10 +76,11 @@ pub mod hook {
     }
 
     pub use bindings::exports::slipway::deploy::hook_handler::Guest as Hook;
+    pub use bindings::slipway::deploy::outbound_http::{HttpRequest, HttpResponse};
     pub use bindings::slipway::deploy::types::{
         Error, ExecOutput, HookContext, HookPoint, HttpCheck, HttpCheckReport, LogLevel, ProbeReport, Revision,
     };
-    pub use bindings::slipway::deploy::{clock, hook_env, logging, verification};
+    pub use bindings::slipway::deploy::{clock, hook_env, logging, outbound_http, verification};
 }
 
 pub use strategy::exports::slipway::deploy::strategy_handler::Guest as Strategy;

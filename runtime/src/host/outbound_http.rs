@@ -1,0 +1,112 @@
+//! `slipway:deploy/outbound-http`: a hook's HTTP requests, only to the hosts its spec allows.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::bindings::ApiError;
+use crate::bindings::hook::slipway::deploy::outbound_http::{Host, HttpRequest, HttpResponse};
+use crate::events::EventKind;
+use crate::guest::GuestState;
+
+/// The most of an answer's body a hook receives.
+const MAX_RESPONSE_BODY: usize = 1 << 20;
+/// The most a hook may send.
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
+impl Host for GuestState {
+    async fn send(&mut self, request: HttpRequest) -> wasmtime::Result<Result<HttpResponse, ApiError>> {
+        if let Err(error) = self.enter_action().await? {
+            return Ok(Err(error));
+        }
+        let uri: hyper::Uri = match request.url.parse() {
+            Ok(uri) => uri,
+            Err(error) => {
+                return Ok(Err(
+                    self.invalid(format!("outbound-http: {:?} is not a URL: {error}", request.url))
+                ));
+            }
+        };
+        if uri.scheme_str() != Some("http") {
+            return Ok(Err(self.invalid(format!(
+                "outbound-http: {:?}: only http:// URLs are supported",
+                request.url
+            ))));
+        }
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let allowed = self
+            .env
+            .grants
+            .http_hosts
+            .iter()
+            .any(|grant| match grant.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok() => h == host && p.parse::<u16>() == Ok(port),
+                _ => *grant == host,
+            });
+        if !allowed {
+            return Ok(Err(ApiError::Denied(format!(
+                "outbound-http to {host}:{port}: this hook may not reach that host; grant it with \"http:{host}\" in the hook's spec"
+            ))));
+        }
+        if request.body.len() > MAX_REQUEST_BODY {
+            return Ok(Err(self.invalid(format!(
+                "outbound-http: the body is over the {MAX_REQUEST_BODY}-byte limit"
+            ))));
+        }
+        let method = request.method.clone();
+        let mut builder = Request::builder().method(request.method.as_str()).uri(uri);
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let outgoing = match builder.body(Full::new(Bytes::from(request.body))) {
+            Ok(outgoing) => outgoing,
+            Err(error) => return Ok(Err(self.invalid(format!("outbound-http: {error}")))),
+        };
+        let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)))
+            .min(Duration::from_millis(self.env.remaining_ms()));
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let exchange = async {
+            let response = client.request(outgoing).await.map_err(|e| format!("{e}"))?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = match Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await {
+                Ok(collected) => collected.to_bytes().to_vec(),
+                Err(_) => Vec::new(),
+            };
+            Ok::<_, String>(HttpResponse { status, headers, body })
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(ApiError::Infrastructure(format!(
+                "outbound-http to {host}:{port}: {error}"
+            ))),
+            Err(_) => Err(ApiError::Timeout(format!(
+                "outbound-http to {host}:{port}: no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        };
+        let outcome = match &result {
+            Ok(response) => format!("answered {}", response.status),
+            Err(error) => crate::failure::describe_api_error(error),
+        };
+        self.env.record(EventKind::Log {
+            level: "info".into(),
+            message: format!("hook {method} {}: {outcome}", request.url),
+        });
+        Ok(result)
+    }
+}
