@@ -114,9 +114,11 @@ impl Tokens {
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len() {
-        diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+    // Walk the whole stored token whatever the presented one is, and fold every difference
+    // (including a length mismatch) into one byte.
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, byte) in a.iter().enumerate() {
+        diff |= byte ^ b.get(i).copied().unwrap_or(0);
     }
     diff == 0
 }

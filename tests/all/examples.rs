@@ -62,3 +62,19 @@ fn the_python_example_strategy_builds_with_componentize_py_and_runs() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stdout(&bad).contains("wave-size"), "{}", stdout(&bad));
 }
+
+#[test]
+fn the_example_specs_are_valid() {
+    let dir = workspace().join("examples/hello");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.file_name().is_some_and(|n| n != "Cargo.toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec = slipway::spec::parse_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(spec.name, "hello");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3);
+}
