@@ -527,9 +527,13 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
             }
         }
     }
-    out.push_str("# HELP slipway_router_requests_total Requests proxied by the built-in router.\n# TYPE slipway_router_requests_total counter\n");
-    for (app, router) in state.runner.routers() {
-        router.metrics().render(&app, &mut out);
-    }
+    let routers = state.runner.routers();
+    let metrics: Vec<(&str, Arc<crate::driver::router::builtin::RouterMetrics>)> = routers
+        .iter()
+        .map(|(app, router)| (app.as_str(), router.metrics()))
+        .collect();
+    let borrowed: Vec<(&str, &crate::driver::router::builtin::RouterMetrics)> =
+        metrics.iter().map(|(a, m)| (*a, m.as_ref())).collect();
+    crate::driver::router::builtin::RouterMetrics::render_all(&borrowed, &mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
