@@ -524,7 +524,7 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
             .trim_start_matches("sha256:");
         println!(
             "{:<5} {:<11} {:<22} {:<14} {:<20} {}",
-            revision["number"],
+            revision["number"].as_u64().unwrap_or(0),
             revision["state"].as_str().unwrap_or(""),
             revision["strategy"].as_str().unwrap_or(""),
             &digest[..digest.len().min(12)],
@@ -541,7 +541,7 @@ async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{:<28} {:<8} {:<12} {:<20} {}",
             rollout["id"].as_str().unwrap_or(""),
-            rollout["target"],
+            rollout["target"].as_u64().unwrap_or(0),
             rollout["state"].as_str().unwrap_or(""),
             format_time(rollout["started_at"].as_u64().unwrap_or(0)),
             rollout["summary"].as_str().unwrap_or("")

@@ -589,3 +589,89 @@ fn a_rolling_rollout_survives_a_runner_crash() {
 fn a_blue_green_rollout_survives_a_runner_crash() {
     crash_mid_rollout("builtin:blue-green", "{}");
 }
+
+#[test]
+fn scale_and_route_by_hand() {
+    let _serial = exclusive();
+    let server = Server::start();
+    let addr = listen();
+    let kept = HelloSpec {
+        listen: addr,
+        strategy: "builtin:blue-green",
+        lifecycle: "destroy-delay = \"5m\"",
+        ..HelloSpec::default()
+    };
+    assert!(deploy(&server, &kept).status.success());
+    assert!(deploy(&server, &HelloSpec { version: "v2", ..kept }).status.success());
+
+    let output = server.cli(&["scale", "hello", "5"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get_json("/v1/apps/hello")["instances"]["revisions"]["2"]["ready"] != 5 {
+        assert!(Instant::now() < deadline, "revision 2 did not reach 5 ready instances");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        server.get_json("/v1/apps/hello/revisions")["revisions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "scaling makes no revision"
+    );
+
+    // A/B: the kept v1 and the running v2 share the traffic.
+    let output = server.cli(&["route", "hello", "1=128", "2=128"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let tally = sample(addr);
+    assert!(
+        tally.by_version.contains_key("v1") && tally.by_version.contains_key("v2"),
+        "{tally:?}"
+    );
+    // Out of range and too many revisions are refused; all-zero answers 503.
+    let refused = server.cli(&["route", "hello", "1=300"]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("0 to 256"),
+        "{}",
+        text(&refused)
+    );
+    assert!(server.cli(&["route", "hello", "1=0", "2=0"]).status.success());
+    let tally = sample(addr);
+    assert!(tally.ok == 0 && tally.unavailable > 0 && tally.failed == 0, "{tally:?}");
+    assert!(server.cli(&["route", "hello", "2=256"]).status.success());
+    assert_eq!(sample(addr).by_version.keys().collect::<Vec<_>>(), vec!["v2"]);
+}
+
+#[test]
+fn with_automatic_rollback_off_a_failed_revision_is_left_for_inspection() {
+    let _serial = exclusive();
+    let server = Server::start();
+    let addr = listen();
+    let spec = HelloSpec {
+        listen: addr,
+        params: "{ max-surge = 1, max-unavailable = 0, timeout-seconds = 3 }",
+        lifecycle: "auto-rollback = false",
+        ..HelloSpec::default()
+    };
+    assert!(deploy(&server, &spec).status.success());
+    let output = deploy(
+        &server,
+        &HelloSpec {
+            version: "v2",
+            extra_env: ", HELLO_NEVER_READY = \"1\"",
+            ..spec
+        },
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("left as is for inspection"), "{}", text(&output));
+    let app = server.get_json("/v1/apps/hello");
+    assert_eq!(
+        app["instances"]["revisions"]["2"]["current"], 1,
+        "the failed revision's instance is still there: {app}"
+    );
+    assert_eq!(
+        sample(addr).by_version.keys().collect::<Vec<_>>(),
+        vec!["v1"],
+        "traffic untouched"
+    );
+}
