@@ -27,7 +27,27 @@
 //! The host API itself is documented in the WIT package `slipway:deploy` (`sdk/wit`); every
 //! function there is a plain Rust function here, named in snake_case.
 
+/// Writes the host API's error in words, naming its case: `timeout: revision 2: …`. (The
+/// generated `Display` shows the Rust variant instead.)
+macro_rules! describe_error {
+    ($error:ident) => {
+        /// The error in words, naming its case, e.g. `denied: exec of "./migrate": …`.
+        pub fn describe(error: &$error) -> String {
+            match error {
+                $error::NotFound(m) => format!("not found: {m}"),
+                $error::Invalid(m) => format!("invalid: {m}"),
+                $error::Timeout(m) => format!("timeout: {m}"),
+                $error::Denied(m) => format!("denied: {m}"),
+                $error::Infrastructure(m) => format!("infrastructure: {m}"),
+                $error::Aborted(m) => format!("aborted: {m}"),
+                $error::VerificationFailed(m) => format!("verification failed: {m}"),
+            }
+        }
+    };
+}
+
 mod helpers;
+pub mod verify;
 
 pub use helpers::{IntOrPercent, log, params, split_weights};
 
@@ -81,6 +101,8 @@ pub mod hook {
         Error, ExecOutput, HookContext, HookPoint, HttpCheck, HttpCheckReport, LogLevel, ProbeReport, Revision,
     };
     pub use bindings::slipway::deploy::{clock, hook_env, logging, outbound_http, verification};
+
+    describe_error!(Error);
 }
 
 pub use strategy::exports::slipway::deploy::strategy_handler::Guest as Strategy;
@@ -89,6 +111,8 @@ pub use strategy::slipway::deploy::types::{
     RolloutContext, RouteWeight,
 };
 pub use strategy::slipway::deploy::{clock, lifecycle, logging, routing, scaling, verification};
+
+describe_error!(Error);
 
 /// Exports a type implementing [`Strategy`] as the component's strategy.
 #[macro_export]

@@ -33,15 +33,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, lifecycle, log,
-    routing, scaling, verification,
+    Error, HookPoint, Outcome, RolloutContext, RouteWeight, Strategy, lifecycle, log, routing, scaling, verify,
 };
-
-/// Per-request timeout of the HTTP check: instances that are ready should answer quickly.
-const CHECK_TIMEOUT_MS: u32 = 5000;
-
-/// At most this many instance failures are quoted in an error; the rest are counted.
-const MAX_QUOTED_FAILURES: usize = 5;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -105,11 +98,15 @@ impl Strategy for BlueGreen {
             scaling::scale(new, replicas)?;
         }
         lifecycle::progress(10, &format!("starting {replicas} replicas of revision {new}"));
-        let counts = wait_ready(new, replicas, params.timeout_seconds)?;
+        let counts = verify::wait_ready(new, replicas, params.timeout_seconds)?;
 
         if let Some(active) = active {
             lifecycle::progress(50, &format!("verifying revision {new}"));
-            verify(new, replicas, &params)?;
+            verify::revision(
+                new,
+                replicas,
+                params.verify_path.as_deref().map(|path| (path, params.verify_status)),
+            )?;
             log::info(&format!(
                 "revision {new} verified: switching all traffic from revision {}",
                 active.number
@@ -134,78 +131,6 @@ impl Strategy for BlueGreen {
 }
 
 slipway_sdk::export_strategy!(BlueGreen);
-
-/// Waits for `want` ready target instances, wording a timeout with the numbers.
-fn wait_ready(new: u32, want: u32, timeout_s: u32) -> Result<ReplicaCounts, Error> {
-    scaling::wait_ready(new, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
-        Error::Timeout(host_message) => match scaling::counts(new) {
-            Ok(c) => Error::Timeout(format!(
-                "revision {new}: only {} of {want} new replicas became ready within {timeout_s} s{}",
-                c.ready,
-                if c.failed > 0 {
-                    format!(" ({} failed to start)", c.failed)
-                } else {
-                    String::new()
-                }
-            )),
-            Err(_) => Error::Timeout(host_message),
-        },
-        other => other,
-    })
-}
-
-/// Checks the target afresh before users reach it: `wait-ready` only saw each instance
-/// pass once, and an instance can be ready yet answer its real routes wrongly.
-fn verify(new: u32, replicas: u32, params: &Params) -> Result<(), Error> {
-    let probe = verification::probe(new)?;
-    if probe.probed != replicas || probe.ready != probe.probed {
-        return Err(Error::VerificationFailed(format!(
-            "revision {new}: readiness probe passed on {} of {} instances, {replicas} expected{}",
-            probe.ready,
-            probe.probed,
-            quote(&probe.failures)
-        )));
-    }
-    let Some(path) = &params.verify_path else {
-        return Ok(());
-    };
-    if replicas == 0 {
-        log::info(&format!("revision {new} has no replicas: skipping GET {path}"));
-        return Ok(());
-    }
-    let report = verification::check_http(&HttpCheck {
-        revision: new,
-        path: path.clone(),
-        expect_status: params.verify_status,
-        timeout_ms: CHECK_TIMEOUT_MS,
-    })?;
-    if report.checked == 0 || report.passed != report.checked {
-        return Err(Error::VerificationFailed(format!(
-            "revision {new}: GET {path} answered {} on {} of {} instances{}",
-            params.verify_status,
-            report.passed,
-            report.checked,
-            quote(&report.failures)
-        )));
-    }
-    log::info(&format!(
-        "revision {new}: GET {path} answered {} on all {} instances",
-        params.verify_status, report.checked
-    ));
-    Ok(())
-}
-
-/// Formats instance failures for an error, keeping it to a readable length.
-fn quote(failures: &[String]) -> String {
-    if failures.is_empty() {
-        return String::new();
-    }
-    let mut text = format!(": {}", failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; "));
-    if failures.len() > MAX_QUOTED_FAILURES {
-        text.push_str(&format!("; and {} more", failures.len() - MAX_QUOTED_FAILURES));
-    }
-    text
-}
 
 #[cfg(test)]
 mod tests {
@@ -245,15 +170,5 @@ mod tests {
         assert!(invalid(r#"{"verify-path": "healthz"}"#).contains("must start with '/'"));
         assert!(invalid(r#"{"verify-status": 42}"#).contains("from 100 to 599"));
         assert!(invalid(r#"{"timeout-seconds": 0}"#).contains("at least 1"));
-    }
-
-    #[test]
-    fn quotes_a_few_failures() {
-        assert_eq!(quote(&[]), "");
-        let many: Vec<String> = (1..=7).map(|i| format!("i{i}: 500")).collect();
-        assert_eq!(
-            quote(&many),
-            ": i1: 500; i2: 500; i3: 500; i4: 500; i5: 500; and 2 more"
-        );
     }
 }

@@ -34,15 +34,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, HttpCheck, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock, lifecycle, log,
-    routing, scaling, verification,
+    Error, HookPoint, Outcome, RolloutContext, RouteWeight, Strategy, clock, lifecycle, log, routing, scaling, verify,
 };
-
-/// Per-request timeout of the HTTP check: instances that are ready should answer quickly.
-const CHECK_TIMEOUT_MS: u32 = 5000;
-
-/// At most this many instance failures are quoted in an error; the rest are counted.
-const MAX_QUOTED_FAILURES: usize = 5;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -158,7 +151,7 @@ impl Strategy for Canary {
                     log::info(&format!("first deploy: scaling revision {new} to {replicas}"));
                 }
                 scaling::scale(new, replicas)?;
-                let counts = wait_ready(new, replicas, params.timeout_seconds)?;
+                let counts = verify::wait_ready(new, replicas, params.timeout_seconds)?;
                 routing::set_weights(&[RouteWeight {
                     revision: new,
                     weight: 256,
@@ -200,7 +193,7 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
             log::info(&format!("step {percent}%: scaling revision {new} to {want}"));
             scaling::scale(new, want)?;
         }
-        wait_ready(new, want, params.timeout_seconds)?;
+        verify::wait_ready(new, want, params.timeout_seconds)?;
 
         let weights = if percent == 100 {
             vec![RouteWeight {
@@ -227,74 +220,14 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
         }
 
         clock::sleep(u64::from(params.pause_seconds) * 1000)?;
-        verify(new, want, params)?;
+        verify::revision(
+            new,
+            want,
+            params.verify_path.as_deref().map(|path| (path, params.verify_status)),
+        )?;
         log::info(&format!("step {percent}%: revision {new} verified"));
     }
     Ok(())
-}
-
-/// Waits for `want` ready target instances, wording a timeout with the numbers.
-fn wait_ready(new: u32, want: u32, timeout_s: u32) -> Result<ReplicaCounts, Error> {
-    scaling::wait_ready(new, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
-        Error::Timeout(host_message) => match scaling::counts(new) {
-            Ok(c) => Error::Timeout(format!(
-                "revision {new}: only {} of {want} new replicas became ready within {timeout_s} s{}",
-                c.ready,
-                if c.failed > 0 {
-                    format!(" ({} failed to start)", c.failed)
-                } else {
-                    String::new()
-                }
-            )),
-            Err(_) => Error::Timeout(host_message),
-        },
-        other => other,
-    })
-}
-
-/// Checks the target after it has served real traffic for a while: instances that were
-/// ready at the start of the pause may have crashed or begun failing since.
-fn verify(new: u32, want: u32, params: &Params) -> Result<(), Error> {
-    let probe = verification::probe(new)?;
-    if probe.probed < want || probe.ready != probe.probed {
-        return Err(Error::VerificationFailed(format!(
-            "revision {new}: readiness probe passed on {} of {} instances, at least {want} expected{}",
-            probe.ready,
-            probe.probed,
-            quote(&probe.failures)
-        )));
-    }
-    let Some(path) = &params.verify_path else {
-        return Ok(());
-    };
-    let report = verification::check_http(&HttpCheck {
-        revision: new,
-        path: path.clone(),
-        expect_status: params.verify_status,
-        timeout_ms: CHECK_TIMEOUT_MS,
-    })?;
-    if report.checked == 0 || report.passed != report.checked {
-        return Err(Error::VerificationFailed(format!(
-            "revision {new}: GET {path} answered {} on {} of {} instances{}",
-            params.verify_status,
-            report.passed,
-            report.checked,
-            quote(&report.failures)
-        )));
-    }
-    Ok(())
-}
-
-/// Formats instance failures for an error, keeping it to a readable length.
-fn quote(failures: &[String]) -> String {
-    if failures.is_empty() {
-        return String::new();
-    }
-    let mut text = format!(": {}", failures[..failures.len().min(MAX_QUOTED_FAILURES)].join("; "));
-    if failures.len() > MAX_QUOTED_FAILURES {
-        text.push_str(&format!("; and {} more", failures.len() - MAX_QUOTED_FAILURES));
-    }
-    text
 }
 
 #[cfg(test)]

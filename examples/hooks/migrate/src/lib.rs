@@ -33,7 +33,7 @@
 //! ```
 
 use serde::Deserialize;
-use slipway_sdk::hook::{Error, Hook, HookContext, HookPoint, LogLevel, clock, hook_env, logging};
+use slipway_sdk::hook::{Hook, HookContext, HookPoint, LogLevel, clock, hook_env, logging};
 
 /// Example parameters, shown in the error for a missing or malformed `command`.
 const EXAMPLE: &str = r#"params = { command = ["./migrate", "--up"], timeout-seconds = 300 }"#;
@@ -101,7 +101,7 @@ impl Hook for Migrate {
         );
         let started = clock::now();
         let output = hook_env::exec(&command, params.timeout_seconds.saturating_mul(1000))
-            .map_err(|e| format!("migrate: could not run `{shown}`: {}", describe(&e)))?;
+            .map_err(|e| format!("migrate: could not run `{shown}`: {}", slipway_sdk::hook::describe(&e)))?;
         let seconds = clock::now().saturating_sub(started) as f64 / 1000.0;
         let tail = last_lines(&output.output_tail, TAIL_LINES);
 
@@ -137,18 +137,6 @@ fn last_lines(text: &str, n: usize) -> String {
         .filter(|line| !line.is_empty())
         .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
-}
-
-fn describe(error: &Error) -> String {
-    match error {
-        Error::NotFound(m) => format!("not found: {m}"),
-        Error::Invalid(m) => format!("invalid: {m}"),
-        Error::Timeout(m) => format!("timeout: {m}"),
-        Error::Denied(m) => format!("denied: {m}"),
-        Error::Infrastructure(m) => format!("infrastructure: {m}"),
-        Error::Aborted(m) => format!("aborted: {m}"),
-        Error::VerificationFailed(m) => format!("verification failed: {m}"),
-    }
 }
 
 fn point_name(point: HookPoint) -> &'static str {

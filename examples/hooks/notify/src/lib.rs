@@ -41,7 +41,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use slipway_sdk::hook::{Error, Hook, HookContext, HookPoint, HttpRequest, LogLevel, logging, outbound_http};
+use slipway_sdk::hook::{Hook, HookContext, HookPoint, HttpRequest, LogLevel, logging, outbound_http};
 
 /// Example parameters, shown in the error for missing or malformed ones.
 const EXAMPLE: &str = r#"params = { url = "http://chat.internal:8080/hooks/deploys" }"#;
@@ -116,7 +116,8 @@ impl Hook for Notify {
                 ctx.target.number
             ),
         );
-        let response = outbound_http::send(&request).map_err(|e| format!("notify: POST {url}: {}", describe(&e)))?;
+        let response = outbound_http::send(&request)
+            .map_err(|e| format!("notify: POST {url}: {}", slipway_sdk::hook::describe(&e)))?;
         let status = response.status;
         if (200..300).contains(&status) {
             logging::log(LogLevel::Info, &format!("notify: webhook answered {status}"));
@@ -147,18 +148,6 @@ fn snippet(body: &[u8]) -> String {
     match text.char_indices().nth(BODY_SNIPPET) {
         Some((end, _)) => format!("{} …", &text[..end]),
         None => text,
-    }
-}
-
-fn describe(error: &Error) -> String {
-    match error {
-        Error::NotFound(m) => format!("not found: {m}"),
-        Error::Invalid(m) => format!("invalid: {m}"),
-        Error::Timeout(m) => format!("timeout: {m}"),
-        Error::Denied(m) => format!("denied: {m}"),
-        Error::Infrastructure(m) => format!("infrastructure: {m}"),
-        Error::Aborted(m) => format!("aborted: {m}"),
-        Error::VerificationFailed(m) => format!("verification failed: {m}"),
     }
 }
 
