@@ -81,6 +81,8 @@ struct RevisionInstances {
 
 struct Instance {
     id: String,
+    /// Start order within the driver: a higher number started later.
+    seq: u64,
     revision: u32,
     backend: Arc<Backend>,
     pid: Mutex<Option<u32>>,
@@ -252,7 +254,7 @@ impl ProcessDriver {
             } else if live.len() > desired {
                 // Not-ready instances go first, then the newest: never remove a ready instance
                 // while an unready one could go instead.
-                live.sort_by_key(|i| (i.ready.load(Ordering::SeqCst), std::cmp::Reverse(i.id.clone())));
+                live.sort_by_key(|i| (i.ready.load(Ordering::SeqCst), std::cmp::Reverse(i.seq)));
                 for instance in live
                     .into_iter()
                     .take(rev.instances.iter().filter(|i| i.live()).count() - desired)
@@ -301,11 +303,11 @@ impl ProcessDriver {
     }
 
     fn start_instance(&self, revision: u32) -> Result<(), String> {
-        let (id, config) = {
+        let (id, seq, config) = {
             let mut state = self.state.lock().unwrap();
             state.next_instance += 1;
             let id = format!("{}-r{revision}-{}", self.app, state.next_instance);
-            (id, state.revisions[&revision].config.clone())
+            (id, state.next_instance, state.revisions[&revision].config.clone())
         };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -330,6 +332,7 @@ impl ProcessDriver {
         let (exited, _) = watch::channel(false);
         let instance = Arc::new(Instance {
             id: id.clone(),
+            seq,
             revision,
             backend: Backend::new(id.clone(), addr),
             pid: Mutex::new(child.id()),
