@@ -31,7 +31,6 @@ pub struct GuestState {
     pub(crate) env: Arc<RolloutEnv>,
     pub(crate) limits: Limits,
     pub(crate) budget: Budget,
-    stderr: TailPipe,
 }
 
 /// What the invocation has used so far.
@@ -213,7 +212,6 @@ fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<G
         env,
         limits: limits.clone(),
         budget: Budget::default(),
-        stderr: stderr.clone(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.memory);
@@ -229,13 +227,6 @@ fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<G
         Ok(UpdateDeadline::Yield(1))
     });
     (store, stderr)
-}
-
-impl GuestState {
-    /// The guest's stderr so far (used by tests and reports).
-    pub fn stderr_tail(&self) -> String {
-        self.stderr.tail()
-    }
 }
 
 /// Caps linear memory growth; the guest traps when it asks for more.

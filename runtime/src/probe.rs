@@ -42,7 +42,7 @@ async fn probe_inner(check: &ProbeCheck, addr: SocketAddr) -> Result<(), String>
 }
 
 /// Sends `GET path` on `stream` and returns the response's status code.
-pub async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<u16, String> {
+async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<u16, String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-probe\r\nConnection: close\r\n\r\n");
     stream

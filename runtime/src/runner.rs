@@ -1237,3 +1237,29 @@ pub fn process_config(spec: &Spec) -> ProcessConfig {
         failure_threshold: probe.failure_threshold,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_can_never_be_paths() {
+        assert!(validate_module_name("waves").is_ok());
+        assert!(validate_module_name("migrate-v2.1").is_ok());
+        for bad in ["", "../etc/passwd", "a/b", "Waves", "-x", &"x".repeat(64)] {
+            assert!(validate_module_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lifecycle_settings_change_no_revision() {
+        let spec = spec::parse_toml("name = \"a\"\nlisten = \"127.0.0.1:1\"\n[process]\ncommand = \"x\"\n").unwrap();
+        let mut kept = spec.clone();
+        kept.lifecycle.destroy_delay = Duration::from_secs(60);
+        kept.lifecycle.retained = 2;
+        assert_eq!(revision_digest(&spec), revision_digest(&kept));
+        let mut scaled = spec.clone();
+        scaled.replicas += 1;
+        assert_ne!(revision_digest(&spec), revision_digest(&scaled));
+    }
+}

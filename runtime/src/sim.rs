@@ -139,10 +139,6 @@ impl SimCluster {
         self.state.lock().unwrap().snapshot()
     }
 
-    pub fn maintenance(&self) -> bool {
-        self.state.lock().unwrap().maintenance
-    }
-
     fn emit(&self, state: &SimState, kind: EventKind) {
         self.timeline.push(state.now, kind, Some(state.snapshot()));
     }

@@ -258,6 +258,41 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"code\":\"unknown-app\""), "{body}");
 
+    // Operations that make no sense in this state, or with these numbers.
+    let (status, body) = server.request(
+        "POST",
+        "/v1/modules?name=../etc/passwd",
+        Some(DEPLOY),
+        "application/wasm",
+        b"\0asm",
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("is not allowed"), "{body}");
+    let (status, body) = server.request(
+        "PUT",
+        "/v1/apps/hello/scale",
+        Some(DEPLOY),
+        "application/json",
+        br#"{"replicas": 5000}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("over the limit"), "{body}");
+    let (status, body) = server.request(
+        "PUT",
+        "/v1/apps/hello/route",
+        Some(DEPLOY),
+        "application/json",
+        br#"{"weights": {"7": 10}}"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no ready instance"), "{body}");
+    let (status, body) = server.request("POST", "/v1/apps/hello/retry", Some(DEPLOY), "application/json", b"");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("only a failed revision can be retried"), "{body}");
+    let (status, body) = server.request("POST", "/v1/apps/hello/rollback", Some(DEPLOY), "application/json", b"");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("nothing to roll back to"), "{body}");
+
     let after = server.get_json("/v1/apps/hello/revisions");
     assert_eq!(before["revisions"], after["revisions"], "nothing changed");
     assert_eq!(server.get_json("/v1/modules")["modules"], serde_json::json!([]));

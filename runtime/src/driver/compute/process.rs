@@ -166,16 +166,6 @@ impl ProcessDriver {
             .collect()
     }
 
-    /// The last lines of output of every instance of `revision`.
-    pub fn output(&self, revision: u32) -> Vec<(String, String)> {
-        let state = self.state.lock().unwrap();
-        state
-            .revisions
-            .get(&revision)
-            .map(|r| r.instances.iter().map(|i| (i.id.clone(), i.output_tail())).collect())
-            .unwrap_or_default()
-    }
-
     /// Stops every instance (gracefully, in parallel) and waits until all have exited.
     pub async fn stop_all(&self) {
         let instances: Vec<Arc<Instance>> = {
