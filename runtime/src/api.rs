@@ -1,13 +1,17 @@
 //! The HTTP API (axum, JSON, bearer tokens). The only module that knows HTTP.
 //!
-//! Errors leave as `{ "code": …, "message": … }` with a fitting status; internal details are
-//! logged, never sent.
+//! Errors leave as `{ "code": …, "message": … }` with a fitting status, whatever went wrong
+//! (a bad token, an unknown path, a wrong method, a bad body); internal details are logged,
+//! never sent. Every handler states the scope it needs in its signature ([`Auth`]), and
+//! request and response bodies are the typed ones in [`crate::protocol`].
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +20,13 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use serde_json::json;
+use serde::de::DeserializeOwned;
 
 use crate::auth::{Scope, Tokens};
-use crate::modules::MAX_MODULE_BYTES;
+use crate::protocol::{
+    AppList, DeployAccepted, ErrorBody, History, MaintenanceRequest, ModuleList, RedeployRequest, RollbackRequest,
+    RolloutEvents, RouteRequest, ScaleRequest, Steer,
+};
 use crate::runner::{DeployError, Runner};
 use crate::spec;
 
@@ -38,8 +45,11 @@ pub fn app(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/apps", get(list_apps))
-        .route("/v1/apps/{app}", put(put_app).patch(patch_app).get(get_app))
-        .route("/v1/apps/{app}/revisions", get(revisions))
+        .route(
+            "/v1/apps/{app}",
+            put(put_app).patch(patch_app).get(get_app).delete(delete_app),
+        )
+        .route("/v1/apps/{app}/revisions", get(history))
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/redeploy", post(redeploy))
         .route("/v1/apps/{app}/retry", post(retry))
@@ -47,7 +57,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/apps/{app}/route", put(route))
         .route("/v1/apps/{app}/maintenance", put(maintenance))
         .route("/v1/rollouts/{id}", get(get_rollout))
-        .route("/v1/rollouts/{id}/{action}", post(steer))
+        .route("/v1/rollouts/{id}/pause", post(pause))
+        .route("/v1/rollouts/{id}/resume", post(resume))
+        .route("/v1/rollouts/{id}/abort", post(abort))
         .route("/v1/rollouts/{id}/events", get(rollout_events))
         .route("/v1/modules", post(upload_module).get(list_modules))
         .fallback(|| async {
@@ -55,6 +67,13 @@ pub fn app(state: ApiState) -> Router {
                 StatusCode::NOT_FOUND,
                 "not-found",
                 "no such endpoint; see the API reference in README.md",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this endpoint does not take that method; see the API reference in README.md",
             )
         })
         .with_state(state)
@@ -76,11 +95,19 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "code": self.code, "message": self.message }))).into_response();
+        let body = ErrorBody {
+            code: self.code.to_string(),
+            message: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -98,6 +125,8 @@ impl From<DeployError> for ApiError {
             DeployError::UnknownRevision(_) => (StatusCode::NOT_FOUND, "unknown-revision"),
             DeployError::UnknownModule(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-module"),
             DeployError::BadModule(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-module"),
+            DeployError::BadModuleName(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-module-name"),
+            DeployError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             DeployError::Conflict { .. } => (StatusCode::CONFLICT, "rollout-running"),
             DeployError::UnknownRollout(_) => (StatusCode::NOT_FOUND, "unknown-rollout"),
             DeployError::NotPossible(_) => (StatusCode::CONFLICT, "not-possible"),
@@ -107,46 +136,71 @@ impl From<DeployError> for ApiError {
     }
 }
 
-impl From<anyhow::Error> for ApiError {
-    fn from(error: anyhow::Error) -> Self {
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
         DeployError::from(error).into()
     }
 }
 
-/// Checks the bearer token against `needed`.
-fn authorize(state: &ApiState, headers: &HeaderMap, needed: Scope) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send a token as `Authorization: Bearer TOKEN`",
-        ));
-    };
-    match state.tokens.scope_of(presented) {
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the token is not valid",
-        )),
-        Some(scope) if scope < needed => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this needs a token with the {} scope; yours has {}",
-                needed.as_str(),
-                scope.as_str()
-            ),
-        )),
-        Some(_) => Ok(()),
+/// A scope a handler needs.
+pub trait Needs: Send + Sync {
+    const SCOPE: Scope;
+}
+
+/// The `read` scope.
+pub struct Read;
+/// The `deploy` scope.
+pub struct Deploy;
+
+impl Needs for Read {
+    const SCOPE: Scope = Scope::Read;
+}
+impl Needs for Deploy {
+    const SCOPE: Scope = Scope::Deploy;
+}
+
+/// Proof that the request carried a token with scope `S` (or a higher one). A handler that
+/// takes an `Auth<S>` cannot run without it.
+pub struct Auth<S>(PhantomData<S>);
+
+impl<S: Needs> FromRequestParts<ApiState> for Auth<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send a token as `Authorization: Bearer TOKEN`",
+            ));
+        };
+        match state.tokens.scope_of(presented) {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the token is not valid",
+            )),
+            Some(scope) if scope < S::SCOPE => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs a token with the {} scope; yours has {}",
+                    S::SCOPE.as_str(),
+                    scope.as_str()
+                ),
+            )),
+            Some(_) => Ok(Auth(PhantomData)),
+        }
     }
 }
 
-async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -155,12 +209,23 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiErr
             "too-large",
             format!("the {what} is larger than the {limit}-byte limit"),
         )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            format!("could not read the {what}"),
-        )),
+        Err(_) => Err(ApiError::bad_request(format!("could not read the {what}"))),
     }
+}
+
+/// A small JSON body, read strictly (no duplicate keys); an empty body is `{}`.
+async fn json_value(body: Body, what: &str) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_body(body, MAX_SPEC_BYTES, what).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    crate::json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the {what} is not valid JSON: {e}")))
+}
+
+/// A typed JSON body; `example` shows what is expected when it does not fit.
+async fn json_body<T: DeserializeOwned>(body: Body, example: &str) -> Result<T, ApiError> {
+    let value = json_value(body, "body").await?;
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("{e}; expected a body like {example}")))
 }
 
 fn is_toml(headers: &HeaderMap) -> bool {
@@ -171,29 +236,20 @@ fn is_toml(headers: &HeaderMap) -> bool {
 }
 
 async fn put_app(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let bytes = read_body(body, MAX_SPEC_BYTES, "spec").await?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "the spec is not UTF-8"))?;
     let spec = if is_toml(&headers) {
+        let bytes = read_body(body, MAX_SPEC_BYTES, "spec").await?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the spec is not UTF-8"))?;
         spec::parse_toml(text)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-spec", e.to_string()))?
     } else {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("the body is not JSON: {e}"),
-            )
-        })?;
-        spec::parse_json(value)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-spec", e.to_string()))?
-    };
+        spec::parse_json(json_value(body, "spec").await?)
+    }
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-spec", e.to_string()))?;
     if spec.name != app {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -201,203 +257,143 @@ async fn put_app(
             format!("the spec is for {:?} but was sent to /v1/apps/{app}", spec.name),
         ));
     }
-    deployed(state.runner.deploy(spec).await?)
+    Ok(deployed(state.runner.deploy(spec).await?))
 }
 
 async fn patch_app(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let bytes = read_body(body, MAX_SPEC_BYTES, "patch").await?;
-    let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            format!("the patch is not JSON: {e}"),
-        )
-    })?;
+    let patch = json_value(body, "patch").await?;
     if !patch.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
+        return Err(ApiError::bad_request(
             "the patch must be a JSON object (a JSON merge patch of the spec)",
         ));
     }
-    deployed(state.runner.patch(&app, &patch).await?)
+    Ok(deployed(state.runner.patch(&app, &patch).await?))
 }
 
-fn deployed(result: crate::runner::DeployAccepted) -> Result<Response, ApiError> {
+fn deployed(result: DeployAccepted) -> Response {
     let status = match result {
-        crate::runner::DeployAccepted::Started { .. } => StatusCode::ACCEPTED,
-        crate::runner::DeployAccepted::Unchanged { .. } => StatusCode::OK,
+        DeployAccepted::Started { .. } => StatusCode::ACCEPTED,
+        DeployAccepted::Unchanged { .. } => StatusCode::OK,
     };
-    Ok((status, Json(result)).into_response())
+    (status, Json(result)).into_response()
 }
 
-/// Reads a small JSON body (empty means `{}`).
-async fn json_body(body: Body) -> Result<serde_json::Value, ApiError> {
-    let bytes = read_body(body, MAX_SPEC_BYTES, "body").await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            format!("the body is not JSON: {e}"),
-        )
-    })
-}
-
-fn field<T: serde::de::DeserializeOwned>(body: &serde_json::Value, name: &str, example: &str) -> Result<T, ApiError> {
-    serde_json::from_value(body.get(name).cloned().unwrap_or(serde_json::Value::Null)).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            format!("expected a body like {example}"),
-        )
-    })
+async fn delete_app(
+    _: Auth<Deploy>,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.runner.delete(&app).await?).into_response())
 }
 
 async fn rollback(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let body = json_body(body).await?;
-    let to: Option<u32> = field(&body, "to", r#"{"to": 3} or {}"#)?;
-    deployed(state.runner.rollback(&app, to).await?)
+    let request: RollbackRequest = json_body(body, r#"{"to": 3} or {}"#).await?;
+    Ok(deployed(state.runner.rollback(&app, request.to).await?))
 }
 
 async fn redeploy(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let body = json_body(body).await?;
-    let revision: u32 = field(&body, "revision", r#"{"revision": 3}"#)?;
-    deployed(state.runner.redeploy(&app, revision).await?)
+    let request: RedeployRequest = json_body(body, r#"{"revision": 3}"#).await?;
+    Ok(deployed(state.runner.redeploy(&app, request.revision).await?))
 }
 
-async fn retry(
-    State(state): State<ApiState>,
-    Path(app): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    deployed(state.runner.retry(&app).await?)
+async fn retry(_: Auth<Deploy>, State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
+    Ok(deployed(state.runner.retry(&app).await?))
 }
 
 async fn scale(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let body = json_body(body).await?;
-    let replicas: u32 = field(&body, "replicas", r#"{"replicas": 5}"#)?;
-    Ok(Json(state.runner.scale(&app, replicas).await?).into_response())
+    let request: ScaleRequest = json_body(body, r#"{"replicas": 5}"#).await?;
+    Ok(Json(state.runner.scale(&app, request.replicas).await?).into_response())
 }
 
 async fn route(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let body = json_body(body).await?;
-    let weights: std::collections::BTreeMap<u32, u32> = field(&body, "weights", r#"{"weights": {"2": 198, "3": 2}}"#)?;
-    Ok(Json(state.runner.route(&app, &weights).await?).into_response())
+    let request: RouteRequest = json_body(body, r#"{"weights": {"2": 198, "3": 2}}"#).await?;
+    Ok(Json(state.runner.route(&app, &request.weights).await?).into_response())
 }
 
 async fn maintenance(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Path(app): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let body = json_body(body).await?;
-    let on: bool = field(&body, "on", r#"{"on": true}"#)?;
-    Ok(Json(state.runner.maintenance(&app, on).await?).into_response())
+    let request: MaintenanceRequest = json_body(body, r#"{"on": true}"#).await?;
+    Ok(Json(state.runner.maintenance(&app, request.on).await?).into_response())
 }
 
-async fn steer(
-    State(state): State<ApiState>,
-    Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    Ok(Json(state.runner.steer(&id, &action)?).into_response())
+async fn pause(_: Auth<Deploy>, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.runner.steer(&id, Steer::Pause)?).into_response())
 }
 
-async fn list_apps(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    let apps: Vec<serde_json::Value> = state
+async fn resume(_: Auth<Deploy>, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.runner.steer(&id, Steer::Resume)?).into_response())
+}
+
+async fn abort(_: Auth<Deploy>, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.runner.steer(&id, Steer::Abort)?).into_response())
+}
+
+async fn list_apps(_: Auth<Read>, State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let apps = state
         .runner
         .store()
         .apps()?
         .into_iter()
-        .map(|app| app_json(&state, app))
+        .map(|app| state.runner.app_status(app))
         .collect();
-    Ok(Json(json!({ "apps": apps })).into_response())
+    Ok(Json(AppList { apps }).into_response())
 }
 
-fn app_json(state: &ApiState, app: crate::store::AppRow) -> serde_json::Value {
-    let running = state.runner.running_rollout(&app.name);
-    let live = state.runner.app_state(&app.name);
-    json!({
-        "name": app.name,
-        "active_revision": app.active_revision,
-        "maintenance": app.maintenance,
-        "running_rollout": running,
-        "instances": live,
-        "spec": app.spec,
-        "updated_at": app.updated_at,
-    })
-}
-
-async fn get_app(
-    State(state): State<ApiState>,
-    Path(app): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
+async fn get_app(_: Auth<Read>, State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
     let row = state.runner.store().app(&app)?.ok_or(DeployError::UnknownApp(app))?;
-    Ok(Json(app_json(&state, row)).into_response())
+    Ok(Json(state.runner.app_status(row)).into_response())
 }
 
-async fn revisions(
-    State(state): State<ApiState>,
-    Path(app): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    state
-        .runner
-        .store()
-        .app(&app)?
+/// Revisions, rollouts and app events; also for deleted apps, whose history stays readable.
+async fn history(_: Auth<Read>, State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
+    let store = state.runner.store();
+    let row = store
+        .app_including_deleted(&app)?
         .ok_or_else(|| DeployError::UnknownApp(app.clone()))?;
-    let revisions = state.runner.store().revisions(&app)?;
-    let rollouts = state.runner.store().rollouts(&app)?;
-    Ok(Json(json!({ "app": app, "revisions": revisions, "rollouts": rollouts })).into_response())
+    Ok(Json(History {
+        deleted_at: row.deleted_at,
+        revisions: store.revisions(&app)?,
+        rollouts: store.rollouts(&app)?,
+        events: store.app_events(&app)?,
+        app,
+    })
+    .into_response())
 }
 
 async fn get_rollout(
+    _: Auth<Read>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
     let rollout = state
         .runner
         .store()
@@ -406,34 +402,45 @@ async fn get_rollout(
     Ok(Json(rollout).into_response())
 }
 
-/// Server-sent events: every event of the rollout so far, then live ones until it ends, then
-/// an `end` event carrying the rollout's final record.
+/// Server-sent events: the rollout's events so far (after the `Last-Event-ID` a reconnecting
+/// follower sends), then live ones until it ends, then an `end` event carrying the rollout's
+/// final record. With `Accept: application/json`, the stored events as one document.
 async fn rollout_events(
+    _: Auth<Read>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
     let (stored, receiver) = state.runner.follow(&id)?;
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     if wants_json {
-        return Ok(Json(json!({ "rollout": id, "events": stored })).into_response());
+        return Ok(Json(RolloutEvents {
+            rollout: id,
+            events: stored,
+        })
+        .into_response());
     }
+    let first: u64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::parse::<u64>)) {
+        None => 0,
+        Some(Ok(Ok(last))) => last + 1,
+        Some(_) => return Err(ApiError::bad_request("Last-Event-ID must be the number of an event")),
+    };
     let seen = stored.len() as u64;
     let past = stream::iter(
         stored
             .into_iter()
             .enumerate()
+            .skip(first as usize)
             .map(|(seq, event)| sse(seq as u64, &event)),
     );
     let live = match receiver {
         Some(receiver) => futures_util::stream::unfold(receiver, move |mut receiver| async move {
             loop {
                 match receiver.recv().await {
-                    Ok(numbered) if numbered.seq < seen => continue,
+                    Ok(numbered) if numbered.seq < seen.max(first) => continue,
                     Ok(numbered) => {
                         let value = serde_json::to_value(&numbered.event).unwrap_or_default();
                         return Some((sse(numbered.seq, &value), receiver));
@@ -472,58 +479,64 @@ struct UploadQuery {
     name: Option<String>,
 }
 
+/// Receives a component as the request body, straight to disk, chunk by chunk.
 async fn upload_module(
+    _: Auth<Deploy>,
     State(state): State<ApiState>,
     Query(query): Query<UploadQuery>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Deploy)?;
-    let name = query.name.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "name the module: POST /v1/modules?name=NAME",
-        )
-    })?;
-    let bytes = read_body(body, MAX_MODULE_BYTES, "module").await?;
-    let module = state.runner.upload_module(&name, bytes.to_vec()).await?;
+    let name = query
+        .name
+        .ok_or_else(|| ApiError::bad_request("name the module: POST /v1/modules?name=NAME"))?;
+    let mut upload = state.runner.begin_upload(&name).await?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("could not read the module"))?;
+        upload.write(&chunk).await?;
+    }
+    let module = state.runner.finish_upload(upload).await?;
     Ok((StatusCode::CREATED, Json(module)).into_response())
 }
 
-async fn list_modules(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
+async fn list_modules(_: Auth<Read>, State(state): State<ApiState>) -> Result<Response, ApiError> {
     let modules = state.runner.store().modules()?;
-    let builtins: Vec<String> = crate::modules::builtin_names()
+    let builtin = crate::modules::builtin_names()
         .iter()
         .map(|n| format!("builtin:{n}"))
         .collect();
-    Ok(Json(json!({ "modules": modules, "builtin": builtins })).into_response())
+    Ok(Json(ModuleList { modules, builtin }).into_response())
 }
 
 /// Prometheus text format.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    use std::fmt::Write as _;
     let mut out = String::new();
     out.push_str("# HELP slipway_rollouts_total Rollouts by outcome.\n# TYPE slipway_rollouts_total counter\n");
     for (outcome, count) in state.runner.store().rollout_counts()? {
-        out.push_str(&format!("slipway_rollouts_total{{outcome=\"{outcome}\"}} {count}\n"));
+        let _ = writeln!(out, "slipway_rollouts_total{{outcome=\"{outcome}\"}} {count}");
+    }
+    let stats = state.runner.loader().stats();
+    out.push_str(
+        "# HELP slipway_modules_loaded_total Modules loaded, by how.\n# TYPE slipway_modules_loaded_total counter\n",
+    );
+    for (how, count) in [("compiled", &stats.compiled), ("cache", &stats.from_cache)] {
+        let count = count.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "slipway_modules_loaded_total{{how=\"{how}\"}} {count}");
     }
     out.push_str(
         "# HELP slipway_instances Instances per app, revision and readiness.\n# TYPE slipway_instances gauge\n",
     );
     for app in state.runner.store().apps()? {
-        if let Some(live) = state.runner.app_state(&app.name)
-            && let Some(revisions) = live["revisions"].as_object()
-        {
-            for (revision, s) in revisions {
-                out.push_str(&format!(
-                    "slipway_instances{{app=\"{}\",revision=\"{revision}\",state=\"current\"}} {}\n",
-                    app.name, s["current"]
-                ));
-                out.push_str(&format!(
-                    "slipway_instances{{app=\"{}\",revision=\"{revision}\",state=\"ready\"}} {}\n",
-                    app.name, s["ready"]
-                ));
+        let status = state.runner.app_status(app);
+        let Some(instances) = status.instances else { continue };
+        for (revision, s) in instances.revisions {
+            for (which, count) in [("current", s.current), ("ready", s.ready)] {
+                let _ = writeln!(
+                    out,
+                    "slipway_instances{{app=\"{}\",revision=\"{revision}\",state=\"{which}\"}} {count}",
+                    status.name
+                );
             }
         }
     }

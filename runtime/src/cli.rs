@@ -1,12 +1,14 @@
 //! The `slipway` command line: the runner (`serve`), its client for people and CI (`deploy`,
-//! `status`, `history`, `module`), and the simulator (`simulate`).
+//! `status`, `history`, `module`, the operations), and the simulator (`simulate`).
 
 mod client;
 mod serve;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -14,8 +16,13 @@ use crate::bindings::{HookPoint, Revision};
 use crate::engine::WasmEngine;
 use crate::events::{RolloutOutcome, Timeline};
 use crate::modules::{ModuleLoader, World};
+use crate::protocol::{
+    AppList, AppStatus, Deleted, DeployAccepted, History, MaintenanceRequest, MaintenanceSet, ModuleList,
+    RedeployRequest, RollbackRequest, RouteRequest, Routed, ScaleRequest, Scaled, Steer, Steered,
+};
 use crate::rollout::{self, RolloutPlan};
 use crate::sim::{SIM_EPOCH_MS, SimCluster, SimConfig, SimHooks};
+use crate::store::{ModuleRow, RolloutState};
 
 /// Slipway: deployments whose strategies and hooks are sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -54,6 +61,8 @@ enum Command {
     Route(RouteArgs),
     /// Turn the app's maintenance page on or off.
     Maintenance(MaintenanceArgs),
+    /// Delete an app: stop its instances and its route. Its history stays readable.
+    Delete(DeleteArgs),
     /// Upload or list strategy and hook modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -94,6 +103,10 @@ struct DeployArgs {
     /// Return once the rollout has started instead of following it.
     #[arg(long)]
     no_wait: bool,
+    /// If the runner goes away while following (a restart, an upgrade), how long to keep
+    /// trying to reach it before giving up; the rollout resumes on the restarted runner.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    reconnect: Duration,
     #[arg(long, value_enum, default_value_t = Output::Human)]
     output: Output,
     #[command(flatten)]
@@ -125,6 +138,9 @@ struct AppArgs {
     /// Return once the rollout has started instead of following it.
     #[arg(long)]
     no_wait: bool,
+    /// If the runner goes away while following, how long to keep trying to reach it.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    reconnect: Duration,
     #[arg(long, value_enum, default_value_t = Output::Human)]
     output: Output,
     #[command(flatten)]
@@ -183,6 +199,13 @@ struct MaintenanceArgs {
     remote: Remote,
 }
 
+#[derive(Debug, clap::Args)]
+struct DeleteArgs {
+    app: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
 #[derive(Debug, Subcommand)]
 enum ModuleCommand {
     /// Upload a component (.wasm) under a name; specs refer to it as NAME or NAME@sha256:….
@@ -236,6 +259,9 @@ struct SimulateArgs {
     /// Leave a failed rollout as it is instead of rolling back.
     #[arg(long)]
     no_rollback: bool,
+    /// How long the host watches the new revision after the strategy succeeds (virtual time).
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    soak: Duration,
     /// Where precompiled modules are cached (default: ~/.cache/slipway/modules).
     #[arg(long, env = "SLIPWAY_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -265,26 +291,23 @@ pub async fn main() -> ExitCode {
         Command::Status(args) => status(args).await,
         Command::History(args) => history(args).await,
         Command::Rollback(args) => {
-            let body = serde_json::json!({ "to": args.to });
-            operation(&args.app, "rollback", body).await
+            let body = RollbackRequest { to: args.to };
+            operation(&args.app, "rollback", &body).await
         }
         Command::Redeploy(args) => {
-            let body = serde_json::json!({ "revision": args.revision });
-            operation(&args.app, "redeploy", body).await
+            let body = RedeployRequest {
+                revision: args.revision,
+            };
+            operation(&args.app, "redeploy", &body).await
         }
-        Command::Retry(args) => operation(&args, "retry", serde_json::json!({})).await,
-        Command::Pause(args) => steer(args, "pause").await,
-        Command::Resume(args) => steer(args, "resume").await,
-        Command::Abort(args) => steer(args, "abort").await,
-        Command::Scale(args) => {
-            let body = serde_json::json!({ "replicas": args.replicas });
-            put(&args.remote, &format!("/v1/apps/{}/scale", args.app), body).await
-        }
+        Command::Retry(args) => operation(&args, "retry", &serde_json::json!({})).await,
+        Command::Pause(args) => steer(args, Steer::Pause).await,
+        Command::Resume(args) => steer(args, Steer::Resume).await,
+        Command::Abort(args) => steer(args, Steer::Abort).await,
+        Command::Scale(args) => scale(args).await,
         Command::Route(args) => route(args).await,
-        Command::Maintenance(args) => {
-            let body = serde_json::json!({ "on": args.state == "on" });
-            put(&args.remote, &format!("/v1/apps/{}/maintenance", args.app), body).await
-        }
+        Command::Maintenance(args) => maintenance(args).await,
+        Command::Delete(args) => delete(args).await,
         Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
     };
@@ -297,70 +320,104 @@ pub async fn main() -> ExitCode {
     }
 }
 
+/// Prints a line to standard output. A reader that went away (`slipway … | head -1`) is not
+/// an error: output stops, the command goes on and exits as it would have.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).and_then(|()| out.write_all(b"\n")).is_err() {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
     let spec = crate::spec::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", args.file.display()))?;
     let client = args.remote.client();
-    let body = bytes::Bytes::from(serde_json::to_vec(&spec)?);
-    let (_, answer) = client
-        .call(
-            hyper::Method::PUT,
-            &format!("/v1/apps/{}", spec.name),
-            "application/json",
-            body,
-        )
+    let answer: DeployAccepted = client
+        .call(hyper::Method::PUT, &format!("/v1/apps/{}", spec.name), &spec)
         .await?;
     let json = args.output == Output::Json;
-    let Some(rollout) = answer["rollout"].as_str().map(str::to_string) else {
-        if json {
-            println!("{answer}");
-        } else {
-            println!(
-                "{} is already at revision {} (the spec is unchanged); nothing to do",
-                spec.name, answer["revision"]
-            );
+    let rollout = match &answer {
+        DeployAccepted::Unchanged { app, revision } => {
+            if json {
+                say!("{}", serde_json::to_string(&answer)?);
+            } else {
+                say!("{app} is already at revision {revision} (the spec is unchanged); nothing to do");
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        return Ok(ExitCode::SUCCESS);
+        DeployAccepted::Started {
+            app, revision, rollout, ..
+        } => {
+            if !json {
+                say!("{app}: revision {revision} created; rollout {rollout} started");
+            }
+            rollout.clone()
+        }
     };
-    if !json {
-        println!(
-            "{}: revision {} created; rollout {rollout} started",
-            spec.name, answer["revision"]
-        );
-    }
     if args.no_wait {
         if json {
-            println!("{answer}");
+            say!("{}", serde_json::to_string(&answer)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    follow_rollout(&client, &rollout, args.output).await
+    follow_rollout(&client, &rollout, args.output, args.reconnect).await
 }
 
 /// Follows a rollout to its end, printing its events; exit 0 when it succeeded.
-async fn follow_rollout(client: &client::Client, rollout: &str, output: Output) -> anyhow::Result<ExitCode> {
+async fn follow_rollout(
+    client: &client::Client,
+    rollout: &str,
+    output: Output,
+    reconnect: Duration,
+) -> anyhow::Result<ExitCode> {
     let json = output == Output::Json;
     let mut events = Vec::new();
     let end = client
-        .follow(rollout, |value| {
-            if json {
-                events.push(value);
-            } else if let Ok(event) = serde_json::from_value::<crate::events::Event>(value) {
-                println!("{event}");
-            }
-        })
+        .follow(
+            rollout,
+            reconnect,
+            |value| {
+                if json {
+                    events.push(value);
+                } else {
+                    match serde_json::from_value::<crate::events::Event>(value.clone()) {
+                        Ok(event) => say!("{event}"),
+                        // An event this CLI does not know (a newer runner's) is shown as it came.
+                        Err(_) => say!("          {value}"),
+                    }
+                }
+            },
+            |lost| {
+                eprintln!(
+                    "slipway: lost the runner while following rollout {rollout} ({lost}); reconnecting for up to {} s",
+                    reconnect.as_secs()
+                )
+            },
+        )
         .await?;
-    let state = end["state"].as_str().unwrap_or("unknown").to_string();
-    let summary = end["summary"].as_str().unwrap_or("").to_string();
+    let summary = end.summary.clone().unwrap_or_default();
     if json {
-        println!("{}", serde_json::json!({ "rollout": end, "events": events }));
-    } else if state == "succeeded" {
-        println!("rollout {rollout} succeeded: {summary}");
+        say!("{}", serde_json::json!({ "rollout": end, "events": events }));
+    } else if end.state == RolloutState::Succeeded {
+        say!("rollout {rollout} succeeded: {summary}");
     } else {
-        eprintln!("rollout {rollout} {state}: {summary}");
+        eprintln!("rollout {rollout} {}: {summary}", end.state);
     }
-    Ok(if state == "succeeded" {
+    Ok(if end.state == RolloutState::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -368,139 +425,194 @@ async fn follow_rollout(client: &client::Client, rollout: &str, output: Output) 
 }
 
 /// Starts an app operation that runs a rollout (rollback, redeploy, retry) and follows it.
-async fn operation(args: &AppArgs, action: &str, body: serde_json::Value) -> anyhow::Result<ExitCode> {
+async fn operation(args: &AppArgs, action: &str, body: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
     let client = args.remote.client();
     let path = format!("/v1/apps/{}/{action}", args.app);
-    let (_, answer) = client
-        .call(
-            hyper::Method::POST,
-            &path,
-            "application/json",
-            serde_json::to_vec(&body)?.into(),
-        )
-        .await?;
-    let rollout = answer["rollout"].as_str().unwrap_or_default().to_string();
+    let answer: DeployAccepted = client.call(hyper::Method::POST, &path, body).await?;
+    let DeployAccepted::Started {
+        revision,
+        rollout,
+        note,
+        ..
+    } = &answer
+    else {
+        say!("{}", serde_json::to_string(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    };
     if args.output == Output::Human {
-        println!(
-            "{}: {action} of revision {} started (rollout {rollout})",
-            args.app, answer["revision"]
+        say!(
+            "{}: {action} of revision {revision} started (rollout {rollout})",
+            args.app
         );
-        if let Some(note) = answer["note"].as_str() {
-            println!("{}: {note}", args.app);
+        if let Some(note) = note {
+            say!("{}: {note}", args.app);
         }
     }
     if args.no_wait {
         if args.output == Output::Json {
-            println!("{answer}");
+            say!("{}", serde_json::to_string(&answer)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    follow_rollout(&client, &rollout, args.output).await
+    follow_rollout(&client, rollout, args.output, args.reconnect).await
 }
 
-async fn steer(args: SteerArgs, action: &str) -> anyhow::Result<ExitCode> {
+async fn steer(args: SteerArgs, action: Steer) -> anyhow::Result<ExitCode> {
     let client = args.remote.client();
+    let verb = match action {
+        Steer::Pause => "pause",
+        Steer::Resume => "resume",
+        Steer::Abort => "abort",
+    };
     // An app name stands for its running rollout.
-    let rollout = match client.get(&format!("/v1/apps/{}", args.target)).await {
-        Ok(app) => app["running_rollout"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow::anyhow!("{} has no running rollout to {action}", args.target))?,
+    let rollout = match client.get::<AppStatus>(&format!("/v1/apps/{}", args.target)).await {
+        Ok(app) => app
+            .running_rollout
+            .ok_or_else(|| anyhow::anyhow!("{} has no running rollout to {verb}", args.target))?,
         Err(_) => args.target.clone(),
     };
-    let (_, answer) = client
+    let answer: Steered = client
         .call(
             hyper::Method::POST,
-            &format!("/v1/rollouts/{rollout}/{action}"),
-            "application/json",
-            bytes::Bytes::new(),
+            &format!("/v1/rollouts/{rollout}/{verb}"),
+            &serde_json::json!({}),
         )
         .await?;
-    let verb = match action {
-        "pause" => "paused",
-        "resume" => "resumed",
-        _ => "aborted (it rolls back)",
+    let done = match action {
+        Steer::Pause => "paused",
+        Steer::Resume => "resumed",
+        Steer::Abort => "aborted (it rolls back)",
     };
-    if answer["changed"] == true {
-        println!("rollout {rollout} {verb}");
+    if answer.changed {
+        say!("rollout {rollout} {done}");
     } else {
-        println!("rollout {rollout} was already {verb}");
+        say!("rollout {rollout} was already {done}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn put(remote: &Remote, path: &str, body: serde_json::Value) -> anyhow::Result<ExitCode> {
-    let (_, answer) = remote
+async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let answer: Scaled = args
+        .remote
         .client()
         .call(
             hyper::Method::PUT,
-            path,
-            "application/json",
-            serde_json::to_vec(&body)?.into(),
+            &format!("/v1/apps/{}/scale", args.app),
+            &ScaleRequest {
+                replicas: args.replicas,
+            },
         )
         .await?;
-    println!("{answer}");
+    say!(
+        "{}: revision {} scaled to {} replicas",
+        answer.app,
+        answer.revision,
+        answer.replicas
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
-    let mut weights = serde_json::Map::new();
+    let mut weights = BTreeMap::new();
     for pair in &args.weights {
         let (revision, weight) = pair
             .split_once('=')
             .and_then(|(r, w)| Some((r.trim().parse::<u32>().ok()?, w.trim().parse::<u32>().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("{pair:?}: expected REVISION=WEIGHT, e.g. 2=198"))?;
-        weights.insert(revision.to_string(), weight.into());
+        if weights.insert(revision, weight).is_some() {
+            anyhow::bail!("revision {revision} is given twice; give each revision one weight");
+        }
     }
-    put(
-        &args.remote,
-        &format!("/v1/apps/{}/route", args.app),
-        serde_json::json!({ "weights": weights }),
-    )
-    .await
+    let answer: Routed = args
+        .remote
+        .client()
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/apps/{}/route", args.app),
+            &RouteRequest { weights },
+        )
+        .await?;
+    let shown: Vec<String> = answer
+        .weights
+        .iter()
+        .map(|(r, w)| format!("revision {r} at {w}"))
+        .collect();
+    say!("{}: route set: {}", answer.app, shown.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn maintenance(args: MaintenanceArgs) -> anyhow::Result<ExitCode> {
+    let answer: MaintenanceSet = args
+        .remote
+        .client()
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/apps/{}/maintenance", args.app),
+            &MaintenanceRequest { on: args.state == "on" },
+        )
+        .await?;
+    let state = if answer.maintenance { "on" } else { "off" };
+    say!("{}: maintenance page {state}", answer.app);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let answer: Deleted = args
+        .remote
+        .client()
+        .call_raw(
+            hyper::Method::DELETE,
+            &format!("/v1/apps/{}", args.app),
+            "application/json",
+            bytes::Bytes::new(),
+        )
+        .await?;
+    say!(
+        "{} deleted: {} instances stopped, its route closed; `slipway history {}` still shows its history",
+        answer.app,
+        answer.stopped,
+        answer.app
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.remote.client();
     let apps = match &args.app {
-        Some(app) => vec![client.get(&format!("/v1/apps/{app}")).await?],
-        None => client.get("/v1/apps").await?["apps"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
+        Some(app) => vec![client.get::<AppStatus>(&format!("/v1/apps/{app}")).await?],
+        None => client.get::<AppList>("/v1/apps").await?.apps,
     };
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&apps)?);
+        say!("{}", serde_json::to_string_pretty(&apps)?);
         return Ok(ExitCode::SUCCESS);
     }
     if apps.is_empty() {
-        println!("no apps yet; deploy one with `slipway deploy slipway.toml`");
+        say!("no apps yet; deploy one with `slipway deploy slipway.toml`");
     }
     for app in apps {
-        let active = app["active_revision"]
-            .as_u64()
-            .map_or("none".to_string(), |r| r.to_string());
-        let rollout = app["running_rollout"]
-            .as_str()
+        let active = app.active_revision.map_or("none".to_string(), |r| r.to_string());
+        let rollout = app
+            .running_rollout
+            .as_ref()
             .map(|r| format!(", rollout {r} running"))
             .unwrap_or_default();
-        let maintenance = if app["maintenance"].as_bool() == Some(true) {
-            ", MAINTENANCE"
-        } else {
-            ""
-        };
-        println!(
+        let maintenance = if app.maintenance { ", MAINTENANCE" } else { "" };
+        say!(
             "{}  listen {}  active revision {active}{rollout}{maintenance}",
-            app["name"].as_str().unwrap_or("?"),
-            app["spec"]["listen"].as_str().unwrap_or("?")
+            app.name,
+            app.spec["listen"].as_str().unwrap_or("?")
         );
-        if let Some(revisions) = app["instances"]["revisions"].as_object() {
-            for (revision, s) in revisions {
-                println!(
-                    "  revision {revision}: {}/{} ready (desired {}), weight {}",
-                    s["ready"], s["current"], s["desired"], s["weight"]
-                );
-            }
+        if let Some(notice) = &app.notice {
+            say!("  ! {notice}");
+        }
+        for (revision, s) in app.instances.iter().flat_map(|i| &i.revisions) {
+            say!(
+                "  revision {revision}: {}/{} ready (desired {}), weight {}",
+                s.ready,
+                s.current,
+                s.desired,
+                s.weight
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -508,44 +620,58 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let client = args.remote.client();
-    let history = client.get(&format!("/v1/apps/{}/revisions", args.app)).await?;
+    let history: History = client.get(&format!("/v1/apps/{}/revisions", args.app)).await?;
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&history)?);
+        say!("{}", serde_json::to_string_pretty(&history)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    if let Some(at) = history.deleted_at {
+        say!("{} was deleted at {}", history.app, format_time(at));
+    }
+    say!(
         "{:<5} {:<11} {:<22} {:<14} {:<20} REASON",
-        "REV", "STATE", "STRATEGY", "DIGEST", "CREATED"
+        "REV",
+        "STATE",
+        "STRATEGY",
+        "DIGEST",
+        "CREATED"
     );
-    for revision in history["revisions"].as_array().into_iter().flatten() {
-        let digest = revision["strategy_digest"]
-            .as_str()
-            .unwrap_or("")
-            .trim_start_matches("sha256:");
-        println!(
+    for revision in &history.revisions {
+        let digest = revision.strategy_digest.trim_start_matches("sha256:");
+        say!(
             "{:<5} {:<11} {:<22} {:<14} {:<20} {}",
-            revision["number"].as_u64().unwrap_or(0),
-            revision["state"].as_str().unwrap_or(""),
-            revision["strategy"].as_str().unwrap_or(""),
+            revision.number,
+            revision.state.as_str(),
+            revision.strategy,
             &digest[..digest.len().min(12)],
-            format_time(revision["created_at"].as_u64().unwrap_or(0)),
-            revision["reason"].as_str().unwrap_or("")
+            format_time(revision.created_at),
+            revision.reason.as_deref().unwrap_or("")
         );
     }
-    println!();
-    println!(
+    say!("");
+    say!(
         "{:<28} {:<8} {:<12} {:<20} SUMMARY",
-        "ROLLOUT", "TARGET", "OUTCOME", "STARTED"
+        "ROLLOUT",
+        "TARGET",
+        "OUTCOME",
+        "STARTED"
     );
-    for rollout in history["rollouts"].as_array().into_iter().flatten() {
-        println!(
+    for rollout in &history.rollouts {
+        say!(
             "{:<28} {:<8} {:<12} {:<20} {}",
-            rollout["id"].as_str().unwrap_or(""),
-            rollout["target"].as_u64().unwrap_or(0),
-            rollout["state"].as_str().unwrap_or(""),
-            format_time(rollout["started_at"].as_u64().unwrap_or(0)),
-            rollout["summary"].as_str().unwrap_or("")
+            rollout.id,
+            rollout.target,
+            rollout.state.as_str(),
+            format_time(rollout.started_at),
+            rollout.summary.as_deref().unwrap_or("")
         );
+    }
+    if !history.events.is_empty() {
+        say!("");
+        say!("{:<20} {:<6} EVENT", "AT", "LEVEL");
+        for event in &history.events {
+            say!("{:<20} {:<6} {}", format_time(event.at), event.level, event.message);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -555,30 +681,30 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
         ModuleCommand::Push { file, name, remote } => {
             let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let path = format!("/v1/modules?name={name}");
-            let (_, module) = remote
+            let module: ModuleRow = remote
                 .client()
-                .call(hyper::Method::POST, &path, "application/wasm", bytes.into())
+                .call_raw(hyper::Method::POST, &path, "application/wasm", bytes.into())
                 .await?;
-            println!(
+            say!(
                 "uploaded {} as {}@{} ({} world)",
                 file.display(),
-                module["name"].as_str().unwrap_or(""),
-                module["digest"].as_str().unwrap_or(""),
-                module["world"].as_str().unwrap_or("")
+                module.name,
+                module.digest,
+                module.world
             );
         }
         ModuleCommand::List { remote } => {
-            let list = remote.client().get("/v1/modules").await?;
-            for builtin in list["builtin"].as_array().into_iter().flatten() {
-                println!("{:<24} built in", builtin.as_str().unwrap_or(""));
+            let list: ModuleList = remote.client().get("/v1/modules").await?;
+            for builtin in &list.builtin {
+                say!("{builtin:<24} built in");
             }
-            for module in list["modules"].as_array().into_iter().flatten() {
-                println!(
+            for module in &list.modules {
+                say!(
                     "{:<24} {} {} {} bytes",
-                    module["name"].as_str().unwrap_or(""),
-                    module["world"].as_str().unwrap_or(""),
-                    module["digest"].as_str().unwrap_or(""),
-                    module["size"]
+                    module.name,
+                    module.world,
+                    module.digest,
+                    module.size
                 );
             }
         }
@@ -671,7 +797,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     );
     plan.params = args.params.clone();
     plan.auto_rollback = !args.no_rollback;
-    plan.progress_deadline = std::time::Duration::from_secs(args.deadline);
+    plan.progress_deadline = Duration::from_secs(args.deadline);
+    plan.soak = args.soak;
     plan.seed = args.seed;
 
     let report = rollout::run(&module, &plan, cluster.clone(), hooks, timeline).await;
@@ -686,11 +813,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 "final": cluster.snapshot(),
                 "events": report.events,
             });
-            println!("{}", serde_json::to_string_pretty(&document)?);
+            say!("{}", serde_json::to_string_pretty(&document)?);
         }
         Output::Human => {
             for event in &report.events {
-                println!("{event}");
+                say!("{event}");
             }
         }
     }
@@ -699,4 +826,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A duration argument: "30s", "500ms", "5m" or a number of seconds.
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    crate::spec::duration::parse(text)
 }

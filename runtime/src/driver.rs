@@ -11,10 +11,6 @@ use async_trait::async_trait;
 
 use crate::bindings::{HttpCheckReport, ProbeReport, ReplicaCounts};
 
-/// Most instances one revision may be scaled to. A strategy asking for more is making a
-/// mistake, not a deployment.
-pub const MAX_REPLICAS: u32 = 10_000;
-
 /// At most this many revisions may carry traffic at once (as in OpenShift routes).
 pub const MAX_ROUTED_REVISIONS: usize = 4;
 
@@ -59,6 +55,16 @@ pub trait Cluster: Send + Sync {
     fn weights(&self) -> Vec<(u32, u32)>;
     /// Turns the maintenance page on or off.
     async fn set_maintenance(&self, on: bool) -> Result<(), DriverError>;
+    /// Whether the maintenance page is on.
+    fn maintenance(&self) -> bool;
+
+    /// A counter that moves on whenever something about the instances changes (one starts,
+    /// becomes ready or not, crashes, stops).
+    fn generation(&self) -> u64;
+    /// Waits until [`Cluster::generation`] is past `seen`, or `timeout_ms` passes; returns the
+    /// generation then. Lets the host wait on a condition without polling: read the
+    /// generation, check the condition, wait for a change, check again.
+    async fn wait_change(&self, seen: u64, timeout_ms: u64) -> u64;
 
     /// Probes every instance of `revision` now.
     async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError>;

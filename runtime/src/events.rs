@@ -10,7 +10,7 @@ use crate::failure::GuestFailure;
 
 /// What the host observed about one revision at the time of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevisionState {
+pub struct RevisionSnapshot {
     pub desired: u32,
     pub current: u32,
     pub ready: u32,
@@ -26,7 +26,7 @@ pub struct Event {
     pub kind: EventKind,
     /// Every revision's instances and weight right after the event, when the driver knows.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<BTreeMap<u32, RevisionState>>,
+    pub state: Option<BTreeMap<u32, RevisionSnapshot>>,
 }
 
 /// What happened.
@@ -66,6 +66,8 @@ pub enum EventKind {
         instance: String,
     },
     WeightsChanged {
+        /// Revision → weight. JSON object keys are strings; they are read back as numbers.
+        #[serde(with = "revision_keys")]
         weights: BTreeMap<u32, u32>,
     },
     Waited {
@@ -87,7 +89,10 @@ pub enum EventKind {
     },
     Hook {
         point: String,
-        status: String,
+        outcome: HookOutcome,
+        /// The failure, when it failed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        message: String,
     },
     Maintenance {
         on: bool,
@@ -115,6 +120,19 @@ pub enum EventKind {
         outcome: RolloutOutcome,
         summary: String,
     },
+}
+
+/// How a lifecycle hook ended. Crash recovery reads it to skip hooks that already succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookOutcome {
+    /// No hook is configured at that point.
+    NotConfigured,
+    Succeeded,
+    /// It failed and its policy is `ignore`.
+    FailureIgnored,
+    /// It failed and the rollout fails with it.
+    Failed,
 }
 
 /// How a rollout ended.
@@ -175,7 +193,7 @@ impl Timeline {
         }
     }
 
-    pub fn push(&self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionState>>) {
+    pub fn push(&self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionSnapshot>>) {
         let mut inner = self.inner.lock().unwrap();
         let at_ms = now_ms.saturating_sub(inner.started_at_ms);
         let event = Event { at_ms, kind, state };
@@ -267,7 +285,23 @@ impl std::fmt::Display for Event {
                 f,
                 "check     revision {revision}: GET {path} passed on {passed}/{checked}"
             )?,
-            EventKind::Hook { point, status } => write!(f, "hook      {point}: {status}")?,
+            EventKind::Hook {
+                point,
+                outcome,
+                message,
+            } => {
+                let word = match outcome {
+                    HookOutcome::NotConfigured => "not configured",
+                    HookOutcome::Succeeded => "succeeded",
+                    HookOutcome::FailureIgnored => "failed (ignored by policy)",
+                    HookOutcome::Failed => "failed",
+                };
+                if message.is_empty() {
+                    write!(f, "hook      {point}: {word}")?
+                } else {
+                    write!(f, "hook      {point}: {word}: {message}")?
+                }
+            }
             EventKind::Maintenance { on } => write!(f, "maint     {}", if *on { "on" } else { "off" })?,
             EventKind::Progress { percent, message } => write!(f, "progress  {percent:>3}% {message}")?,
             EventKind::Log { level, message } => write!(f, "log       [{level}] {message}")?,
@@ -294,5 +328,58 @@ impl std::fmt::Display for Event {
             write!(f, "   [{}]", parts.join(" · "))?;
         }
         Ok(())
+    }
+}
+
+/// Maps keyed by revision number, written as JSON objects (whose keys are strings) and read
+/// back by parsing the keys: serde cannot read number keys inside a flattened enum, which is
+/// how events are stored.
+mod revision_keys {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u32, u32>, serializer: S) -> Result<S::Ok, S::Error> {
+        map.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<u32, u32>, D::Error> {
+        BTreeMap::<String, u32>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(key, weight)| {
+                let revision = key
+                    .parse()
+                    .map_err(|_| D::Error::custom(format!("{key:?} is not a revision number")))?;
+                Ok((revision, weight))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_events_read_back_as_they_were_written() {
+        let event = Event {
+            at_ms: 5,
+            kind: EventKind::WeightsChanged {
+                weights: BTreeMap::from([(1, 128), (2, 128)]),
+            },
+            state: None,
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_string(), event.to_string());
+        assert!(back.to_string().contains("r1=128 r2=128"), "{back}");
+    }
+
+    #[test]
+    fn hook_events_say_how_they_ended() {
+        let json = r#"{"at_ms":1,"event":"hook","point":"pre","outcome":"failed","message":"boom"}"#;
+        let event: Event = serde_json::from_str(json).unwrap();
+        assert!(event.to_string().ends_with("hook      pre: failed: boom"), "{event}");
     }
 }

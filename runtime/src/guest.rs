@@ -41,6 +41,12 @@ pub(crate) struct Budget {
     pub cpu_ticks: u64,
     /// The last call the host rejected as invalid, to classify a failure that follows it.
     pub last_invalid: Option<String>,
+    /// Set once the host told the guest to stop (deadline or abort).
+    pub stopped: Option<crate::failure::Stop>,
+    /// Host calls since it was told to stop.
+    pub calls_after_stop: u64,
+    /// The last progress report, so a repeat is not recorded again.
+    pub last_progress: Option<(u8, String)>,
 }
 
 impl WasiView for GuestState {
@@ -61,12 +67,28 @@ pub(crate) struct Linkers {
 
 pub(crate) fn linkers(engine: &Engine) -> anyhow::Result<Linkers> {
     let mut strategy = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut strategy)?;
+    add_wasi(&mut strategy)?;
     bindings::strategy::Strategy::add_to_linker::<_, HasSelf<_>>(&mut strategy, |s| s)?;
     let mut hook = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut hook)?;
+    add_wasi(&mut hook)?;
     bindings::hook::Hook::add_to_linker::<_, HasSelf<_>>(&mut hook, |s| s)?;
     Ok(Linkers { strategy, hook })
+}
+
+/// WASI 0.2 with no capabilities, and with its monotonic clock replaced by the rollout's
+/// (`host/wasi_clock.rs`), so that WASI sleeps and polls follow the rollout's time.
+fn add_wasi(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    linker.allow_shadowing(true);
+    wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+impl GuestState {
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 /// Runs a strategy's `run` export to completion, or to a [`GuestFailure`].
@@ -90,6 +112,7 @@ pub async fn run_strategy(
     };
     let result = tokio::time::timeout(wall_clock, call).await;
     let last_invalid = store.data().budget.last_invalid.clone();
+    let stopped = store.data().budget.stopped;
     match result {
         Err(_) => Err(failure(
             module,
@@ -105,10 +128,12 @@ pub async fn run_strategy(
             Err(failure(module, kind, message, &stderr))
         }
         Ok(Ok(Err(api_error))) => {
-            let (kind, message) = failure::from_strategy_error(&api_error, last_invalid.as_deref());
+            let (kind, message) = failure::from_strategy_error(&api_error, last_invalid.as_deref(), stopped);
             Err(failure(module, kind, message, &stderr))
         }
-        Ok(Ok(Ok(outcome))) => Ok(outcome),
+        Ok(Ok(Ok(outcome))) => Ok(Outcome {
+            summary: failure::cap(outcome.summary, failure::MAX_GUEST_TEXT),
+        }),
     }
 }
 
@@ -139,7 +164,7 @@ pub async fn run_hook(
             let (kind, message) = failure::classify(&error, &stderr.tail());
             Err(HookFailure::Guest(failure(module, kind, message, &stderr)))
         }
-        Ok(Ok(Err(message))) => Err(HookFailure::Returned(message)),
+        Ok(Ok(Err(message))) => Err(HookFailure::Returned(failure::cap(message, failure::MAX_GUEST_TEXT))),
         Ok(Ok(Ok(()))) => Ok(()),
     }
 }
@@ -184,7 +209,7 @@ fn failure(module: &LoadedModule, kind: FailureKind, message: String, stderr: &T
         module: module.name.clone(),
         digest: module.digest.clone(),
         kind,
-        message,
+        message: failure::cap(message, failure::MAX_GUEST_TEXT),
         stderr_tail: stderr.tail(),
     }
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::bindings::{HookContext, HookPoint, HookStatus};
 use crate::engine::Limits;
-use crate::events::EventKind;
+use crate::events::{EventKind, HookOutcome};
 use crate::guest::{self, HookFailure};
 use crate::host::RolloutEnv;
 use crate::modules::LoadedModule;
@@ -58,6 +58,8 @@ pub struct Grants {
 #[derive(Clone, Debug)]
 pub struct ExecEnv {
     pub env: BTreeMap<String, String>,
+    /// Resolved when the command starts, as for an instance.
+    pub secret_env: BTreeMap<String, crate::spec::SecretSource>,
     pub workdir: Option<std::path::PathBuf>,
 }
 
@@ -95,13 +97,18 @@ pub fn point_name(point: HookPoint) -> &'static str {
     }
 }
 
-/// How a hook run ended, in words for the timeline.
-pub fn describe(result: &Result<HookStatus, String>) -> String {
-    match result {
-        Ok(HookStatus::NotConfigured) => "not configured".to_string(),
-        Ok(HookStatus::Succeeded) => "succeeded".to_string(),
-        Ok(HookStatus::FailureIgnored) => "failed (ignored by policy)".to_string(),
-        Err(message) => format!("failed: {message}"),
+/// The timeline event for a hook run that ended with `result`.
+pub fn event(point: HookPoint, result: &Result<HookStatus, String>) -> EventKind {
+    let (outcome, message) = match result {
+        Ok(HookStatus::NotConfigured) => (HookOutcome::NotConfigured, String::new()),
+        Ok(HookStatus::Succeeded) => (HookOutcome::Succeeded, String::new()),
+        Ok(HookStatus::FailureIgnored) => (HookOutcome::FailureIgnored, String::new()),
+        Err(message) => (HookOutcome::Failed, message.clone()),
+    };
+    EventKind::Hook {
+        point: point_name(point).to_string(),
+        outcome,
+        message,
     }
 }
 

@@ -13,6 +13,7 @@ mod routing;
 mod scaling;
 mod types;
 mod verification;
+mod wasi_clock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use crate::bindings::{ApiError, Revision};
 use crate::driver::{Cluster, DriverError};
 use crate::events::{EventKind, Timeline};
-use crate::failure::GuestLimit;
+use crate::failure::{GuestLimit, Stop};
 use crate::guest::GuestState;
 use crate::hooks::{Grants, HookRunner};
 
@@ -174,10 +175,21 @@ pub fn aborted_error() -> ApiError {
     ApiError::Aborted("the rollout was aborted by an operator".to_string())
 }
 
+/// Calls a guest may still make after it was told to stop, to log why or read state on its
+/// way out, before the host stops it. Actions (scale, sleep, …) are not among them.
+const CALLS_AFTER_STOP: u64 = 1_000;
+
 impl GuestState {
-    /// Counts a host call against the budget; traps the guest when the budget is spent.
+    /// Counts a host call against the budget; traps the guest when the budget is spent, or
+    /// when it was told to stop and keeps calling.
     pub(crate) fn enter(&mut self) -> wasmtime::Result<()> {
         self.budget.host_calls += 1;
+        if let Some(stop) = self.budget.stopped {
+            self.budget.calls_after_stop += 1;
+            if self.budget.calls_after_stop > CALLS_AFTER_STOP {
+                return Err(wasmtime::Error::new(GuestLimit::KeptGoing(stop)));
+            }
+        }
         if self.budget.host_calls > self.limits.host_calls {
             return Err(wasmtime::Error::new(GuestLimit::HostCalls(self.limits.host_calls)));
         }
@@ -185,9 +197,13 @@ impl GuestState {
     }
 
     /// Enters a call that acts on the rollout: holds while the rollout is paused, and
-    /// refuses the call once it is aborted or its deadline passed.
+    /// refuses the call once it is aborted or its deadline passed. A guest that was already
+    /// told so and acts again is stopped: it is not returning.
     pub(crate) async fn enter_action(&mut self) -> wasmtime::Result<Result<(), ApiError>> {
         self.enter()?;
+        if let Some(stop) = self.budget.stopped {
+            return Err(wasmtime::Error::new(GuestLimit::KeptGoing(stop)));
+        }
         if self.env.control.is_paused() {
             let control = self.env.control.clone();
             tokio::select! {
@@ -196,12 +212,21 @@ impl GuestState {
             }
         }
         if self.env.control.is_aborted() {
-            return Ok(Err(aborted_error()));
+            return Ok(Err(self.stop(Stop::Aborted)));
         }
         if self.env.remaining_ms() == 0 {
-            return Ok(Err(self.env.deadline_error()));
+            return Ok(Err(self.stop(Stop::Deadline)));
         }
         Ok(Ok(()))
+    }
+
+    /// Tells the guest to stop, and remembers that it was told.
+    pub(crate) fn stop(&mut self, stop: Stop) -> ApiError {
+        self.budget.stopped.get_or_insert(stop);
+        match stop {
+            Stop::Deadline => self.env.deadline_error(),
+            Stop::Aborted => aborted_error(),
+        }
     }
 
     /// Checks that `revision` belongs to this rollout.

@@ -3,9 +3,15 @@
 //!
 //! **Invariant:** precompiled bytes are only ever produced here, from a component we compiled
 //! ourselves, and read back from our own cache directory; they are never accepted from users.
+//!
+//! **Invariant:** each digest is compiled at most once per process, however many deploys ask
+//! for it at the same moment (single flight), and one component compiles at a time: compiling
+//! already uses every core, and a second would only double the memory.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
@@ -107,6 +113,19 @@ pub struct ModuleLoader {
     engine: WasmEngine,
     linkers: Arc<Linkers>,
     cache_dir: Option<PathBuf>,
+    /// Every module loaded, by digest; a cell being filled makes later askers wait for it.
+    loaded: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<LoadedModule>>>>>,
+    compiling: Arc<tokio::sync::Semaphore>,
+    stats: Arc<LoadStats>,
+}
+
+/// How modules were loaded since the process started.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// Compiled from the component (`Component::new`).
+    pub compiled: AtomicU64,
+    /// Read back from the precompiled cache.
+    pub from_cache: AtomicU64,
 }
 
 impl ModuleLoader {
@@ -121,7 +140,15 @@ impl ModuleLoader {
             engine,
             linkers: Arc::new(linkers),
             cache_dir,
+            loaded: Arc::default(),
+            compiling: Arc::new(tokio::sync::Semaphore::new(1)),
+            stats: Arc::default(),
         })
+    }
+
+    /// How many modules were compiled and how many read from the cache.
+    pub fn stats(&self) -> &LoadStats {
+        &self.stats
     }
 
     pub fn engine(&self) -> &WasmEngine {
@@ -163,14 +190,52 @@ impl ModuleLoader {
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
         check_header(&bytes)?;
         let digest = digest(&bytes);
-        let this = self.clone();
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || this.load_blocking(name, digest, bytes))
-            .await
-            .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+        self.load_once(name, digest, move || Ok(bytes)).await
     }
 
-    fn load_blocking(&self, name: String, digest: String, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
+    /// Like [`ModuleLoader::load`] for a component in a file whose digest is already known
+    /// (an upload, a stored module): the file is read only if that digest is not loaded yet.
+    pub async fn load_file(&self, name: &str, digest: &str, path: PathBuf) -> Result<LoadedModule, LoadError> {
+        self.load_once(name, digest.to_string(), move || {
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
+            check_header(&bytes)?;
+            Ok(bytes)
+        })
+        .await
+    }
+
+    /// Loads `digest` once: the first caller reads and compiles it, callers meanwhile wait
+    /// for that, later ones get it at once. A failure is not kept; the next caller tries again.
+    async fn load_once(
+        &self,
+        name: &str,
+        digest: String,
+        bytes: impl FnOnce() -> Result<Vec<u8>, LoadError> + Send + 'static,
+    ) -> Result<LoadedModule, LoadError> {
+        let cell = self.loaded.lock().unwrap().entry(digest.clone()).or_default().clone();
+        let module = cell
+            .get_or_try_init(|| async {
+                let _one_at_a_time = self.compiling.acquire().await.expect("the semaphore is never closed");
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    let bytes = bytes()?;
+                    if self::digest(&bytes) != digest {
+                        return Err(LoadError::Invalid(format!(
+                            "the stored module does not match its digest {digest}; upload it again"
+                        )));
+                    }
+                    this.load_blocking(digest, bytes)
+                })
+                .await
+                .map_err(|e| LoadError::Invalid(format!("the compiler thread failed: {e}")))?
+            })
+            .await?;
+        let mut module = module.clone();
+        module.name = name.to_string();
+        Ok(module)
+    }
+
+    fn load_blocking(&self, digest: String, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
         let component = self.compile_cached(&digest, &bytes)?;
         let world = world_of(&component, self.engine.engine())?;
         let linker = match world {
@@ -189,7 +254,7 @@ impl ModuleLoader {
             }
         };
         Ok(LoadedModule {
-            name,
+            name: String::new(),
             digest,
             world,
             pre: Arc::new(pre),
@@ -211,13 +276,17 @@ impl ModuleLoader {
             // damaged file fails to deserialize and is recompiled.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    self.stats.from_cache.fetch_add(1, Ordering::Relaxed);
+                    return Ok(component);
+                }
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "discarding unusable precompiled module")
                 }
             }
         }
         let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
         if let Some(path) = &cached
             && let Err(error) = write_atomically(path, &component)
         {
@@ -228,9 +297,17 @@ impl ModuleLoader {
 }
 
 fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let serialized = component.serialize()?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, serialized)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(&serialized)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -1,7 +1,17 @@
-//! Running one rollout: the strategy guest, then — if it failed — the host's own rollback.
+//! Running one rollout: the strategy guest, the host's check of what it left behind, a soak,
+//! and — if any of them failed — the host's own rollback.
 //!
 //! **Invariant:** rollback is host code, not guest code. A strategy that traps, spins or lies
 //! cannot stop its rollout from being rolled back.
+//!
+//! **Invariant:** success is the host's verdict, not the strategy's. A strategy returning
+//! `ok` only starts the host's checks: the route must send traffic, every routed revision
+//! must have ready instances, and the target must be routed with its spec's replicas ready
+//! ([`check_end_state`]); then the target must stay that way, with no instance crashing,
+//! for the soak. Anything else fails the rollout, which is rolled back.
+//!
+//! **Invariant:** the maintenance page a strategy turns on lasts only as long as its rollout:
+//! when the rollout ends, either way, maintenance is back to what it was before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +26,7 @@ use crate::failure::{FailureKind, GuestFailure};
 use crate::hooks::HookRunner;
 use crate::host::{RolloutControl, RolloutEnv};
 use crate::modules::LoadedModule;
+use crate::spec::DEFAULT_SOAK;
 
 /// How long an aborted strategy has to return before it is stopped.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
@@ -37,13 +48,16 @@ pub struct RolloutPlan {
     /// Roll back automatically when the strategy fails.
     pub auto_rollback: bool,
     pub progress_deadline: Duration,
+    /// How long the host watches the target after the strategy succeeds.
+    pub soak: Duration,
     pub limits: Limits,
     /// Seeds the guest's randomness.
     pub seed: u64,
 }
 
 impl RolloutPlan {
-    /// A plan with the defaults: automatic rollback, a 600 s deadline, default limits.
+    /// A plan with the defaults: automatic rollback, a 600 s deadline, a 10 s soak, default
+    /// limits.
     pub fn new(app: &str, rollout: &str, target: Revision, active: Option<Revision>) -> Self {
         RolloutPlan {
             app: app.to_string(),
@@ -55,6 +69,7 @@ impl RolloutPlan {
             resumed: false,
             auto_rollback: true,
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            soak: DEFAULT_SOAK,
             limits: Limits::default(),
             seed: 1,
         }
@@ -100,6 +115,7 @@ pub async fn run_controlled(
     control: Arc<RolloutControl>,
 ) -> RolloutReport {
     let started_at_ms = cluster.now_ms();
+    let maintenance_before = cluster.maintenance();
     let mut revisions = vec![plan.target.number];
     revisions.extend(plan.active.iter().map(|r| r.number));
     revisions.extend(plan.others.iter().map(|r| r.number));
@@ -141,6 +157,13 @@ pub async fn run_controlled(
     // every host call; this catches a guest stuck where no host call happens.
     let wall_clock = plan.progress_deadline + Duration::from_secs(30);
     let strategy = crate::guest::run_strategy(module, ctx, env.clone(), &plan.limits, wall_clock);
+    let host_failure = |kind: FailureKind, message: String| GuestFailure {
+        module: module.name.clone(),
+        digest: module.digest.clone(),
+        kind,
+        message,
+        stderr_tail: String::new(),
+    };
     let result = tokio::select! {
         result = strategy => result,
         () = async {
@@ -148,24 +171,34 @@ pub async fn run_controlled(
             // dropped, store and all.
             control.aborted().await;
             tokio::time::sleep(ABORT_GRACE).await;
-        } => Err(GuestFailure {
-            module: module.name.clone(),
-            digest: module.digest.clone(),
-            kind: FailureKind::Aborted,
-            message: "the rollout was aborted by an operator".to_string(),
-            stderr_tail: String::new(),
-        }),
+        } => Err(host_failure(FailureKind::Aborted, "the rollout was aborted by an operator".to_string())),
+    };
+    let result = match result {
+        Ok(outcome) => match check_end_state(cluster.as_ref(), plan.target) {
+            Err(problem) => Err(host_failure(
+                FailureKind::SuccessCheck,
+                format!("the strategy reported success, but {problem}"),
+            )),
+            Ok(()) => tokio::select! {
+                soaked = soak(cluster.as_ref(), plan, &env) => soaked.map(|()| outcome).map_err(|problem| host_failure(FailureKind::Soak, problem)),
+                () = control.aborted() => Err(host_failure(FailureKind::Aborted, "the rollout was aborted by an operator during its soak".to_string())),
+            },
+        },
+        Err(failure) => Err(failure),
     };
 
     let (outcome, summary, failure) = match result {
-        Ok(outcome) => (RolloutOutcome::Succeeded, outcome.summary, None),
+        Ok(outcome) => {
+            restore_maintenance(cluster.as_ref(), maintenance_before).await;
+            (RolloutOutcome::Succeeded, outcome.summary, None)
+        }
         Err(failure) => {
             tracing::warn!(app = %plan.app, rollout = %plan.rollout, %failure, "strategy failed");
             env.record(EventKind::StrategyFailed {
                 failure: failure.clone(),
             });
             if plan.auto_rollback || control.is_aborted() {
-                match roll_back(plan, cluster.as_ref(), hooks.as_ref(), &env).await {
+                match roll_back(plan, maintenance_before, cluster.as_ref(), hooks.as_ref(), &env).await {
                     Ok(message) => (
                         RolloutOutcome::RolledBack,
                         format!("{}; {message}", failure.message),
@@ -198,10 +231,106 @@ pub async fn run_controlled(
     }
 }
 
+/// Checks what a strategy that returned `ok` left behind; `Err` says what is wrong.
+///
+/// The route must send traffic (some weight above 0), every revision it sends traffic to must
+/// have a ready instance, and the target must be routed with at least its spec's replicas
+/// ready. A target of 0 replicas is a deliberate scale to zero: nothing is required of it.
+pub fn check_end_state(cluster: &dyn Cluster, target: Revision) -> Result<(), String> {
+    if target.replicas == 0 {
+        return Ok(());
+    }
+    let weights = cluster.weights();
+    let routed: Vec<(u32, u32)> = weights.into_iter().filter(|(_, w)| *w > 0).collect();
+    if routed.is_empty() {
+        return Err("the route sends no traffic anywhere (every weight is 0): the app would answer 503".into());
+    }
+    for (revision, weight) in &routed {
+        let ready = cluster.counts(*revision).map(|c| c.ready).unwrap_or(0);
+        if ready == 0 {
+            return Err(format!(
+                "revision {revision} has weight {weight} but no ready instance: its share of requests would fail"
+            ));
+        }
+    }
+    if !routed.iter().any(|(revision, _)| *revision == target.number) {
+        return Err(format!("revision {} receives no traffic", target.number));
+    }
+    let ready = cluster.counts(target.number).map(|c| c.ready).unwrap_or(0);
+    if ready < target.replicas {
+        return Err(format!(
+            "revision {} has {ready} of its {} replicas ready",
+            target.number, target.replicas
+        ));
+    }
+    Ok(())
+}
+
+/// Watches the target for the plan's soak: every replica must stay ready and none may crash.
+/// Waits on the cluster's changes, so a failure ends the soak at once.
+async fn soak(cluster: &dyn Cluster, plan: &RolloutPlan, env: &RolloutEnv) -> Result<(), String> {
+    let target = plan.target;
+    if plan.soak.is_zero() || target.replicas == 0 {
+        return Ok(());
+    }
+    let soak_ms = plan.soak.as_millis() as u64;
+    let start = cluster.now_ms();
+    let failed_before = cluster.counts(target.number).map(|c| c.failed).unwrap_or(0);
+    env.record(EventKind::Log {
+        level: "info".into(),
+        message: format!(
+            "soak: watching revision {} for {} before calling the rollout a success",
+            target.number,
+            crate::spec::duration::format(plan.soak)
+        ),
+    });
+    loop {
+        let seen = cluster.generation();
+        let counts = cluster
+            .counts(target.number)
+            .map_err(|e| format!("soak: revision {} could not be observed: {e}", target.number))?;
+        let elapsed = cluster.now_ms().saturating_sub(start);
+        if counts.failed > failed_before {
+            return Err(format!(
+                "revision {} lost {} instance(s) to crashes {:.1} s into its {} soak",
+                target.number,
+                counts.failed - failed_before,
+                elapsed as f64 / 1000.0,
+                crate::spec::duration::format(plan.soak)
+            ));
+        }
+        if counts.ready < target.replicas {
+            return Err(format!(
+                "revision {} fell to {} of {} replicas ready {:.1} s into its {} soak",
+                target.number,
+                counts.ready,
+                target.replicas,
+                elapsed as f64 / 1000.0,
+                crate::spec::duration::format(plan.soak)
+            ));
+        }
+        if elapsed >= soak_ms {
+            return Ok(());
+        }
+        cluster.wait_change(seen, soak_ms - elapsed).await;
+    }
+}
+
+/// Puts maintenance back to what it was before the rollout, if the strategy changed it.
+async fn restore_maintenance(cluster: &dyn Cluster, before: bool) {
+    if cluster.maintenance() != before
+        && let Err(error) = cluster.set_maintenance(before).await
+    {
+        tracing::warn!(%error, "could not restore the maintenance state");
+    }
+}
+
 /// Restores the active revision at full size with all traffic, then removes the target.
 /// Capacity comes back before traffic moves, and traffic moves before anything is stopped.
+/// Maintenance goes back to what it was before the rollout.
 async fn roll_back(
     plan: &RolloutPlan,
+    maintenance_before: bool,
     cluster: &dyn Cluster,
     hooks: &dyn HookRunner,
     env: &Arc<RolloutEnv>,
@@ -236,11 +365,9 @@ async fn roll_back(
         Ok::<_, String>(())
     }
     .await;
+    restore_maintenance(cluster, maintenance_before).await;
     let hook = hooks.run_hook(HookPoint::Rollback, env).await;
-    env.record(EventKind::Hook {
-        point: "rollback".to_string(),
-        status: crate::hooks::describe(&hook),
-    });
+    env.record(crate::hooks::event(HookPoint::Rollback, &hook));
     let message = match (&result, plan.active) {
         (Ok(()), Some(active)) => format!(
             "rolled back: revision {} serves all traffic at {} replicas",

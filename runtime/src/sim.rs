@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use crate::bindings::{HookPoint, HookStatus, HttpCheckReport, ProbeReport, ReplicaCounts};
 use crate::driver::{Cluster, DriverError, validate_weights};
-use crate::events::{EventKind, RevisionState, Timeline};
+use crate::events::{EventKind, RevisionSnapshot, Timeline};
 use crate::hooks::HookRunner;
 use crate::host::RolloutEnv;
 
@@ -64,6 +64,8 @@ struct SimState {
     revisions: BTreeMap<u32, SimRevision>,
     weights: BTreeMap<u32, u32>,
     maintenance: bool,
+    /// Moves on with every event (see [`Cluster::generation`]).
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +104,7 @@ impl SimCluster {
                 revisions: BTreeMap::new(),
                 weights: BTreeMap::new(),
                 maintenance: false,
+                generation: 0,
             }),
             timeline,
         }
@@ -135,11 +138,12 @@ impl SimCluster {
     }
 
     /// The state of every revision now.
-    pub fn snapshot(&self) -> BTreeMap<u32, RevisionState> {
+    pub fn snapshot(&self) -> BTreeMap<u32, RevisionSnapshot> {
         self.state.lock().unwrap().snapshot()
     }
 
-    fn emit(&self, state: &SimState, kind: EventKind) {
+    fn emit(&self, state: &mut SimState, kind: EventKind) {
+        state.generation += 1;
         self.timeline.push(state.now, kind, Some(state.snapshot()));
     }
 
@@ -187,12 +191,12 @@ impl SimCluster {
             let due = revision.restarts.iter().filter(|&&t| t == now).count();
             revision.restarts.retain(|&t| t != now);
             for event in events {
-                self.emit(state, event);
+                self.emit(&mut *state, event);
             }
             for _ in 0..due {
                 let id = state.start_instance(number);
                 self.emit(
-                    state,
+                    &mut *state,
                     EventKind::InstanceStarted {
                         revision: number,
                         instance: id,
@@ -272,7 +276,7 @@ impl SimState {
         }
     }
 
-    fn snapshot(&self) -> BTreeMap<u32, RevisionState> {
+    fn snapshot(&self) -> BTreeMap<u32, RevisionSnapshot> {
         self.revisions
             .keys()
             .map(|&number| {
@@ -280,7 +284,7 @@ impl SimState {
                 let weight = self.weights.get(&number).copied().unwrap_or(0);
                 (
                     number,
-                    RevisionState {
+                    RevisionSnapshot {
                         desired: c.desired,
                         current: c.current,
                         ready: c.ready,
@@ -310,7 +314,7 @@ impl Cluster for SimCluster {
         let from = state.revisions[&revision].desired;
         state.revisions.get_mut(&revision).unwrap().desired = replicas;
         self.emit(
-            &state,
+            &mut state,
             EventKind::Scaled {
                 revision,
                 from,
@@ -322,7 +326,7 @@ impl Cluster for SimCluster {
         if replicas > current + pending {
             for _ in 0..(replicas - current - pending) {
                 let id = state.start_instance(revision);
-                self.emit(&state, EventKind::InstanceStarted { revision, instance: id });
+                self.emit(&mut state, EventKind::InstanceStarted { revision, instance: id });
             }
         } else {
             let now = state.now;
@@ -340,7 +344,7 @@ impl Cluster for SimCluster {
             let stopped: Vec<String> = entry.instances.drain(..excess as usize).map(|i| i.id).collect();
             entry.instances.sort_by_key(|i| i.created);
             for id in stopped {
-                self.emit(&state, EventKind::InstanceStopped { revision, instance: id });
+                self.emit(&mut state, EventKind::InstanceStopped { revision, instance: id });
             }
         }
         Ok(())
@@ -387,7 +391,7 @@ impl Cluster for SimCluster {
         }
         state.weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
         let shown = state.weights.clone();
-        self.emit(&state, EventKind::WeightsChanged { weights: shown });
+        self.emit(&mut state, EventKind::WeightsChanged { weights: shown });
         Ok(())
     }
 
@@ -404,8 +408,26 @@ impl Cluster for SimCluster {
     async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
         let mut state = self.state.lock().unwrap();
         state.maintenance = on;
-        self.emit(&state, EventKind::Maintenance { on });
+        self.emit(&mut state, EventKind::Maintenance { on });
         Ok(())
+    }
+
+    fn maintenance(&self) -> bool {
+        self.state.lock().unwrap().maintenance
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.lock().unwrap().generation
+    }
+
+    async fn wait_change(&self, seen: u64, timeout_ms: u64) -> u64 {
+        let mut state = self.state.lock().unwrap();
+        if state.generation <= seen {
+            let deadline = state.now.saturating_add(timeout_ms);
+            let until = state.next_change().filter(|&t| t <= deadline).unwrap_or(deadline);
+            self.advance(&mut state, until);
+        }
+        state.generation
     }
 
     async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError> {

@@ -11,6 +11,7 @@
 //! command = "target/debug/hello"
 //! args = []
 //! env = { VERSION = "v1" }        # PORT and SLIPWAY_* are reserved
+//! secret-env = { DATABASE_URL = "file:/run/secrets/db", API_KEY = "env:STRIPE_KEY" }
 //! workdir = "."
 //! grace-period = "30s"            # SIGTERM → wait → SIGKILL
 //!
@@ -39,7 +40,13 @@
 //! destroy-delay = "0s"
 //! retained = 10
 //! maintenance-during-deploy = false
+//! soak = "10s"                    # watch the new revision before calling it a success
 //! ```
+//!
+//! `secret-env` values are references, resolved each time an instance (or an `exec` hook)
+//! starts: `file:PATH` reads the file (one trailing newline dropped), `env:NAME` takes a
+//! variable from the runner's own environment. The values themselves are never stored, sent
+//! by the API or written to events.
 //!
 //! Durations are strings such as `"500ms"`, `"30s"`, `"5m"`, `"1h"` (or `"1m30s"`) or a whole
 //! number of seconds, and are written back in the shortest exact form (`"10m"` for 600 s).
@@ -58,8 +65,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-/// The most replicas one app may ask for.
+/// The most replicas one revision may have: the one limit for specs, strategies (`scale`)
+/// and operators (`slipway scale`).
 pub const MAX_REPLICAS: u32 = 1000;
+/// The soak after a rollout's strategy succeeds, unless the spec says otherwise. Ten
+/// seconds, like Nomad's `min_healthy_time`: long enough to catch a version that crashes on
+/// its first requests or soon after starting, short enough not to slow a deploy noticeably.
+pub const DEFAULT_SOAK: Duration = Duration::from_secs(10);
 /// The most revisions one app may keep as config.
 pub const MAX_RETAINED: u32 = 1000;
 /// The largest probe success or failure threshold.
@@ -104,6 +116,10 @@ pub struct Process {
     /// Extra environment; `PORT` and names starting with `SLIPWAY_` are reserved.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment whose values are secrets: `file:PATH` or `env:NAME` references, resolved
+    /// when an instance starts and never stored. See [`secret_source`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// Working directory, relative to where `slipway serve` runs (default: that directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
@@ -228,6 +244,11 @@ pub struct Lifecycle {
     pub retained: u32,
     /// Answer with the maintenance page while a rollout runs (default false).
     pub maintenance_during_deploy: bool,
+    /// After the strategy reports success, how long the host watches the new revision before
+    /// recording it: an instance that crashes or stops being ready meanwhile fails the
+    /// rollout, which is rolled back (default 10 s; `"0s"` turns it off).
+    #[serde(with = "duration")]
+    pub soak: Duration,
 }
 
 /// A parsed module reference.
@@ -256,6 +277,15 @@ pub enum Grant {
         /// Lowercase host name or IPv4 address, optionally with `:port`.
         host: String,
     },
+}
+
+/// Where a `secret-env` value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SecretSource {
+    /// `file:PATH`: the file's contents, one trailing newline dropped.
+    File(PathBuf),
+    /// `env:NAME`: a variable of the runner's own environment.
+    Env(String),
 }
 
 /// Why a module reference or a grant was refused.
@@ -392,11 +422,11 @@ pub fn module_ref(reference: &str) -> Result<ModuleRef, ReferenceError> {
         return Err(bad("the module reference is empty".into()));
     }
     if let Some(name) = reference.strip_prefix("builtin:") {
-        check_module_name(reference, name).map_err(bad)?;
+        check_module_in(reference, name).map_err(bad)?;
         return Ok(ModuleRef::Builtin(name.to_owned()));
     }
     if let Some((name, digest)) = reference.split_once('@') {
-        check_module_name(reference, name).map_err(bad)?;
+        check_module_in(reference, name).map_err(bad)?;
         let hex = digest.strip_prefix("sha256:").unwrap_or("");
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(ReferenceError {
@@ -419,7 +449,7 @@ pub fn module_ref(reference: &str) -> Result<ModuleRef, ReferenceError> {
             hint,
         });
     }
-    check_module_name(reference, reference).map_err(bad)?;
+    check_module_in(reference, reference).map_err(bad)?;
     Ok(ModuleRef::Named(reference.to_owned()))
 }
 
@@ -446,6 +476,51 @@ pub fn grant(text: &str) -> Result<Grant, ReferenceError> {
         message: format!("unknown grant `{text}`"),
         hint,
     })
+}
+
+/// Parses a `secret-env` value: `file:/absolute/path` or `env:NAME`.
+pub fn secret_source(text: &str) -> Result<SecretSource, ReferenceError> {
+    const FORMS: &str =
+        "write file:/run/secrets/NAME to read a file, or env:NAME to take a variable from the runner's environment";
+    if let Some(path) = text.strip_prefix("file:") {
+        if !path.starts_with('/') || path.contains('\0') {
+            return Err(ReferenceError {
+                message: format!("`{path}` in `{text}` is not an absolute path"),
+                hint: FORMS.into(),
+            });
+        }
+        return Ok(SecretSource::File(PathBuf::from(path)));
+    }
+    if let Some(name) = text.strip_prefix("env:") {
+        if !valid_env_name(name) {
+            return Err(ReferenceError {
+                message: format!("`{name}` in `{text}` is not an environment variable name"),
+                hint: FORMS.into(),
+            });
+        }
+        return Ok(SecretSource::Env(name.to_owned()));
+    }
+    Err(ReferenceError {
+        message: "a secret-env value is a reference to the secret, not the secret itself".into(),
+        hint: FORMS.into(),
+    })
+}
+
+/// Checks a module name: 1 to 63 lowercase letters, digits, `-`, `_` and `.`, starting with a
+/// letter or digit. The one rule for uploads and for references in specs; a name is never a
+/// path.
+pub fn check_module_name(name: &str) -> Result<(), String> {
+    let mut bytes = name.bytes();
+    let ok = matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && name.len() <= 63
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a module name: use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
 }
 
 impl Spec {
@@ -522,6 +597,7 @@ impl Default for Lifecycle {
             destroy_delay: Duration::ZERO,
             retained: 10,
             maintenance_during_deploy: false,
+            soak: DEFAULT_SOAK,
         }
     }
 }
@@ -752,7 +828,7 @@ fn keys(keys: &[&str]) -> Vec<Segment> {
 
 /// Checks the rules in the order the fields appear in a file, and stops at the first.
 fn check(spec: &Spec) -> Result<(), Problem> {
-    if !valid_name(&spec.name, false) {
+    if !valid_name(&spec.name) {
         problem(
             keys(&["name"]),
             format!("app name \"{}\" is not valid", spec.name),
@@ -852,6 +928,24 @@ fn check_process(process: &Process) -> Result<(), Problem> {
             )?;
         }
     }
+    for (name, reference) in &process.secret_env {
+        let path = keys(&["process", "secret-env", name]);
+        if name == "PORT" || name.starts_with("SLIPWAY_") || !valid_env_name(name) {
+            problem(
+                path,
+                format!("`{name}` cannot be a secret: it is reserved or not an environment variable name"),
+                "use letters, digits and underscores, not starting with a digit; PORT and SLIPWAY_* are Slipway's",
+            )?;
+        } else if process.env.contains_key(name) {
+            problem(
+                path,
+                format!("`{name}` is in both env and secret-env"),
+                "keep it in secret-env only, so its value is never stored",
+            )?;
+        } else if let Err(error) = secret_source(reference) {
+            problem(path, error.message, error.hint)?;
+        }
+    }
     if let Some(workdir) = &process.workdir
         && (workdir.is_empty() || workdir.contains('\0'))
     {
@@ -946,22 +1040,16 @@ fn check_hook(point: &str, hook: &Hook) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `^[a-z][a-z0-9-]{0,62}$`, with `_` also allowed for module names.
-fn valid_name(name: &str, underscores: bool) -> bool {
+/// App names: `^[a-z][a-z0-9-]{0,62}$`.
+fn valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b'a'..=b'z'))
         && name.len() <= 63
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (underscores && b == b'_'))
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn check_module_name(reference: &str, name: &str) -> Result<(), String> {
-    if valid_name(name, true) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` in module reference `{reference}` is not a module name"
-        ))
-    }
+fn check_module_in(reference: &str, name: &str) -> Result<(), String> {
+    check_module_name(name).map_err(|_| format!("`{name}` in module reference `{reference}` is not a module name"))
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -1468,6 +1556,7 @@ maintenance-during-deploy = true
                     command: "hello".into(),
                     args: vec![],
                     env: BTreeMap::new(),
+                    secret_env: BTreeMap::new(),
                     workdir: None,
                     grace_period: Duration::from_secs(30),
                 },
@@ -2160,10 +2249,10 @@ maintenance-during-deploy = true
     #[test]
     fn names() {
         for good in ["a", "hello", "hello-2", &format!("a{}", "b".repeat(62))] {
-            assert!(valid_name(good, false), "{good:?}");
+            assert!(valid_name(good), "{good:?}");
         }
         for bad in ["", "2a", "-a", "Hello", "a_b", "a.b", &format!("a{}", "b".repeat(63))] {
-            assert!(!valid_name(bad, false), "{bad:?}");
+            assert!(!valid_name(bad), "{bad:?}");
         }
         assert_eq!(suggest("replica", ["name", "replicas"]), Some("replicas"));
         assert_eq!(suggest("xyz", ["name", "replicas"]), None);

@@ -1,35 +1,142 @@
-//! The runner's state in SQLite (WAL): apps, revisions, rollouts, their events, and modules.
+//! The runner's state in SQLite (WAL): apps, revisions, rollouts, their events, app events
+//! and modules.
 //!
 //! **Invariant:** every state change that matters after a crash is written here before it is
-//! acted on or acknowledged; nothing else persists state.
+//! acted on or acknowledged; nothing else persists state. A change the user sees as one
+//! action (recording a deploy, ending a rollout) is one transaction.
+//!
+//! **Invariant:** states the code branches on are enums ([`RevisionState`], [`RolloutState`],
+//! [`RolloutKind`]) stored as their kebab-case names; no display text is ever compared.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 
-/// Revision states (the Webscale lifecycle).
-pub mod state {
-    pub const CREATING: &str = "creating";
-    pub const VERIFYING: &str = "verifying";
-    pub const RUNNING: &str = "running";
-    pub const KEEPING: &str = "keeping";
-    pub const DESTROYING: &str = "destroying";
-    pub const RETAINED: &str = "retained";
-    pub const FAILED: &str = "failed";
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed a statement.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A value could not be written as JSON (never expected: our types always serialize).
+    #[error("cannot encode a {what} as JSON: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    /// The database file could not be created or its permissions set.
+    #[error("cannot prepare the database file {path}: {source}")]
+    File { path: String, source: std::io::Error },
 }
 
-/// Rollout states.
-pub mod rollout_state {
-    pub const RUNNING: &str = "running";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const ROLLED_BACK: &str = "rolled-back";
-    pub const FAILED: &str = "failed";
-    pub const ABORTED: &str = "aborted";
+/// A revision's place in its lifecycle (the Webscale states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevisionState {
+    /// Recorded; its instances are being created.
+    Creating,
+    /// Its instances are up and being checked.
+    Verifying,
+    /// The app's active revision, serving traffic.
+    Running,
+    /// Replaced, but its instances run on for the destroy delay: instant rollback target.
+    Keeping,
+    /// Its instances are being stopped after the destroy delay.
+    Destroying,
+    /// No instances; its config is kept for redeploy.
+    Retained,
+    /// Its rollout failed.
+    Failed,
 }
+
+/// Where a rollout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    Running,
+    Succeeded,
+    /// Failed, and the previous revision was restored.
+    RolledBack,
+    /// Failed and left as it was (automatic rollback off, or the rollback failed too).
+    Failed,
+    /// Stopped by an operator and rolled back.
+    Aborted,
+}
+
+/// What started a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutKind {
+    /// A new spec.
+    Deploy,
+    /// An earlier revision's config as a new revision.
+    Redeploy,
+    /// The failed latest revision again.
+    Retry,
+    /// Traffic and capacity back to a kept revision, without a strategy.
+    Rollback,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $name),* }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl FromSql for $ty {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                match value.as_str()? {
+                    $($name => Ok($ty::$variant),)*
+                    other => Err(FromSqlError::Other(
+                        format!("{other:?} is not a {}", stringify!($ty)).into(),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(RevisionState {
+    Creating => "creating",
+    Verifying => "verifying",
+    Running => "running",
+    Keeping => "keeping",
+    Destroying => "destroying",
+    Retained => "retained",
+    Failed => "failed",
+});
+
+text_enum!(RolloutState {
+    Running => "running",
+    Succeeded => "succeeded",
+    RolledBack => "rolled-back",
+    Failed => "failed",
+    Aborted => "aborted",
+});
+
+text_enum!(RolloutKind {
+    Deploy => "deploy",
+    Redeploy => "redeploy",
+    Retry => "retry",
+    Rollback => "rollback",
+});
 
 #[derive(Clone)]
 pub struct Store {
@@ -46,15 +153,21 @@ pub struct AppRow {
     pub scale: Option<u32>,
     /// Route weights set by hand (revision → weight), until the next rollout.
     pub route: Option<serde_json::Value>,
+    /// Something about the app an operator should know, such as state the runner could not
+    /// restore after a restart; cleared by the next rollout that succeeds.
+    pub notice: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// When the app was deleted; its history stays readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RevisionRow {
     pub app: String,
     pub number: u32,
-    pub state: String,
+    pub state: RevisionState,
     pub spec: serde_json::Value,
     pub spec_digest: String,
     pub strategy: String,
@@ -62,25 +175,25 @@ pub struct RevisionRow {
     pub hooks: serde_json::Value,
     pub created_at: u64,
     pub updated_at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RolloutRow {
     pub id: String,
     pub app: String,
     pub target: u32,
     pub from: Option<u32>,
-    pub kind: String,
-    pub state: String,
+    pub kind: RolloutKind,
+    pub state: RolloutState,
     pub summary: Option<String>,
     pub failure: Option<serde_json::Value>,
     pub started_at: u64,
     pub finished_at: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModuleRow {
     pub name: String,
     pub digest: String,
@@ -89,7 +202,59 @@ pub struct ModuleRow {
     pub uploaded_at: u64,
 }
 
-const SCHEMA: &str = "
+/// Something that happened to an app outside any rollout (a restart it could not fully
+/// recover from, a deletion).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppEventRow {
+    pub at: u64,
+    pub level: String,
+    pub message: String,
+}
+
+/// A new revision and its first rollout, recorded together by [`Store::record_revision`].
+#[derive(Debug)]
+pub struct NewRevision<'a> {
+    pub app: &'a str,
+    /// The app's whole spec (with its lifecycle settings).
+    pub app_spec: &'a serde_json::Value,
+    /// The revision's spec (without them).
+    pub spec: &'a serde_json::Value,
+    pub spec_digest: &'a str,
+    pub strategy: &'a str,
+    pub strategy_digest: &'a str,
+    pub hooks: &'a serde_json::Value,
+    /// Why it exists, when that is not a plain deploy ("redeploy of revision 2").
+    pub reason: Option<&'a str>,
+    pub kind: RolloutKind,
+}
+
+/// What [`Store::record_revision`] and [`Store::record_rollout`] recorded.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub number: u32,
+    /// The app's active revision when the rollout was recorded.
+    pub active: Option<u32>,
+    pub rollout: String,
+}
+
+/// How a rollout ended, for [`Store::record_end`].
+#[derive(Clone, Debug)]
+pub struct RolloutEnd<'a> {
+    pub app: &'a str,
+    pub rollout: &'a str,
+    pub kind: RolloutKind,
+    pub target: u32,
+    pub state: RolloutState,
+    /// On success, the revision that served before and the state it moves to.
+    pub previous: Option<(u32, RevisionState)>,
+    pub summary: &'a str,
+    pub failure: Option<&'a serde_json::Value>,
+}
+
+/// The schema, version by version; `PRAGMA user_version` says how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "
 CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -141,7 +306,26 @@ CREATE TABLE IF NOT EXISTS modules (
     uploaded_at INTEGER NOT NULL,
     PRIMARY KEY (name, digest)
 );
-";
+",
+    // 2: notices, deleted apps and app events.
+    "
+ALTER TABLE apps ADD COLUMN notice TEXT;
+ALTER TABLE apps ADD COLUMN deleted_at INTEGER;
+CREATE TABLE app_events (
+    app TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX app_events_by_app ON app_events(app, at);
+",
+];
+
+const APP_COLUMNS: &str =
+    "name, spec, active_revision, maintenance, scale, route, notice, created_at, updated_at, deleted_at";
+const REVISION_COLUMNS: &str =
+    "app, number, state, spec, spec_digest, strategy, strategy_digest, hooks, created_at, updated_at, reason";
+const ROLLOUT_COLUMNS: &str = "id, app, target, from_revision, kind, state, summary, failure, started_at, finished_at";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -151,57 +335,138 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+type Result<T> = std::result::Result<T, StoreError>;
+
 impl Store {
-    pub fn open(path: &Path) -> anyhow::Result<Store> {
+    /// Opens (or creates) the database at `path`, readable by its owner only, and brings its
+    /// schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        private_file(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        // SQLite gives its -wal and -shm files the database file's mode; ones left by an
+        // older runner are tightened here.
+        for suffix in ["-wal", "-shm"] {
+            let side = format!("{}{suffix}", path.display());
+            if Path::new(&side).exists() {
+                private_file(Path::new(&side))?;
+            }
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         Ok(f(&conn)?)
     }
 
-    pub fn upsert_app(&self, name: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
+    fn transaction<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction()?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Records or updates the app's spec (reviving it if it was deleted), without a revision.
+    pub fn upsert_app(&self, name: &str, spec: &serde_json::Value) -> Result<()> {
+        self.with(|c| upsert_app(c, name, spec))
+    }
+
+    /// Records a new revision, numbered one past the app's highest, as `creating`, together
+    /// with the app's spec and the rollout that will deploy it: one transaction.
+    pub fn record_revision(&self, new: &NewRevision<'_>, rollout_id: impl FnOnce(u32) -> String) -> Result<Recorded> {
+        self.transaction(|tx| {
+            upsert_app(tx, new.app, new.app_spec)?;
+            let number: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE app = ?1",
+                [new.app],
+                |r| r.get(0),
+            )?;
+            let now = now_ms() as i64;
+            tx.execute(
+                "INSERT INTO revisions (app, number, state, spec, spec_digest, strategy, strategy_digest, hooks, reason, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                params![
+                    new.app,
+                    number,
+                    RevisionState::Creating,
+                    new.spec.to_string(),
+                    new.spec_digest,
+                    new.strategy,
+                    new.strategy_digest,
+                    new.hooks.to_string(),
+                    new.reason,
+                    now
+                ],
+            )?;
+            let rollout = rollout_id(number);
+            let active = insert_rollout(tx, &rollout, new.app, number, new.kind)?;
+            Ok(Recorded {
+                number,
+                active,
+                rollout,
+            })
+        })
+    }
+
+    /// Records a rollout of an existing revision (retry, instant rollback).
+    pub fn record_rollout(&self, app: &str, number: u32, kind: RolloutKind, id: &str) -> Result<Recorded> {
+        self.transaction(|tx| {
+            let active = insert_rollout(tx, id, app, number, kind)?;
+            Ok(Recorded {
+                number,
+                active,
+                rollout: id.to_string(),
+            })
+        })
+    }
+
+    /// Records how a rollout ended, in one transaction. A success makes the target the
+    /// app's running revision, retires the previous one, and clears hand-set scale and route
+    /// and any notice; a failure marks the target failed (unless it was an instant rollback to
+    /// a kept revision, which stays as it was).
+    pub fn record_end(&self, end: &RolloutEnd<'_>) -> Result<()> {
         let now = now_ms() as i64;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO apps (name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-                params![name, spec.to_string(), now],
-            )
-        })?;
-        Ok(())
+        let failure = end.failure.map(|f| f.to_string());
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE rollouts SET state = ?2, summary = ?3, failure = ?4, finished_at = ?5 WHERE id = ?1",
+                params![end.rollout, end.state, end.summary, failure, now],
+            )?;
+            if end.state == RolloutState::Succeeded {
+                set_revision_state(tx, end.app, end.target, RevisionState::Running, None)?;
+                tx.execute(
+                    "UPDATE apps SET active_revision = ?2, route = NULL, scale = NULL, notice = NULL, updated_at = ?3 WHERE name = ?1",
+                    params![end.app, end.target, now],
+                )?;
+                if let Some((previous, state)) = end.previous {
+                    set_revision_state(tx, end.app, previous, state, None)?;
+                }
+            } else if end.kind != RolloutKind::Rollback {
+                set_revision_state(tx, end.app, end.target, RevisionState::Failed, Some(end.summary))?;
+            }
+            Ok(())
+        })
     }
 
-    pub fn set_active(&self, app: &str, revision: Option<u32>) -> anyhow::Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE apps SET active_revision = ?2, updated_at = ?3 WHERE name = ?1",
-                params![app, revision, now_ms() as i64],
-            )
-        })?;
-        Ok(())
-    }
-
-    pub fn set_maintenance(&self, app: &str, on: bool) -> anyhow::Result<()> {
+    pub fn set_maintenance(&self, app: &str, on: bool) -> Result<()> {
         self.with(|c| c.execute("UPDATE apps SET maintenance = ?2 WHERE name = ?1", params![app, on]))?;
         Ok(())
     }
 
-    pub fn set_scale(&self, app: &str, replicas: Option<u32>) -> anyhow::Result<()> {
+    pub fn set_scale(&self, app: &str, replicas: Option<u32>) -> Result<()> {
         self.with(|c| c.execute("UPDATE apps SET scale = ?2 WHERE name = ?1", params![app, replicas]))?;
         Ok(())
     }
 
-    pub fn set_route(&self, app: &str, route: Option<&serde_json::Value>) -> anyhow::Result<()> {
+    pub fn set_route(&self, app: &str, route: Option<&serde_json::Value>) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "UPDATE apps SET route = ?2 WHERE name = ?1",
@@ -211,8 +476,55 @@ impl Store {
         Ok(())
     }
 
+    /// Sets (or clears) the app's notice and, when set, records it as an app event too.
+    pub fn set_notice(&self, app: &str, notice: Option<&str>) -> Result<()> {
+        self.transaction(|tx| {
+            tx.execute("UPDATE apps SET notice = ?2 WHERE name = ?1", params![app, notice])?;
+            if let Some(message) = notice {
+                insert_app_event(tx, app, "warn", message)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn app_event(&self, app: &str, level: &str, message: &str) -> Result<()> {
+        self.with(|c| insert_app_event(c, app, level, message))
+    }
+
+    /// The app's events, oldest first.
+    pub fn app_events(&self, app: &str) -> Result<Vec<AppEventRow>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT at, level, message FROM app_events WHERE app = ?1 ORDER BY at, rowid")?;
+            let rows = stmt.query_map([app], |r| {
+                Ok(AppEventRow {
+                    at: r.get::<_, i64>(0)? as u64,
+                    level: r.get(1)?,
+                    message: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Marks the app deleted: it no longer runs or lists, but its history stays readable.
+    pub fn delete_app(&self, app: &str) -> Result<()> {
+        let now = now_ms() as i64;
+        self.transaction(|tx| {
+            tx.execute(
+                "UPDATE apps SET deleted_at = ?2, active_revision = NULL, route = NULL, scale = NULL, notice = NULL, maintenance = 0 WHERE name = ?1",
+                params![app, now],
+            )?;
+            tx.execute(
+                "UPDATE revisions SET state = ?3, updated_at = ?2 WHERE app = ?1 AND state IN ('running', 'keeping', 'destroying', 'creating', 'verifying')",
+                params![app, now, RevisionState::Retained],
+            )?;
+            insert_app_event(tx, app, "info", "the app was deleted; its instances and route were stopped")?;
+            Ok(())
+        })
+    }
+
     /// Deletes a revision's record (its rollouts and their events stay, as history).
-    pub fn delete_revision(&self, app: &str, number: u32) -> anyhow::Result<()> {
+    pub fn delete_revision(&self, app: &str, number: u32) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "DELETE FROM revisions WHERE app = ?1 AND number = ?2",
@@ -222,20 +534,27 @@ impl Store {
         Ok(())
     }
 
-    pub fn apps(&self) -> anyhow::Result<Vec<AppRow>> {
+    /// Apps that exist (not deleted), by name.
+    pub fn apps(&self) -> Result<Vec<AppRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, spec, active_revision, maintenance, scale, route, created_at, updated_at FROM apps ORDER BY name",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {APP_COLUMNS} FROM apps WHERE deleted_at IS NULL ORDER BY name"
+            ))?;
             let rows = stmt.query_map([], app_row)?;
             rows.collect()
         })
     }
 
-    pub fn app(&self, name: &str) -> anyhow::Result<Option<AppRow>> {
+    /// The app, unless it was deleted.
+    pub fn app(&self, name: &str) -> Result<Option<AppRow>> {
+        Ok(self.app_including_deleted(name)?.filter(|a| a.deleted_at.is_none()))
+    }
+
+    /// The app, deleted or not (its history stays readable).
+    pub fn app_including_deleted(&self, name: &str) -> Result<Option<AppRow>> {
         self.with(|c| {
             c.query_row(
-                "SELECT name, spec, active_revision, maintenance, scale, route, created_at, updated_at FROM apps WHERE name = ?1",
+                &format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"),
                 [name],
                 app_row,
             )
@@ -243,54 +562,24 @@ impl Store {
         })
     }
 
-    /// Records a new revision as `creating`, numbered one past the app's highest.
-    pub fn create_revision(
-        &self,
-        app: &str,
-        spec: &serde_json::Value,
-        spec_digest: &str,
-        strategy: &str,
-        strategy_digest: &str,
-        hooks: &serde_json::Value,
-    ) -> anyhow::Result<u32> {
-        let now = now_ms() as i64;
-        self.with(|c| {
-            let next: u32 = c.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE app = ?1", [app], |r| r.get(0))?;
-            c.execute(
-                "INSERT INTO revisions (app, number, state, spec, spec_digest, strategy, strategy_digest, hooks, created_at, updated_at)
-                 VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                params![app, next, spec.to_string(), spec_digest, strategy, strategy_digest, hooks.to_string(), now],
-            )?;
-            Ok(next)
-        })
+    pub fn set_revision_state(&self, app: &str, number: u32, state: RevisionState, reason: Option<&str>) -> Result<()> {
+        self.with(|c| set_revision_state(c, app, number, state, reason))
     }
 
-    pub fn set_revision_state(&self, app: &str, number: u32, state: &str, reason: Option<&str>) -> anyhow::Result<()> {
+    pub fn revisions(&self, app: &str) -> Result<Vec<RevisionRow>> {
         self.with(|c| {
-            c.execute(
-                "UPDATE revisions SET state = ?3, reason = COALESCE(?4, reason), updated_at = ?5 WHERE app = ?1 AND number = ?2",
-                params![app, number, state, reason, now_ms() as i64],
-            )
-        })?;
-        Ok(())
-    }
-
-    pub fn revisions(&self, app: &str) -> anyhow::Result<Vec<RevisionRow>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT app, number, state, spec, spec_digest, strategy, strategy_digest, hooks, created_at, updated_at, reason
-                 FROM revisions WHERE app = ?1 ORDER BY number",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {REVISION_COLUMNS} FROM revisions WHERE app = ?1 ORDER BY number"
+            ))?;
             let rows = stmt.query_map([app], revision_row)?;
             rows.collect()
         })
     }
 
-    pub fn revision(&self, app: &str, number: u32) -> anyhow::Result<Option<RevisionRow>> {
+    pub fn revision(&self, app: &str, number: u32) -> Result<Option<RevisionRow>> {
         self.with(|c| {
             c.query_row(
-                "SELECT app, number, state, spec, spec_digest, strategy, strategy_digest, hooks, created_at, updated_at, reason
-                 FROM revisions WHERE app = ?1 AND number = ?2",
+                &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE app = ?1 AND number = ?2"),
                 params![app, number],
                 revision_row,
             )
@@ -298,47 +587,21 @@ impl Store {
         })
     }
 
-    pub fn latest_revision(&self, app: &str) -> anyhow::Result<Option<RevisionRow>> {
-        Ok(self.revisions(app)?.pop())
-    }
-
-    pub fn create_rollout(
-        &self,
-        id: &str,
-        app: &str,
-        target: u32,
-        from: Option<u32>,
-        kind: &str,
-    ) -> anyhow::Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO rollouts (id, app, target, from_revision, kind, state, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
-                params![id, app, target, from, kind, now_ms() as i64],
-            )
-        })?;
-        Ok(())
-    }
-
-    pub fn finish_rollout(
-        &self,
-        id: &str,
-        state: &str,
-        summary: &str,
-        failure: Option<&serde_json::Value>,
-    ) -> anyhow::Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE rollouts SET state = ?2, summary = ?3, failure = ?4, finished_at = ?5 WHERE id = ?1",
-                params![id, state, summary, failure.map(|f| f.to_string()), now_ms() as i64],
-            )
-        })?;
-        Ok(())
-    }
-
-    pub fn rollout(&self, id: &str) -> anyhow::Result<Option<RolloutRow>> {
+    pub fn latest_revision(&self, app: &str) -> Result<Option<RevisionRow>> {
         self.with(|c| {
             c.query_row(
-                "SELECT id, app, target, from_revision, kind, state, summary, failure, started_at, finished_at FROM rollouts WHERE id = ?1",
+                &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE app = ?1 ORDER BY number DESC LIMIT 1"),
+                [app],
+                revision_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn rollout(&self, id: &str) -> Result<Option<RolloutRow>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1"),
                 [id],
                 rollout_row,
             )
@@ -346,40 +609,38 @@ impl Store {
         })
     }
 
-    pub fn rollouts(&self, app: &str) -> anyhow::Result<Vec<RolloutRow>> {
+    pub fn rollouts(&self, app: &str) -> Result<Vec<RolloutRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, app, target, from_revision, kind, state, summary, failure, started_at, finished_at
-                 FROM rollouts WHERE app = ?1 ORDER BY started_at, id",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE app = ?1 ORDER BY started_at, id"
+            ))?;
             let rows = stmt.query_map([app], rollout_row)?;
             rows.collect()
         })
     }
 
     /// Rollouts that were running when the runner stopped.
-    pub fn unfinished_rollouts(&self) -> anyhow::Result<Vec<RolloutRow>> {
+    pub fn unfinished_rollouts(&self) -> Result<Vec<RolloutRow>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, app, target, from_revision, kind, state, summary, failure, started_at, finished_at
-                 FROM rollouts WHERE state = 'running' ORDER BY started_at",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state = 'running' ORDER BY started_at"
+            ))?;
             let rows = stmt.query_map([], rollout_row)?;
             rows.collect()
         })
     }
 
     /// Finished and running rollouts, counted by state.
-    pub fn rollout_counts(&self) -> anyhow::Result<Vec<(String, u64)>> {
+    pub fn rollout_counts(&self) -> Result<Vec<(RolloutState, u64)>> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT state, COUNT(*) FROM rollouts GROUP BY state ORDER BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, RolloutState>(0)?, r.get::<_, i64>(1)? as u64)))?;
             rows.collect()
         })
     }
 
-    pub fn append_event(&self, rollout: &str, seq: u64, event: &Event) -> anyhow::Result<()> {
-        let json = serde_json::to_string(event)?;
+    pub fn append_event(&self, rollout: &str, seq: u64, event: &Event) -> Result<()> {
+        let json = serde_json::to_string(event).map_err(|source| StoreError::Encode { what: "event", source })?;
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO events (rollout, seq, event) VALUES (?1, ?2, ?3)",
@@ -389,16 +650,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn events(&self, rollout: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    /// A rollout's events as stored, oldest first.
+    pub fn events(&self, rollout: &str) -> Result<Vec<serde_json::Value>> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT event FROM events WHERE rollout = ?1 ORDER BY seq")?;
             let rows = stmt.query_map([rollout], |r| r.get::<_, String>(0))?;
-            rows.map(|r| r.map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null)))
-                .collect()
+            rows.map(|r| r.map(|s| json_column(&s))).collect()
         })
     }
 
-    pub fn put_module(&self, name: &str, digest: &str, world: &str, size: u64) -> anyhow::Result<()> {
+    pub fn put_module(&self, name: &str, digest: &str, world: &str, size: u64) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO modules (name, digest, world, size, uploaded_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -409,7 +670,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn modules(&self) -> anyhow::Result<Vec<ModuleRow>> {
+    pub fn modules(&self) -> Result<Vec<ModuleRow>> {
         self.with(|c| {
             let mut stmt =
                 c.prepare("SELECT name, digest, world, size, uploaded_at FROM modules ORDER BY name, uploaded_at")?;
@@ -419,7 +680,7 @@ impl Store {
     }
 
     /// The newest upload under `name`, or the one with `digest` when given.
-    pub fn module(&self, name: &str, digest: Option<&str>) -> anyhow::Result<Option<ModuleRow>> {
+    pub fn module(&self, name: &str, digest: Option<&str>) -> Result<Option<ModuleRow>> {
         self.with(|c| match digest {
             Some(digest) => c
                 .query_row("SELECT name, digest, world, size, uploaded_at FROM modules WHERE name = ?1 AND digest = ?2", params![name, digest], module_row)
@@ -435,20 +696,105 @@ impl Store {
     }
 }
 
-fn json_column(text: String) -> serde_json::Value {
-    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+/// Creates `path` readable and writable by its owner only, or narrows an existing file to that.
+fn private_file(path: &Path) -> Result<()> {
+    let failed = |source| StoreError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    // A database from before versioning has the first schema but user_version 0.
+    let has_apps: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'apps'",
+        [],
+        |r| r.get(0),
+    )?;
+    let applied = if applied == 0 && has_apps { 1 } else { applied };
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        conn.execute_batch(&format!(
+            "BEGIN; {migration} PRAGMA user_version = {}; COMMIT;",
+            index + 1
+        ))?;
+    }
+    Ok(())
+}
+
+fn upsert_app(c: &Connection, name: &str, spec: &serde_json::Value) -> rusqlite::Result<()> {
+    let now = now_ms() as i64;
+    c.execute(
+        "INSERT INTO apps (name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at, deleted_at = NULL",
+        params![name, spec.to_string(), now],
+    )?;
+    Ok(())
+}
+
+/// Inserts a running rollout; returns the app's active revision at that moment.
+fn insert_rollout(c: &Connection, id: &str, app: &str, target: u32, kind: RolloutKind) -> Result<Option<u32>> {
+    let active: Option<u32> = c
+        .query_row("SELECT active_revision FROM apps WHERE name = ?1", [app], |r| r.get(0))
+        .optional()?
+        .flatten();
+    c.execute(
+        "INSERT INTO rollouts (id, app, target, from_revision, kind, state, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, app, target, active, kind, RolloutState::Running, now_ms() as i64],
+    )?;
+    Ok(active)
+}
+
+fn set_revision_state(
+    c: &Connection,
+    app: &str,
+    number: u32,
+    state: RevisionState,
+    reason: Option<&str>,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE revisions SET state = ?3, reason = COALESCE(?4, reason), updated_at = ?5 WHERE app = ?1 AND number = ?2",
+        params![app, number, state, reason, now_ms() as i64],
+    )?;
+    Ok(())
+}
+
+fn insert_app_event(c: &Connection, app: &str, level: &str, message: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO app_events (app, at, level, message) VALUES (?1, ?2, ?3, ?4)",
+        params![app, now_ms() as i64, level, message],
+    )?;
+    Ok(())
+}
+
+fn json_column(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
 }
 
 fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppRow> {
     Ok(AppRow {
         name: r.get(0)?,
-        spec: json_column(r.get(1)?),
+        spec: json_column(&r.get::<_, String>(1)?),
         active_revision: r.get(2)?,
         maintenance: r.get(3)?,
         scale: r.get(4)?,
-        route: r.get::<_, Option<String>>(5)?.map(json_column),
-        created_at: r.get::<_, i64>(6)? as u64,
-        updated_at: r.get::<_, i64>(7)? as u64,
+        route: r.get::<_, Option<String>>(5)?.as_deref().map(json_column),
+        notice: r.get(6)?,
+        created_at: r.get::<_, i64>(7)? as u64,
+        updated_at: r.get::<_, i64>(8)? as u64,
+        deleted_at: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
     })
 }
 
@@ -457,11 +803,11 @@ fn revision_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevisionRow> {
         app: r.get(0)?,
         number: r.get(1)?,
         state: r.get(2)?,
-        spec: json_column(r.get(3)?),
+        spec: json_column(&r.get::<_, String>(3)?),
         spec_digest: r.get(4)?,
         strategy: r.get(5)?,
         strategy_digest: r.get(6)?,
-        hooks: json_column(r.get(7)?),
+        hooks: json_column(&r.get::<_, String>(7)?),
         created_at: r.get::<_, i64>(8)? as u64,
         updated_at: r.get::<_, i64>(9)? as u64,
         reason: r.get(10)?,
@@ -477,7 +823,7 @@ fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
         kind: r.get(4)?,
         state: r.get(5)?,
         summary: r.get(6)?,
-        failure: r.get::<_, Option<String>>(7)?.map(json_column),
+        failure: r.get::<_, Option<String>>(7)?.as_deref().map(json_column),
         started_at: r.get::<_, i64>(8)? as u64,
         finished_at: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
     })
@@ -497,48 +843,112 @@ fn module_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModuleRow> {
 mod tests {
     use super::*;
 
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("slipway-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("test.db")
+    }
+
+    fn new_revision<'a>(app: &'a str, spec: &'a serde_json::Value, digest: &'a str) -> NewRevision<'a> {
+        NewRevision {
+            app,
+            app_spec: spec,
+            spec,
+            spec_digest: digest,
+            strategy: "builtin:rolling",
+            strategy_digest: "s",
+            hooks: spec,
+            reason: None,
+            kind: RolloutKind::Deploy,
+        }
+    }
+
     #[test]
     fn revisions_number_per_app_and_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("slipway-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("test.db");
-        let _ = std::fs::remove_file(&path);
+        let path = temp_db("numbers");
+        let spec = serde_json::json!({"name": "a"});
         {
             let store = Store::open(&path).unwrap();
-            let spec = serde_json::json!({"name": "a"});
-            store.upsert_app("a", &spec).unwrap();
-            store.upsert_app("b", &spec).unwrap();
-            assert_eq!(
-                store
-                    .create_revision("a", &spec, "d1", "builtin:rolling", "s", &serde_json::json!({}))
-                    .unwrap(),
-                1
-            );
-            assert_eq!(
-                store
-                    .create_revision("a", &spec, "d2", "builtin:rolling", "s", &serde_json::json!({}))
-                    .unwrap(),
-                2
-            );
-            assert_eq!(
-                store
-                    .create_revision("b", &spec, "d1", "builtin:rolling", "s", &serde_json::json!({}))
-                    .unwrap(),
-                1
-            );
-            store.set_revision_state("a", 1, state::RUNNING, None).unwrap();
-            store.create_rollout("r1", "a", 2, Some(1), "deploy").unwrap();
+            let first = store
+                .record_revision(&new_revision("a", &spec, "d1"), |n| format!("a-{n}"))
+                .unwrap();
+            assert_eq!((first.number, first.active, first.rollout.as_str()), (1, None, "a-1"));
+            store
+                .record_end(&RolloutEnd {
+                    app: "a",
+                    rollout: "a-1",
+                    kind: RolloutKind::Deploy,
+                    target: 1,
+                    state: RolloutState::Succeeded,
+                    previous: None,
+                    summary: "ok",
+                    failure: None,
+                })
+                .unwrap();
+            let second = store
+                .record_revision(&new_revision("a", &spec, "d2"), |n| format!("a-{n}"))
+                .unwrap();
+            assert_eq!((second.number, second.active), (2, Some(1)));
+            let other = store
+                .record_revision(&new_revision("b", &spec, "d1"), |n| format!("b-{n}"))
+                .unwrap();
+            assert_eq!(other.number, 1);
         }
         let store = Store::open(&path).unwrap();
         let revisions = store.revisions("a").unwrap();
         assert_eq!(
-            revisions
-                .iter()
-                .map(|r| (r.number, r.state.as_str()))
-                .collect::<Vec<_>>(),
-            vec![(1, "running"), (2, "creating")]
+            revisions.iter().map(|r| (r.number, r.state)).collect::<Vec<_>>(),
+            vec![(1, RevisionState::Running), (2, RevisionState::Creating)]
         );
-        assert_eq!(store.unfinished_rollouts().unwrap().len(), 1);
-        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(store.app("a").unwrap().unwrap().active_revision, Some(1));
+        assert_eq!(store.unfinished_rollouts().unwrap().len(), 2);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the database is private to its owner");
+    }
+
+    #[test]
+    fn a_failed_record_leaves_nothing_behind() {
+        let path = temp_db("atomic");
+        let store = Store::open(&path).unwrap();
+        let spec = serde_json::json!({"name": "a"});
+        store
+            .record_revision(&new_revision("a", &spec, "d1"), |_| "same-id".into())
+            .unwrap();
+        // The second rollout id collides, so the whole deploy must be undone.
+        let error = store.record_revision(&new_revision("a", &spec, "d2"), |_| "same-id".into());
+        assert!(error.is_err());
+        assert_eq!(
+            store.revisions("a").unwrap().len(),
+            1,
+            "no revision without its rollout"
+        );
+    }
+
+    #[test]
+    fn states_are_stored_by_name() {
+        for state in [RevisionState::Keeping, RevisionState::Failed] {
+            let text = serde_json::to_value(state).unwrap();
+            assert_eq!(text, state.as_str());
+        }
+        assert_eq!(RolloutState::RolledBack.as_str(), "rolled-back");
+    }
+
+    #[test]
+    fn deleted_apps_keep_their_history() {
+        let path = temp_db("deleted");
+        let store = Store::open(&path).unwrap();
+        let spec = serde_json::json!({"name": "a"});
+        store
+            .record_revision(&new_revision("a", &spec, "d1"), |n| format!("a-{n}"))
+            .unwrap();
+        store.delete_app("a").unwrap();
+        assert!(store.app("a").unwrap().is_none());
+        assert!(store.apps().unwrap().is_empty());
+        assert!(store.app_including_deleted("a").unwrap().is_some());
+        assert_eq!(store.rollouts("a").unwrap().len(), 1);
+        assert_eq!(store.revisions("a").unwrap()[0].state, RevisionState::Retained);
+        store.upsert_app("a", &spec).unwrap();
+        assert!(store.app("a").unwrap().is_some(), "a new spec brings it back");
     }
 }

@@ -267,7 +267,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         b"\0asm",
     );
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("is not allowed"), "{body}");
+    assert!(
+        body.contains("\"code\":\"invalid-module-name\"") && body.contains("is not a module name"),
+        "{body}"
+    );
     let (status, body) = server.request(
         "PUT",
         "/v1/apps/hello/scale",

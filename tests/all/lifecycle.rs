@@ -9,11 +9,11 @@ use crate::load::{Load, Tally};
 use crate::runner::{DEPLOY, HelloSpec, Server, alive, children_of, free_port, write_spec};
 use crate::support::{exclusive, guest};
 
-fn listen() -> SocketAddr {
+pub(crate) fn listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-fn text(output: &std::process::Output) -> String {
+pub(crate) fn text(output: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -21,17 +21,17 @@ fn text(output: &std::process::Output) -> String {
     )
 }
 
-fn deploy(server: &Server, spec: &HelloSpec) -> std::process::Output {
+pub(crate) fn deploy(server: &Server, spec: &HelloSpec) -> std::process::Output {
     server.cli(&["deploy", write_spec(&spec.toml()).to_str().unwrap()])
 }
 
-fn push(server: &Server, package: &str, name: &str) {
+pub(crate) fn push(server: &Server, package: &str, name: &str) {
     let wasm = guest(package);
     let output = server.cli_as(DEPLOY, &["module", "push", wasm.to_str().unwrap(), "--name", name]);
     assert!(output.status.success(), "{}", text(&output));
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -40,7 +40,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Every answer for a moment; returns the tally.
-fn sample(addr: SocketAddr) -> Tally {
+pub(crate) fn sample(addr: SocketAddr) -> Tally {
     runtime().block_on(async {
         let load = Load::start(addr, "/", 2, Duration::from_millis(2));
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -49,17 +49,17 @@ fn sample(addr: SocketAddr) -> Tally {
 }
 
 /// The events stored so far (without following the rollout).
-fn events(server: &Server, rollout: &str) -> Vec<serde_json::Value> {
+pub(crate) fn events(server: &Server, rollout: &str) -> Vec<serde_json::Value> {
     let answer = server.get_json(&format!("/v1/rollouts/{rollout}/events"));
     answer["events"].as_array().cloned().unwrap_or_default()
 }
 
-fn latest_rollout(server: &Server) -> serde_json::Value {
+pub(crate) fn latest_rollout(server: &Server) -> serde_json::Value {
     let history = server.get_json("/v1/apps/hello/revisions");
     history["rollouts"].as_array().unwrap().last().unwrap().clone()
 }
 
-fn wait_rollout_end(server: &Server, rollout: &str) -> serde_json::Value {
+pub(crate) fn wait_rollout_end(server: &Server, rollout: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let state = server.get_json(&format!("/v1/rollouts/{rollout}"));
@@ -71,7 +71,7 @@ fn wait_rollout_end(server: &Server, rollout: &str) -> serde_json::Value {
     }
 }
 
-fn hook_table(point: &str, module: &str, params: &str, policy: &str, grants: &str) -> String {
+pub(crate) fn hook_table(point: &str, module: &str, params: &str, policy: &str, grants: &str) -> String {
     format!(
         "[hooks.{point}]\nmodule = \"{module}\"\nparams = {params}\npolicy = \"{policy}\"\ntimeout = \"20s\"\ngrants = {grants}\n"
     )
@@ -143,7 +143,7 @@ fn hook_failure_policies_abort_retry_and_ignore() {
     assert!(
         recorded
             .iter()
-            .any(|e| e["event"] == "hook" && e["point"] == "post" && e["status"] == "failed (ignored by policy)"),
+            .any(|e| e["event"] == "hook" && e["point"] == "post" && e["outcome"] == "failure-ignored"),
         "{recorded:?}"
     );
     let history = server.get_json("/v1/apps/hello/revisions");
@@ -628,16 +628,36 @@ fn scale_and_route_by_hand() {
         tally.by_version.contains_key("v1") && tally.by_version.contains_key("v2"),
         "{tally:?}"
     );
-    // Out of range and too many revisions are refused; all-zero answers 503.
+    // Out of range is refused, and so is a route that sends traffic nowhere: that is what
+    // maintenance mode is for.
     let refused = server.cli(&["route", "hello", "1=300"]);
     assert!(
         !refused.status.success() && text(&refused).contains("0 to 256"),
         "{}",
         text(&refused)
     );
-    assert!(server.cli(&["route", "hello", "1=0", "2=0"]).status.success());
+    let nowhere = server.cli(&["route", "hello", "1=0", "2=0"]);
+    assert!(
+        !nowhere.status.success() && text(&nowhere).contains("slipway maintenance hello on"),
+        "{}",
+        text(&nowhere)
+    );
+    for body in [r#"{"weights": {"2": 0}}"#, r#"{"weights": {}}"#] {
+        let (status, answer) = server.request(
+            "PUT",
+            "/v1/apps/hello/route",
+            Some(DEPLOY),
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert!(answer.contains("maintenance"), "{answer}");
+    }
     let tally = sample(addr);
-    assert!(tally.ok == 0 && tally.unavailable > 0 && tally.failed == 0, "{tally:?}");
+    assert!(
+        tally.failed == 0 && tally.unavailable == 0,
+        "the refused routes changed nothing: {tally:?}"
+    );
     assert!(server.cli(&["route", "hello", "2=256"]).status.success());
     assert_eq!(sample(addr).by_version.keys().collect::<Vec<_>>(), vec!["v2"]);
 }

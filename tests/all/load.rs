@@ -54,6 +54,10 @@ pub struct Tally {
     pub by_version: BTreeMap<String, u64>,
     /// The first [`MAX_ERRORS`] failures, described, in the order they happened.
     pub errors: Vec<String>,
+    /// Requests that failed or got a 503 on a connection after it had seen a 2xx: what users
+    /// lose once an app serves. (A load started against an app that is still coming up
+    /// counts its start-up misses elsewhere, not here.)
+    pub lost_after_ok: u64,
 }
 
 impl Load {
@@ -119,7 +123,10 @@ impl Tally {
         self.ok + self.failed + self.unavailable
     }
 
-    fn record(&mut self, outcome: Outcome) {
+    fn record(&mut self, outcome: Outcome, served_before: bool) {
+        if served_before && !matches!(outcome, Outcome::Ok(_)) {
+            self.lost_after_ok += 1;
+        }
         match outcome {
             Outcome::Ok(version) => {
                 self.ok += 1;
@@ -189,12 +196,15 @@ impl Worker {
     async fn run(mut self, mut stop: watch::Receiver<bool>, pause: Duration) {
         // A dropped `Load` (its sender gone) stops the workers as `stop` would.
         let stopping = |stop: &watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
+        let mut served = false;
         while !stopping(&stop) {
             let outcome = self.request().await;
+            let ok = matches!(outcome, Outcome::Ok(_));
             self.tally
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .record(outcome);
+                .record(outcome, served);
+            served |= ok;
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {}

@@ -57,13 +57,18 @@ impl Server {
 
     /// Starts a runner on an existing data directory (to test restarts).
     pub fn start_in(data: &Path) -> Server {
-        let port = free_port();
+        Self::start_with(data, free_port(), &[])
+    }
+
+    /// Starts a runner on `data` with its API on `port`, with extra environment.
+    pub fn start_with(data: &Path, port: u16, env: &[(&str, &str)]) -> Server {
         let api = format!("http://127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data)
             .env("SLIPWAY_TOKENS", format!("admin:{ADMIN},deploy:{DEPLOY},read:{READ}"))
             .env("SLIPWAY_LOG", "error")
+            .envs(env.iter().copied())
             .current_dir(workspace())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -98,6 +103,11 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The API's port.
+    pub fn port(&self) -> u16 {
+        self.api.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// Runs the `slipway` CLI against this runner with `token`.
@@ -283,6 +293,11 @@ pub struct HelloSpec<'a> {
     pub extra_env: &'a str,
     /// Extra `[lifecycle]` lines.
     pub lifecycle: &'a str,
+    /// The soak after a strategy succeeds; "0s" unless a test is about it, so that the other
+    /// tests' deploys end as soon as their strategy does.
+    pub soak: &'a str,
+    /// The progress deadline.
+    pub deadline: &'a str,
     /// Extra tables (hooks).
     pub tables: &'a str,
 }
@@ -296,6 +311,8 @@ impl Default for HelloSpec<'_> {
             params: "{}",
             extra_env: "",
             lifecycle: "",
+            soak: "0s",
+            deadline: "120s",
             tables: "",
         }
     }
@@ -324,7 +341,8 @@ module = "{strategy}"
 params = {params}
 
 [lifecycle]
-progress-deadline = "120s"
+progress-deadline = "{deadline}"
+soak = "{soak}"
 {lifecycle}
 
 {tables}
@@ -335,6 +353,8 @@ progress-deadline = "120s"
             strategy = self.strategy,
             params = self.params,
             lifecycle = self.lifecycle,
+            soak = self.soak,
+            deadline = self.deadline,
             tables = self.tables,
             command = hello().display()
         )

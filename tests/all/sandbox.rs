@@ -143,3 +143,109 @@ async fn the_progress_deadline_aborts_a_slow_strategy_and_rolls_back() {
     assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
     assert!(failure.message.contains("progress deadline of 600 s"), "{failure}");
 }
+
+/// Runs the `misbehave` fixture in `mode` (more parameters in `extra`, as JSON members).
+async fn misbehave(mode: &str, extra: &str, deadline_s: u64) -> crate::support::Outcome {
+    let module = load_guest("fixture-misbehave").await;
+    let mut sim = Sim::new(3).params(&format!(r#"{{"mode": "{mode}"{extra}}}"#));
+    sim.plan.progress_deadline = std::time::Duration::from_secs(deadline_s);
+    sim.run(&module).await
+}
+
+#[tokio::test]
+async fn the_host_refuses_a_success_that_routes_nowhere() {
+    let run = misbehave("zero-weights", "", 600).await;
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack, "{}", run.trace());
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::SuccessCheck, "{failure}");
+    assert!(failure.message.contains("sends no traffic"), "{failure}");
+    assert_eq!((run.last[&1].ready, run.last[&1].weight), (3, 256), "{}", run.trace());
+    assert_eq!(run.last[&2].desired, 0, "the target was removed");
+}
+
+#[tokio::test]
+async fn the_host_refuses_a_success_that_routes_to_an_empty_target() {
+    let run = misbehave("target-zero", "", 600).await;
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack, "{}", run.trace());
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::SuccessCheck, "{failure}");
+    assert!(failure.message.contains("no ready instance"), "{failure}");
+    assert_eq!((run.last[&1].ready, run.last[&1].weight), (3, 256));
+}
+
+#[tokio::test]
+async fn guest_text_is_capped_before_it_is_kept() {
+    let big = 24 << 20;
+    let run = misbehave("huge-summary", &format!(r#", "bytes": {big}"#), 600).await;
+    assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
+    assert!(
+        run.report.summary.len() < 5 << 10,
+        "{} bytes kept",
+        run.report.summary.len()
+    );
+    assert!(run.report.summary.contains("more bytes cut"));
+    let run = misbehave("huge-error", &format!(r#", "bytes": {big}"#), 600).await;
+    let failure = run.report.failure.as_ref().unwrap();
+    assert!(failure.message.len() < 5 << 10, "{} bytes kept", failure.message.len());
+    let stored = serde_json::to_string(run.events()).unwrap();
+    assert!(stored.len() < 64 << 10, "the timeline holds {} bytes", stored.len());
+}
+
+#[tokio::test]
+async fn a_strategys_own_invalid_error_stays_its_own() {
+    let run = misbehave("handled-invalid", "", 600).await;
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::StrategyError, "{failure}");
+    assert!(failure.message.contains("my own complaint"), "{failure}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_that_ignores_its_deadline_fails_with_deadline() {
+    let run = misbehave("ignore-deadline", "", 30).await;
+    assert_eq!(run.report.outcome, RolloutOutcome::RolledBack, "{}", run.trace());
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
+    assert!(failure.message.contains("went on instead of returning"), "{failure}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_overflow_in_linear_memory_is_reported_as_one() {
+    let run = misbehave("big-frames", "", 600).await;
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::StackOverflow, "{failure}");
+    assert!(failure.message.contains("frames deep"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_trap_quotes_what_the_guest_last_wrote_to_stderr() {
+    let run = misbehave("trap-with-stderr", "", 600).await;
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Trap, "{failure}");
+    assert!(failure.message.contains("Error: boom"), "{failure}");
+}
+
+#[tokio::test]
+async fn wasi_sleeps_follow_the_rollouts_clock() {
+    // Ten minutes of std::thread::sleep in virtual time: no real wait.
+    let started = std::time::Instant::now();
+    let run = misbehave("wasi-sleep", r#", "ms": 600000"#, 3600).await;
+    assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "it slept in real time"
+    );
+    let ended = run.events().last().unwrap().at_ms;
+    assert!(ended >= 600_000, "the timeline shows the sleep: ended at {ended} ms");
+
+    // And a sleep longer than the deadline ends at the deadline.
+    let run = misbehave("wasi-sleep", r#", "ms": 600000"#, 30).await;
+    let failure = run.report.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
+    let failed_at = run
+        .events()
+        .iter()
+        .find(|e| matches!(e.kind, slipway::events::EventKind::StrategyFailed { .. }))
+        .unwrap()
+        .at_ms;
+    assert!(failed_at <= 31_000, "failed at {failed_at} ms");
+}

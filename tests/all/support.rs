@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use slipway::bindings::Revision;
 use slipway::engine::WasmEngine;
-use slipway::events::{Event, EventKind, RevisionState, Timeline};
+use slipway::events::{Event, EventKind, RevisionSnapshot, Timeline};
 use slipway::hooks::NoHooks;
 use slipway::modules::{LoadedModule, ModuleLoader};
 use slipway::rollout::{self, RolloutPlan, RolloutReport};
@@ -32,6 +32,7 @@ const TEST_GUESTS: &[&str] = &[
     "fixture-invalid-call",
     "fixture-wrong-world",
     "fixture-well-behaved",
+    "fixture-misbehave",
     "fixture-hook-ok",
     "fixture-hook-fail",
     "fixture-hook-flaky",
@@ -157,7 +158,7 @@ impl Sim {
 pub struct Outcome {
     pub report: RolloutReport,
     /// Every revision's state when the rollout ended.
-    pub last: std::collections::BTreeMap<u32, RevisionState>,
+    pub last: std::collections::BTreeMap<u32, RevisionSnapshot>,
 }
 
 impl Outcome {

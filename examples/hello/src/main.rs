@@ -20,6 +20,10 @@
 //! - `HELLO_NEVER_READY=1`: `/healthz` answers 503 forever; `/` still works.
 //! - `HELLO_CRASH_ON_START=1`: print a message to stderr and exit 1 at once.
 //! - `HELLO_RESPONSE_DELAY_MS`: delay every answer to `/`, to see in-flight requests drain.
+//! - `HELLO_CRASH_AFTER_MS`: exit 1 this long after it started listening, like a version that
+//!   passes its readiness probe and then falls over.
+//! - `HELLO_SHOW_ENV`: comma-separated variable names that `GET /env` answers with, one
+//!   `NAME=value` line each, to check what an instance was started with.
 //!
 //! On SIGTERM or SIGINT it stops accepting connections, lets requests in flight finish,
 //! closes idle keep-alive connections and exits 0. A missing or invalid setting exits 2.
@@ -83,6 +87,8 @@ struct Config {
     start_delay: Duration,
     never_ready: bool,
     response_delay: Duration,
+    crash_after: Duration,
+    show_env: Vec<String>,
 }
 
 impl Config {
@@ -106,6 +112,14 @@ impl Config {
             start_delay: millis("HELLO_START_DELAY_MS")?,
             never_ready: flag("HELLO_NEVER_READY")?,
             response_delay: millis("HELLO_RESPONSE_DELAY_MS")?,
+            crash_after: millis("HELLO_CRASH_AFTER_MS")?,
+            show_env: std::env::var("HELLO_SHOW_ENV")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -166,6 +180,17 @@ async fn serve(config: Config) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     println!("hello {version} listening on {address}");
+    if !config.crash_after.is_zero() {
+        let after = config.crash_after;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!(
+                "hello: crashing {} ms after starting because HELLO_CRASH_AFTER_MS is set",
+                after.as_millis()
+            );
+            std::process::exit(1);
+        });
+    }
 
     let app = Arc::new(App::new(config));
     let (stop_sender, stop) = watch::channel(false);
@@ -229,6 +254,7 @@ struct App {
     version_header: HeaderValue,
     never_ready: bool,
     response_delay: Duration,
+    show_env: Vec<String>,
 }
 
 impl App {
@@ -239,11 +265,20 @@ impl App {
             version_header,
             never_ready: config.never_ready,
             response_delay: config.response_delay,
+            show_env: config.show_env,
         }
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path();
+        if path == "/env" && !self.show_env.is_empty() {
+            let lines: String = self
+                .show_env
+                .iter()
+                .map(|name| format!("{name}={}\n", std::env::var(name).unwrap_or_default()))
+                .collect();
+            return text(StatusCode::OK, lines);
+        }
         if path != "/" && path != HEALTH_PATH {
             return text(StatusCode::NOT_FOUND, "not found\n".into());
         }

@@ -33,8 +33,15 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", args.data_dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // Only the runner's user may look inside: it holds the database, tokens and modules.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", args.data_dir.display()))?;
+    }
     let tokens = load_tokens(&args)?;
     let mut specs = Vec::new();
     for file in &args.deploy {

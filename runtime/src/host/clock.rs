@@ -2,6 +2,7 @@
 
 use crate::bindings::ApiError;
 use crate::bindings::strategy::slipway::deploy::clock::Host;
+use crate::failure::Stop;
 use crate::guest::GuestState;
 
 impl Host for GuestState {
@@ -16,11 +17,15 @@ impl Host for GuestState {
         }
         let remaining = self.env.remaining_ms();
         let env = self.env.clone();
-        if let Err(aborted) = env.unless_aborted(env.cluster.sleep_ms(ms.min(remaining))).await {
-            return Ok(Err(aborted));
+        if env
+            .unless_aborted(env.cluster.sleep_ms(ms.min(remaining)))
+            .await
+            .is_err()
+        {
+            return Ok(Err(self.stop(Stop::Aborted)));
         }
         if ms >= remaining {
-            return Ok(Err(self.env.deadline_error()));
+            return Ok(Err(self.stop(Stop::Deadline)));
         }
         Ok(Ok(()))
     }

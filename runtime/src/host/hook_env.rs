@@ -32,6 +32,10 @@ impl Host for GuestState {
                 self.invalid("exec: args is empty; the first item is the program to run".into())
             ));
         }
+        let secrets = match crate::secrets::resolve(&exec.secret_env) {
+            Ok(secrets) => secrets,
+            Err(error) => return Ok(Err(ApiError::Infrastructure(format!("exec of {program:?}: {error}")))),
+        };
         let timeout = Duration::from_millis(timeout_ms)
             .min(MAX_EXEC_TIMEOUT)
             .min(Duration::from_millis(self.env.remaining_ms()));
@@ -39,6 +43,7 @@ impl Host for GuestState {
         command
             .args(&args[1..])
             .envs(&exec.env)
+            .envs(secrets)
             .env("SLIPWAY_APP", &self.env.app)
             .env("SLIPWAY_REVISION", self.env.target.number.to_string())
             .stdin(Stdio::null())
@@ -122,7 +127,7 @@ impl Host for GuestState {
             level: if exit_code == Some(0) { "info" } else { "warn" }.into(),
             message: format!(
                 "exec {} → {}: {}",
-                args.join(" "),
+                crate::failure::cap(args.join(" "), crate::failure::MAX_GUEST_TEXT),
                 exit_code.map_or("killed".to_string(), |c| format!("exit {c}")),
                 shown.join(" | ")
             ),

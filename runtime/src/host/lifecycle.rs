@@ -13,16 +13,7 @@ impl Host for GuestState {
         let name = crate::hooks::point_name(point);
         let env = self.env.clone();
         let result = env.hooks.run_hook(point, &env).await;
-        let status = match &result {
-            Ok(HookStatus::NotConfigured) => "not configured".to_string(),
-            Ok(HookStatus::Succeeded) => "succeeded".to_string(),
-            Ok(HookStatus::FailureIgnored) => "failed (ignored by policy)".to_string(),
-            Err(message) => format!("failed: {message}"),
-        };
-        self.env.record(EventKind::Hook {
-            point: name.to_string(),
-            status,
-        });
+        self.env.record(crate::hooks::event(point, &result));
         Ok(result.map_err(|message| ApiError::Aborted(format!("the {name} hook failed: {message}"))))
     }
 
@@ -37,10 +28,17 @@ impl Host for GuestState {
     async fn progress(&mut self, percent: u8, message: String) -> wasmtime::Result<()> {
         self.enter()?;
         let message: String = message.chars().take(200).collect();
+        let percent = percent.min(100);
+        // Strategies report from loops; the same report twice in a row says nothing new.
+        let report = (percent, message);
+        if self.budget.last_progress.as_ref() == Some(&report) {
+            return Ok(());
+        }
         self.env.record(EventKind::Progress {
-            percent: percent.min(100),
-            message,
+            percent: report.0,
+            message: report.1.clone(),
         });
+        self.budget.last_progress = Some(report);
         Ok(())
     }
 }

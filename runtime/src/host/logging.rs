@@ -13,7 +13,7 @@ impl Host for GuestState {
         if self.budget.log_bytes > self.limits.log_bytes {
             return Err(wasmtime::Error::new(GuestLimit::LogBytes(self.limits.log_bytes)));
         }
-        let message = truncate(message, self.limits.log_line_bytes);
+        let message = crate::failure::cap(message, self.limits.log_line_bytes);
         let level = match level {
             LogLevel::Trace => "trace",
             LogLevel::Debug => "debug",
@@ -27,28 +27,5 @@ impl Host for GuestState {
             message,
         });
         Ok(())
-    }
-}
-
-/// Cuts `message` to at most `limit` bytes on a character boundary, marking the cut.
-fn truncate(mut message: String, limit: usize) -> String {
-    if message.len() <= limit {
-        return message;
-    }
-    let mut end = limit;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-    message.push_str(" …[truncated]");
-    message
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn truncation_respects_characters() {
-        assert_eq!(super::truncate("héllo".into(), 2), "h …[truncated]");
-        assert_eq!(super::truncate("short".into(), 10), "short");
     }
 }

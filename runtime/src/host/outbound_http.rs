@@ -17,11 +17,19 @@ use crate::guest::GuestState;
 const MAX_RESPONSE_BODY: usize = 1 << 20;
 /// The most a hook may send.
 const MAX_REQUEST_BODY: usize = 1 << 20;
+/// The longest URL a hook may ask for.
+const MAX_URL: usize = 4 << 10;
 
 impl Host for GuestState {
     async fn send(&mut self, request: HttpRequest) -> wasmtime::Result<Result<HttpResponse, ApiError>> {
         if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
+        }
+        if request.url.len() > MAX_URL {
+            return Ok(Err(self.invalid(format!(
+                "outbound-http: the URL is {} bytes long, over the {MAX_URL}-byte limit",
+                request.url.len()
+            ))));
         }
         let uri: hyper::Uri = match request.url.parse() {
             Ok(uri) => uri,

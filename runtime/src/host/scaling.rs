@@ -2,9 +2,11 @@
 
 use crate::bindings::strategy::slipway::deploy::scaling::Host;
 use crate::bindings::{ApiError, ReplicaCounts};
-use crate::driver::{DriverError, MAX_REPLICAS};
+use crate::driver::DriverError;
 use crate::events::EventKind;
+use crate::failure::Stop;
 use crate::guest::GuestState;
+use crate::spec::MAX_REPLICAS;
 
 impl Host for GuestState {
     async fn scale(&mut self, revision: u32, replicas: u32) -> wasmtime::Result<Result<(), ApiError>> {
@@ -57,7 +59,7 @@ impl Host for GuestState {
             .await
         {
             Ok(result) => result,
-            Err(aborted) => return Ok(Err(aborted)),
+            Err(_) => return Ok(Err(self.stop(Stop::Aborted))),
         };
         let (observed, timed_out) = match &result {
             Ok(counts) => (counts.ready, false),
@@ -71,7 +73,7 @@ impl Host for GuestState {
             timed_out,
         });
         Ok(match result {
-            Err(DriverError::Timeout { .. }) if clamped => Err(self.env.deadline_error()),
+            Err(DriverError::Timeout { .. }) if clamped => Err(self.stop(Stop::Deadline)),
             other => other.map_err(|e| self.driver_error(e)),
         })
     }

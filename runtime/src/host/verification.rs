@@ -7,6 +7,8 @@ use crate::guest::GuestState;
 
 /// The longest per-request timeout an HTTP check may ask for.
 const MAX_CHECK_TIMEOUT_MS: u32 = 60_000;
+/// The longest path an HTTP check may ask for.
+const MAX_CHECK_PATH: usize = 2 << 10;
 
 impl Host for GuestState {
     async fn probe(&mut self, revision: u32) -> wasmtime::Result<Result<ProbeReport, ApiError>> {
@@ -33,6 +35,12 @@ impl Host for GuestState {
         }
         if let Err(error) = self.known(check.revision) {
             return Ok(Err(error));
+        }
+        if check.path.len() > MAX_CHECK_PATH {
+            return Ok(Err(self.invalid(format!(
+                "check-http: the path is {} bytes long, over the {MAX_CHECK_PATH}-byte limit",
+                check.path.len()
+            ))));
         }
         if !check.path.starts_with('/') || check.path.contains(char::is_whitespace) {
             return Ok(Err(self.invalid(format!(

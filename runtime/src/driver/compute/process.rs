@@ -27,14 +27,20 @@ use tokio::sync::watch;
 use crate::bindings::{HttpCheckReport, ProbeReport, ReplicaCounts};
 use crate::driver::router::builtin::{Backend, BuiltinRouter, RouteTable, RoutedRevision};
 use crate::driver::{Cluster, DriverError, validate_weights};
-use crate::events::{EventKind, RevisionState, Timeline};
+use crate::events::{EventKind, RevisionSnapshot, Timeline};
 use crate::probe::{ProbeCheck, Thresholds, probe_once};
+use crate::spec::SecretSource;
 
 /// Lines of output kept per instance.
 const OUTPUT_LINES: usize = 50;
 /// The first restart of a crashed instance waits this long; each crash in a row doubles it.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// A starting instance is probed this often until it is ready or has been starting for
+/// [`FAST_PROBING`], so readiness is seen within milliseconds of the app listening; after
+/// that the probe backs off to the configured interval.
+const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+const FAST_PROBING: Duration = Duration::from_secs(1);
 
 /// How to run and probe the instances of one revision.
 #[derive(Clone, Debug)]
@@ -42,6 +48,8 @@ pub struct ProcessConfig {
     pub program: String,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Resolved at every start, never kept.
+    pub secret_env: BTreeMap<String, SecretSource>,
     pub workdir: Option<PathBuf>,
     /// SIGTERM, then this long, then SIGKILL.
     pub grace: Duration,
@@ -57,6 +65,9 @@ pub struct ProcessDriver {
     app: String,
     router: Arc<BuiltinRouter>,
     state: Mutex<DriverState>,
+    /// Held for the whole of a reconcile, so two of them (after crashes, a scale) can never
+    /// both count the same missing instances and start them twice.
+    reconciling: Mutex<()>,
     changed: watch::Sender<u64>,
     timeline: Mutex<Option<Timeline>>,
     this: Weak<ProcessDriver>,
@@ -117,6 +128,7 @@ impl ProcessDriver {
             app: app.to_string(),
             router,
             state: Mutex::new(DriverState::default()),
+            reconciling: Mutex::new(()),
             changed,
             timeline: Mutex::new(None),
             this: this.clone(),
@@ -146,13 +158,9 @@ impl ProcessDriver {
     }
 
     /// Every revision's instances and weight now.
-    pub fn snapshot(&self) -> BTreeMap<u32, RevisionState> {
+    pub fn snapshot(&self) -> BTreeMap<u32, RevisionSnapshot> {
         let state = self.state.lock().unwrap();
         snapshot(&state)
-    }
-
-    pub fn maintenance(&self) -> bool {
-        self.state.lock().unwrap().maintenance
     }
 
     /// Revisions with at least one instance (running, starting or stopping).
@@ -226,6 +234,7 @@ impl ProcessDriver {
 
     /// Starts or stops instances of `revision` until it matches its desired count.
     fn reconcile(&self, revision: u32) {
+        let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
         let mut to_start = 0;
         let mut to_stop = Vec::new();
         let mut retry_in = None;
@@ -299,12 +308,14 @@ impl ProcessDriver {
             let id = format!("{}-r{revision}-{}", self.app, state.next_instance);
             (id, state.next_instance, state.revisions[&revision].config.clone())
         };
+        let secrets = crate::secrets::resolve(&config.secret_env)?;
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = tokio::process::Command::new(&config.program);
         command
             .args(&config.args)
             .envs(&config.env)
+            .envs(secrets)
             .env("PORT", port.to_string())
             .env("SLIPWAY_APP", &self.app)
             .env("SLIPWAY_REVISION", revision.to_string())
@@ -432,9 +443,8 @@ impl ProcessDriver {
     async fn probe_loop(&self, instance: Arc<Instance>, config: Arc<ProcessConfig>) {
         let mut thresholds = Thresholds::new(config.success_threshold, config.failure_threshold);
         let mut exited = instance.exited.subscribe();
-        // Probe quickly at first so a fast-starting instance is ready promptly, then settle
-        // into the configured interval.
-        let mut delay = Duration::from_millis(50);
+        let started = Instant::now();
+        let mut delay = FAST_PROBE_INTERVAL;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -469,8 +479,10 @@ impl ProcessDriver {
                     });
                 }
             }
-            delay = if ready || delay >= config.probe_interval {
+            delay = if ready {
                 config.probe_interval
+            } else if started.elapsed() < FAST_PROBING {
+                FAST_PROBE_INTERVAL.min(config.probe_interval)
             } else {
                 (delay * 2).min(config.probe_interval)
             };
@@ -538,7 +550,7 @@ fn backoff(crashes: u32) -> Duration {
         .min(MAX_RESTART_BACKOFF)
 }
 
-fn snapshot(state: &DriverState) -> BTreeMap<u32, RevisionState> {
+fn snapshot(state: &DriverState) -> BTreeMap<u32, RevisionSnapshot> {
     state
         .revisions
         .iter()
@@ -549,7 +561,7 @@ fn snapshot(state: &DriverState) -> BTreeMap<u32, RevisionState> {
             let weight = state.weights.get(number).copied().unwrap_or(0);
             (
                 *number,
-                RevisionState {
+                RevisionSnapshot {
                     desired: r.desired,
                     current,
                     ready,
@@ -668,6 +680,20 @@ impl Cluster for ProcessDriver {
         self.publish();
         self.emit(EventKind::Maintenance { on });
         Ok(())
+    }
+
+    fn maintenance(&self) -> bool {
+        self.state.lock().unwrap().maintenance
+    }
+
+    fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    async fn wait_change(&self, seen: u64, timeout_ms: u64) -> u64 {
+        let mut changes = self.changed.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), changes.wait_for(|g| *g > seen)).await;
+        self.generation()
     }
 
     async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError> {

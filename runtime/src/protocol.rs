@@ -1,0 +1,184 @@
+//! The HTTP API's request and response bodies, typed, and shared by the server (`api.rs`)
+//! and its client (`cli`): one definition, so the two cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::RevisionSnapshot;
+use crate::store::{AppEventRow, ModuleRow, RevisionRow, RolloutRow};
+
+/// What a deploy, PATCH, rollback, redeploy or retry started.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum DeployAccepted {
+    /// A rollout started (of a new revision, or of an existing one for retry and rollback).
+    Started {
+        app: String,
+        revision: u32,
+        rollout: String,
+        /// What the runner decided, when it is not obvious from the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// The spec equals the latest revision's: nothing to deploy (app settings such as the
+    /// destroy delay were updated if they changed).
+    Unchanged { app: String, revision: u32 },
+}
+
+/// `POST /v1/apps/{app}/rollback`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision to go back to (default: the most recent earlier one that ran).
+    #[serde(default)]
+    pub to: Option<u32>,
+}
+
+/// `POST /v1/apps/{app}/redeploy`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeployRequest {
+    pub revision: u32,
+}
+
+/// `PUT /v1/apps/{app}/scale`, and its answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+/// `PUT /v1/apps/{app}/route`: revision → weight, 0 to 256, at most four above 0.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    pub weights: BTreeMap<u32, u32>,
+}
+
+/// `PUT /v1/apps/{app}/maintenance`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+}
+
+/// The answer to a scale.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scaled {
+    pub app: String,
+    pub revision: u32,
+    pub replicas: u32,
+}
+
+/// The answer to a route change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Routed {
+    pub app: String,
+    pub weights: BTreeMap<u32, u32>,
+}
+
+/// The answer to a maintenance change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MaintenanceSet {
+    pub app: String,
+    pub maintenance: bool,
+}
+
+/// What an operator can do to a running rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Steer {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// The answer to pause, resume or abort.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Steered {
+    pub rollout: String,
+    pub action: Steer,
+    /// False when the rollout already was in that state.
+    pub changed: bool,
+    pub paused: bool,
+    pub aborted: bool,
+}
+
+/// The answer to deleting an app.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deleted {
+    pub app: String,
+    /// Instances that were stopped.
+    pub stopped: u32,
+}
+
+/// An app now: `GET /v1/apps/{app}` and each item of `GET /v1/apps`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub active_revision: Option<u32>,
+    /// Whether its route answers with the maintenance page now.
+    pub maintenance: bool,
+    pub running_rollout: Option<String>,
+    /// What an operator should know: state the runner could not restore, for example.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// Its router and instances, when the runner runs them.
+    pub instances: Option<Instances>,
+    /// The spec as deployed (secret-env holds references, never values).
+    pub spec: serde_json::Value,
+    pub updated_at: u64,
+}
+
+/// An app's router and instances.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Instances {
+    pub listen: SocketAddr,
+    pub maintenance: bool,
+    /// Every revision with instances or weight.
+    pub revisions: BTreeMap<u32, RevisionSnapshot>,
+}
+
+/// `GET /v1/apps`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppList {
+    pub apps: Vec<AppStatus>,
+}
+
+/// `GET /v1/apps/{app}/revisions`: revisions, rollouts and app events, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct History {
+    pub app: String,
+    /// Set when the app was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
+    pub revisions: Vec<RevisionRow>,
+    pub rollouts: Vec<RolloutRow>,
+    #[serde(default)]
+    pub events: Vec<AppEventRow>,
+}
+
+/// `GET /v1/modules`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModuleList {
+    pub modules: Vec<ModuleRow>,
+    pub builtin: Vec<String>,
+}
+
+/// `GET /v1/rollouts/{id}/events` with `Accept: application/json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutEvents {
+    pub rollout: String,
+    pub events: Vec<serde_json::Value>,
+}
+
+/// Every error the API answers with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable word such as `invalid-spec` or `rollout-running`.
+    pub code: String,
+    /// What happened and what to do, for people.
+    pub message: String,
+}
