@@ -7,10 +7,14 @@
 mod cli;
 mod deploy;
 mod examples;
+mod guard;
 mod lifecycle;
+mod limits;
 mod load;
+mod recovery;
 mod runner;
 mod sandbox;
 mod strategies;
 mod support;
+mod surfaces;
 mod wit;
