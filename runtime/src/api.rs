@@ -550,3 +550,6 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     crate::driver::router::builtin::RouterMetrics::render_all(&borrowed, &mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
+
+#[cfg(test)]
+mod tests;

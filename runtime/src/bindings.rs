@@ -33,8 +33,9 @@ pub use strategy::slipway::deploy::types::{
     ProbeReport, ReplicaCounts, Revision, RolloutContext, RouteWeight,
 };
 
-/// The version of the host API this runner implements. Modules built against a newer
-/// minor version are refused at load time with an "upgrade the runner" message.
-pub const API_VERSION: (u64, u64, u64) = (0, 1, 0);
+/// The version of the host API this runner implements. Modules built against any newer
+/// version are refused at load time with an "upgrade the runner" message; modules built
+/// against an older, semver-compatible one (0.1.0 for 0.1.1) link to this one's functions.
+pub const API_VERSION: (u64, u64, u64) = (0, 1, 1);
 /// The WIT package the host API lives in.
 pub const API_PACKAGE: &str = "slipway:deploy";

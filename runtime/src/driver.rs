@@ -10,6 +10,7 @@ pub mod router;
 use async_trait::async_trait;
 
 use crate::bindings::{HttpCheckReport, ProbeReport, ReplicaCounts};
+use crate::spec::duration;
 
 /// At most this many revisions may carry traffic at once (as in OpenShift routes).
 pub const MAX_ROUTED_REVISIONS: usize = 4;
@@ -76,6 +77,35 @@ pub trait Cluster: Send + Sync {
         expect_status: u16,
         timeout_ms: u32,
     ) -> Result<HttpCheckReport, DriverError>;
+}
+
+/// Waits until `holds` is true of `revision`'s counts, or `timeout_ms` passes by the cluster's
+/// clock: a check at every change, no polling. Returns the counts that satisfied it, or a
+/// `Timeout` carrying the last ones (`what` says what was awaited, for its message).
+pub async fn wait_until(
+    cluster: &dyn Cluster,
+    revision: u32,
+    timeout_ms: u64,
+    what: &str,
+    holds: impl Fn(&ReplicaCounts) -> bool,
+) -> Result<ReplicaCounts, DriverError> {
+    let start = cluster.now_ms();
+    loop {
+        let seen = cluster.generation();
+        let counts = cluster.counts(revision)?;
+        if holds(&counts) {
+            return Ok(counts);
+        }
+        let waited = cluster.now_ms().saturating_sub(start);
+        if waited >= timeout_ms {
+            let message = format!(
+                "revision {revision}: {what} did not happen within {}",
+                duration::format(std::time::Duration::from_millis(timeout_ms))
+            );
+            return Err(DriverError::Timeout { message, counts });
+        }
+        cluster.wait_change(seen, timeout_ms - waited).await;
+    }
 }
 
 /// Checks route weights against the rules every router enforces.

@@ -76,6 +76,12 @@ pub enum EventKind {
         ready: u32,
         timed_out: bool,
     },
+    WaitedStopped {
+        revision: u32,
+        at_most: u32,
+        current: u32,
+        timed_out: bool,
+    },
     Probed {
         revision: u32,
         probed: u32,
@@ -270,6 +276,18 @@ impl std::fmt::Display for Event {
             } => {
                 let how = if *timed_out { "timed out" } else { "done" };
                 write!(f, "wait      revision {revision}: {ready}/{wanted} ready, {how}")?
+            }
+            EventKind::WaitedStopped {
+                revision,
+                at_most,
+                current,
+                timed_out,
+            } => {
+                let how = if *timed_out { "timed out" } else { "done" };
+                write!(
+                    f,
+                    "wait      revision {revision}: {current} left (at most {at_most} wanted), {how}"
+                )?
             }
             EventKind::Probed {
                 revision,

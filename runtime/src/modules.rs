@@ -382,14 +382,14 @@ fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, L
     })
 }
 
-/// Whether `version` (of our package) is newer than the API this runner implements. Within
-/// a major version (or minor, before 1.0) newer patch releases change docs only.
+/// Whether `version` (of our package) is newer than the API this runner implements: such a
+/// module may import functions this runner does not have.
 fn is_newer(version: &str) -> bool {
     let mut parts = version
         .split(['.', '-', '+'])
         .map(|p| p.parse::<u64>().unwrap_or(u64::MAX));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) > (API_VERSION.0, API_VERSION.1)
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next()) > API_VERSION
 }
 
 #[cfg(test)]
@@ -406,9 +406,10 @@ mod tests {
     }
 
     #[test]
-    fn newer_minor_versions_are_refused() {
+    fn newer_versions_are_refused() {
         assert!(!is_newer("0.1.0"));
-        assert!(!is_newer("0.1.7"));
+        assert!(!is_newer("0.1.1"));
+        assert!(is_newer("0.1.2"));
         assert!(is_newer("0.2.0"));
         assert!(is_newer("1.0.0"));
     }

@@ -33,6 +33,7 @@ const TEST_GUESTS: &[&str] = &[
     "fixture-wrong-world",
     "fixture-well-behaved",
     "fixture-misbehave",
+    "fixture-api-0-1-0",
     "fixture-hook-ok",
     "fixture-hook-fail",
     "fixture-hook-flaky",

@@ -37,3 +37,20 @@ fn released_wit_versions_are_frozen() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_module_built_against_an_older_released_api_still_runs() {
+    let old = crate::support::load_guest("fixture-api-0-1-0").await;
+    let run = crate::support::Sim::new(3).run(&old).await;
+    assert_eq!(
+        run.report.outcome,
+        slipway::events::RolloutOutcome::Succeeded,
+        "{}",
+        run.trace()
+    );
+    assert!(
+        run.report.summary.contains("built against 0.1.0"),
+        "{}",
+        run.report.summary
+    );
+}

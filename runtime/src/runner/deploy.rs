@@ -7,8 +7,8 @@ use tokio::sync::broadcast;
 
 use super::{AppHandle, Claim, DeployAccepted, DeployError, LiveRollout, Numbered, Runner, process_config};
 use crate::bindings::Revision;
-use crate::driver::Cluster;
 use crate::driver::compute::process::ProcessDriver;
+use crate::driver::{Cluster, wait_until};
 use crate::events::{Event, EventKind, RolloutOutcome, Timeline};
 use crate::hooks::WasmHooks;
 use crate::host::RolloutControl;
@@ -407,17 +407,10 @@ impl Runner {
                     .set_revision_state(&app, revision, RevisionState::Destroying, None),
             );
             runner.log_driver(driver.scale(revision, 0).await);
-            let deadline = tokio::time::Instant::now() + DESTROY_WAIT;
-            loop {
-                let seen = driver.generation();
-                if !driver.counts(revision).map(|c| c.current > 0).unwrap_or(false) {
-                    break;
-                }
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                driver.wait_change(seen, left.as_millis() as u64).await;
+            let timeout = DESTROY_WAIT.as_millis() as u64;
+            let stopped = wait_until(driver.as_ref(), revision, timeout, "stopping", |c| c.current == 0).await;
+            if let Err(error) = stopped {
+                tracing::warn!(%app, revision, %error, "a retired revision's instances are slow to stop");
             }
             runner.log_store(
                 runner

@@ -31,12 +31,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock, lifecycle, log, routing,
-    scaling,
+    Error, HookPoint, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, lifecycle, log, routing, scaling,
 };
-
-/// How often to look again while old instances drain (there is no host call to wait on it).
-const DRAIN_POLL_MS: u64 = 250;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -143,20 +139,16 @@ fn stop(old: u32, new: u32, timeout_s: u32) -> Result<(), Error> {
         log::info(&format!("scaling revision {old} to 0"));
         scaling::scale(old, 0)?;
     }
-    let deadline = clock::now().saturating_add(u64::from(timeout_s) * 1000);
-    loop {
-        let counts = scaling::counts(old)?;
-        if counts.current == 0 {
-            return Ok(());
+    match scaling::wait_stopped(old, 0, u64::from(timeout_s) * 1000) {
+        Ok(_) => Ok(()),
+        Err(Error::Timeout(_)) => {
+            let left = scaling::counts(old).map(|c| c.current).unwrap_or(0);
+            Err(Error::Timeout(format!(
+                "revision {old}: {left} instances were still running {timeout_s} s after scaling \
+                 it to 0; revision {new} was not started"
+            )))
         }
-        if clock::now() >= deadline {
-            return Err(Error::Timeout(format!(
-                "revision {old}: {} instances were still running {timeout_s} s after scaling \
-                 it to 0; revision {new} was not started",
-                counts.current,
-            )));
-        }
-        clock::sleep(DRAIN_POLL_MS)?;
+        Err(other) => Err(other),
     }
 }
 

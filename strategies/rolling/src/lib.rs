@@ -8,8 +8,12 @@
 //!
 //! Two bounds, resolved against the target's replica count `R`, shape every wave:
 //!
-//! * at most `R + max-surge` instances exist at any time, counting both revisions;
+//! * at most `R + max-surge` instances are asked for at any time, counting both revisions;
 //! * at least `R - max-unavailable` instances are ready at any time.
+//!
+//! As in Kubernetes, an old instance that was scaled down no longer counts against the
+//! surge while it drains its last requests: the next wave starts as soon as new instances
+//! are ready, never waiting on a drain.
 //!
 //! If new instances never become ready the rollout stops there and fails, with the old
 //! revision still serving: readiness acts as the canary. Slipway then rolls back.
@@ -34,12 +38,9 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, IntOrPercent, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, clock, lifecycle,
-    log, routing, scaling, split_weights,
+    Error, HookPoint, IntOrPercent, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, lifecycle, log,
+    routing, scaling, split_weights,
 };
-
-/// How often to look again while old instances drain (there is no host call to wait on it).
-const POLL_MS: u64 = 250;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -123,11 +124,11 @@ struct Step {
 /// Pure, so that the rollout is a function of observed state: run it again after a restart
 /// and it carries on from wherever the instances are.
 fn next_step(old: ReplicaCounts, new: ReplicaCounts, bounds: Bounds) -> Step {
-    // Old instances that are draining still exist until they stop, so they count against
-    // the surge until `current` drops; `desired` alone would overshoot R + surge.
-    let old_total = old.desired.max(old.current);
-    let new_total = new.desired.max(new.current);
-    let room = bounds.max_total().saturating_sub(old_total.saturating_add(new_total));
+    // What is asked for counts against the surge; instances draining after a scale-down do
+    // not, so a slow drain never holds up the next wave (Kubernetes counts the same way).
+    let room = bounds
+        .max_total()
+        .saturating_sub(old.desired.saturating_add(new.desired));
     let new_desired = bounds.replicas.min(new.desired.saturating_add(room));
 
     // Only ready instances keep the app available, and an instance being drained after a
@@ -251,13 +252,8 @@ fn roll(old: u32, new: u32, bounds: Bounds, timeout_s: u32) -> Result<ReplicaCou
         report(new, new_counts.ready, bounds.replicas, Some((old, old_counts.ready)));
 
         if !changed {
-            if new_counts.ready < new_counts.desired {
-                wait_next_ready(new, new_counts, timeout_s)?;
-            } else {
-                // Every new instance is ready and the surge is used up: the next wave needs
-                // room that old instances scaled down earlier free once they have drained.
-                wait_for_change(old, old_counts, new, new_counts, timeout_s)?;
-            }
+            // With nothing to scale, only a new instance becoming ready lets the rollout on.
+            wait_next_ready(new, new_counts, timeout_s)?;
         }
     }
 }
@@ -330,35 +326,6 @@ fn wait_next_ready(new: u32, counts: ReplicaCounts, timeout_s: u32) -> Result<Re
     })
 }
 
-/// Waits until the counts of either revision change, typically because an old instance
-/// scaled down earlier has finished draining and frees room for the next wave.
-fn wait_for_change(
-    old: u32,
-    old_counts: ReplicaCounts,
-    new: u32,
-    new_counts: ReplicaCounts,
-    timeout_s: u32,
-) -> Result<(), Error> {
-    let key = |c: ReplicaCounts| (c.desired, c.current, c.ready, c.failed);
-    let deadline = clock::now().saturating_add(u64::from(timeout_s) * 1000);
-    loop {
-        clock::sleep(POLL_MS)?;
-        let (old_now, new_now) = (scaling::counts(old)?, scaling::counts(new)?);
-        if key(old_now) != key(old_counts) || key(new_now) != key(new_counts) {
-            return Ok(());
-        }
-        if clock::now() >= deadline {
-            let draining = old_now.current.saturating_sub(old_now.desired);
-            return Err(Error::Timeout(format!(
-                "revision {new}: the rollout made no progress for {timeout_s} s with {} of {} \
-                 new replicas ready; {draining} instances of revision {old} were still \
-                 draining after being scaled down to {}",
-                new_now.ready, new_now.desired, old_now.desired
-            )));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +367,7 @@ mod tests {
             old.desired = step.old;
             old.ready = old.ready.min(step.old);
             assert!(
-                old.current + new.current <= max_total,
+                old.desired + new.desired <= max_total,
                 "surge exceeded: {old:?} {new:?} {b:?}"
             );
             assert!(
@@ -446,10 +413,10 @@ mod tests {
     }
 
     #[test]
-    fn draining_instances_count_against_the_surge() {
-        // Old was scaled to 2 but 3 still exist: no room for a second new instance yet.
+    fn draining_instances_do_not_hold_up_the_next_wave() {
+        // Old was scaled to 2 and its third instance still drains: the next new one starts.
         let step = next_step(counts(2, 3, 2), counts(1, 1, 1), bounds(3, 1, 0));
-        assert_eq!(step.new, 1);
+        assert_eq!(step.new, 2);
     }
 
     #[test]

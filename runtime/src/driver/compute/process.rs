@@ -36,9 +36,13 @@ const OUTPUT_LINES: usize = 50;
 /// The first restart of a crashed instance waits this long; each crash in a row doubles it.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
-/// A starting instance is probed this often until it is ready or has been starting for
-/// [`FAST_PROBING`], so readiness is seen within milliseconds of the app listening; after
-/// that the probe backs off to the configured interval.
+/// A starting instance is probed every [`FIRST_PROBE_INTERVAL`] for its first
+/// [`FIRST_PROBING`], then every [`FAST_PROBE_INTERVAL`] until it has been starting for
+/// [`FAST_PROBING`], and after that at intervals that double up to the configured one. Most
+/// apps are ready within milliseconds to a second; this sees them ready about as soon as they
+/// listen, for the price of a refused connect per probe while they are not.
+const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(2);
+const FIRST_PROBING: Duration = Duration::from_millis(100);
 const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const FAST_PROBING: Duration = Duration::from_secs(1);
 
@@ -444,7 +448,7 @@ impl ProcessDriver {
         let mut thresholds = Thresholds::new(config.success_threshold, config.failure_threshold);
         let mut exited = instance.exited.subscribe();
         let started = Instant::now();
-        let mut delay = FAST_PROBE_INTERVAL;
+        let mut delay = FIRST_PROBE_INTERVAL;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -481,6 +485,8 @@ impl ProcessDriver {
             }
             delay = if ready {
                 config.probe_interval
+            } else if started.elapsed() < FIRST_PROBING {
+                FIRST_PROBE_INTERVAL.min(config.probe_interval)
             } else if started.elapsed() < FAST_PROBING {
                 FAST_PROBE_INTERVAL.min(config.probe_interval)
             } else {

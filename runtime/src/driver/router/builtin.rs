@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -297,6 +297,7 @@ impl BuiltinRouter {
         let shared = Arc::new(Shared {
             app: app.to_owned(),
             routes: ArcSwap::from_pointee(Routes::compile(RouteTable::default(), &metrics)),
+            retired: Mutex::new(Vec::new()),
             metrics,
             backend_timeout: options.backend_timeout,
             server,
@@ -325,7 +326,10 @@ impl BuiltinRouter {
     /// backend.
     pub fn update(&self, table: RouteTable) {
         let routes = Routes::compile(table, &self.shared.metrics);
-        self.shared.routes.store(Arc::new(routes));
+        let old = self.shared.routes.swap(Arc::new(routes));
+        let mut retired = lock(&self.shared.retired);
+        retired.retain(|table| table.strong_count() > 0);
+        retired.push(Arc::downgrade(&old));
     }
 
     /// The table currently served.
@@ -342,9 +346,16 @@ impl BuiltinRouter {
     /// without waiting for them.
     pub async fn drain(&self, backend: &Backend, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        // A request that loaded the previous table just before the update may not have
-        // counted itself yet; give it a moment so a zero below means "drained".
-        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_SETTLE)).await;
+        // A request picks its backend and counts itself in one step, holding the table it
+        // picked from. Once no request holds a replaced table any more, every request that
+        // picked `backend` from one is counted, so a zero below means "drained". Requests
+        // hold a table for microseconds; there is no fixed settling time to wait out.
+        while lock(&self.shared.retired).iter().any(|table| table.strong_count() > 0) {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let _listening = DrainListener::new(backend);
         let drained = loop {
             let mut finished = pin!(backend.drained.notified());
@@ -390,9 +401,6 @@ impl Drop for BuiltinRouter {
 // ---------------------------------------------------------------------------------------
 // Everything below is private to the router.
 
-/// How long [`BuiltinRouter::drain`] waits after removal before trusting the count.
-const DRAIN_SETTLE: Duration = Duration::from_millis(50);
-
 /// An idle pooled connection older than this is closed instead of reused. Apps commonly
 /// close idle keep-alive connections after 2 s (gunicorn) or 5 s (Node.js); reusing one
 /// just as the app closes it loses the request, so we give up on it first.
@@ -429,6 +437,9 @@ const GATEWAY_TIMEOUT: &[u8] = b"an instance of this app did not answer in time\
 struct Shared {
     app: String,
     routes: ArcSwap<Routes>,
+    /// Tables replaced by [`BuiltinRouter::update`] that a request may still be picking
+    /// from; see [`BuiltinRouter::drain`].
+    retired: Mutex<Vec<Weak<Routes>>>,
     metrics: Arc<RouterMetrics>,
     backend_timeout: Duration,
     server: server_http1::Builder,
