@@ -134,7 +134,9 @@ impl ModuleLoader {
     pub fn new(engine: WasmEngine, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let linkers = crate::guest::linkers(engine.engine())?;
         if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::DirBuilderExt;
+            // Precompiled code is as sensitive as the modules it came from: owner only.
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         Ok(ModuleLoader {
             engine,

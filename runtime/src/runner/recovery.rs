@@ -121,13 +121,13 @@ impl Runner {
             }
         }
 
-        let default_route = app
+        let mut weights: Vec<(u32, u32)> = app
             .active_revision
             .filter(|a| restored.contains(a))
-            .map(|a| vec![(a, MAX_WEIGHT)]);
-        let mut weights = default_route.clone().unwrap_or_default();
+            .map(|a| vec![(a, MAX_WEIGHT)])
+            .unwrap_or_default();
         if let Some(route) = route_of(&app.route) {
-            let (kept, lost): (Vec<(u32, u32)>, Vec<(u32, u32)>) =
+            let (kept, lost): (Vec<_>, Vec<_>) =
                 route.into_iter().partition(|(revision, _)| restored.contains(revision));
             if !lost.is_empty() {
                 let names: Vec<String> = lost.iter().map(|(r, w)| format!("{r}={w}")).collect();
