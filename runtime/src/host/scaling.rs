@@ -1,11 +1,15 @@
 //! `slipway:deploy/scaling`: instance counts per revision.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use crate::bindings::strategy::slipway::deploy::scaling::Host;
 use crate::bindings::{ApiError, ReplicaCounts};
 use crate::driver::{DriverError, wait_until};
 use crate::events::EventKind;
 use crate::failure::Stop;
 use crate::guest::GuestState;
+use crate::host::RolloutEnv;
 use crate::spec::MAX_REPLICAS;
 
 impl Host for GuestState {
@@ -51,31 +55,19 @@ impl Host for GuestState {
                 "wait-ready: {ready} replicas for revision {revision} is over the limit of {MAX_REPLICAS}"
             ))));
         }
-        let remaining = self.env.remaining_ms();
-        let clamped = timeout_ms > remaining;
-        let env = self.env.clone();
-        let result = match env
-            .unless_aborted(env.cluster.wait_ready(revision, ready, timeout_ms.min(remaining)))
-            .await
-        {
-            Ok(result) => result,
-            Err(_) => return Ok(Err(self.stop(Stop::Aborted))),
-        };
-        let (observed, timed_out) = match &result {
-            Ok(counts) => (counts.ready, false),
-            Err(DriverError::Timeout { counts, .. }) => (counts.ready, true),
-            Err(_) => (0, true),
-        };
-        self.env.record(EventKind::Waited {
-            revision,
-            wanted: ready,
-            ready: observed,
-            timed_out,
-        });
-        Ok(match result {
-            Err(DriverError::Timeout { .. }) if clamped => Err(self.stop(Stop::Deadline)),
-            other => other.map_err(|e| self.driver_error(e)),
-        })
+        let result = self
+            .bounded_wait(
+                timeout_ms,
+                |env, timeout| async move { env.cluster.wait_ready(revision, ready, timeout).await },
+                |counts, timed_out| EventKind::Waited {
+                    revision,
+                    wanted: ready,
+                    ready: counts.map_or(0, |c| c.ready),
+                    timed_out,
+                },
+            )
+            .await;
+        Ok(result)
     }
 
     async fn wait_stopped(
@@ -90,31 +82,53 @@ impl Host for GuestState {
         if let Err(error) = self.known(revision) {
             return Ok(Err(error));
         }
+        let result = self
+            .bounded_wait(
+                timeout_ms,
+                |env, timeout| async move {
+                    let what = format!("stopping down to {current} instances");
+                    wait_until(env.cluster.as_ref(), revision, timeout, &what, |c| c.current <= current).await
+                },
+                |counts, timed_out| EventKind::WaitedStopped {
+                    revision,
+                    at_most: current,
+                    current: counts.map_or(0, |c| c.current),
+                    timed_out,
+                },
+            )
+            .await;
+        Ok(result)
+    }
+}
+
+impl GuestState {
+    /// Runs a host-side wait for at most `timeout_ms`, cut short by the rollout's deadline
+    /// (then `aborted`, as the deadline) or an abort; records `event` of the counts it ended
+    /// with and whether it timed out.
+    async fn bounded_wait<F>(
+        &mut self,
+        timeout_ms: u64,
+        wait: impl FnOnce(Arc<RolloutEnv>, u64) -> F,
+        event: impl FnOnce(Option<ReplicaCounts>, bool) -> EventKind,
+    ) -> Result<ReplicaCounts, ApiError>
+    where
+        F: Future<Output = Result<ReplicaCounts, DriverError>>,
+    {
         let remaining = self.env.remaining_ms();
         let clamped = timeout_ms > remaining;
         let env = self.env.clone();
-        let what = format!("stopping down to {current} instances");
-        let wait = wait_until(env.cluster.as_ref(), revision, timeout_ms.min(remaining), &what, |c| {
-            c.current <= current
-        });
-        let result = match env.unless_aborted(wait).await {
+        let result = match env.unless_aborted(wait(env.clone(), timeout_ms.min(remaining))).await {
             Ok(result) => result,
-            Err(_) => return Ok(Err(self.stop(Stop::Aborted))),
+            Err(_) => return Err(self.stop(Stop::Aborted)),
         };
-        let (left, timed_out) = match &result {
-            Ok(counts) => (counts.current, false),
-            Err(DriverError::Timeout { counts, .. }) => (counts.current, true),
-            Err(_) => (0, true),
-        };
-        self.env.record(EventKind::WaitedStopped {
-            revision,
-            at_most: current,
-            current: left,
-            timed_out,
+        self.env.record(match &result {
+            Ok(counts) => event(Some(*counts), false),
+            Err(DriverError::Timeout { counts, .. }) => event(Some(*counts), true),
+            Err(_) => event(None, true),
         });
-        Ok(match result {
+        match result {
             Err(DriverError::Timeout { .. }) if clamped => Err(self.stop(Stop::Deadline)),
             other => other.map_err(|e| self.driver_error(e)),
-        })
+        }
     }
 }
