@@ -87,13 +87,16 @@ async fn bench() {
 
 async fn run_calls(module: &slipway::modules::LoadedModule, calls: u64) -> Duration {
     let timeline = Timeline::new(SIM_EPOCH_MS);
-    let cluster = Arc::new(SimCluster::new(SimConfig::default(), timeline.clone()));
-    cluster.add_faulty_revision(1);
-    let mut plan = RolloutPlan::new("bench", "bench", Revision { number: 1, replicas: 1 }, None);
+    let sim = Arc::new(SimCluster::new(SimConfig::default()));
+    sim.add_faulty_revision(1);
+    // No replicas: the fixture only calls the host, and the host's success check asks
+    // nothing of a revision scaled to zero.
+    let mut plan = RolloutPlan::new("bench", "bench", Revision { number: 1, replicas: 0 }, None);
+    plan.soak = Duration::ZERO;
     plan.params = format!("{{\"calls\": {calls}}}");
     plan.limits.host_calls = u64::MAX;
     let start = Instant::now();
-    let report = rollout::run(module, &plan, cluster, Arc::new(NoHooks), timeline).await;
+    let report = rollout::run(module, &plan, sim.cluster(), Arc::new(NoHooks), timeline).await;
     let elapsed = start.elapsed();
     assert!(report.outcome.is_success(), "{}", report.summary);
     elapsed
@@ -101,11 +104,11 @@ async fn run_calls(module: &slipway::modules::LoadedModule, calls: u64) -> Durat
 
 fn bench_env() -> Arc<slipway::host::RolloutEnv> {
     let timeline = Timeline::new(SIM_EPOCH_MS);
-    let cluster = Arc::new(SimCluster::new(SimConfig::default(), timeline.clone()));
+    let sim = Arc::new(SimCluster::new(SimConfig::default()));
     Arc::new(slipway::host::RolloutEnv {
         app: "bench".into(),
         rollout: "bench".into(),
-        cluster,
+        cluster: sim.cluster(),
         hooks: Arc::new(NoHooks),
         timeline,
         revisions: vec![1],

@@ -769,9 +769,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         fail_http: args.fail_http,
         ..SimConfig::default()
     };
-    let cluster = Arc::new(SimCluster::new(config, timeline.clone()));
-    cluster.add_ready_revision(1, args.replicas, 256);
-    cluster.add_faulty_revision(2);
+    let sim = Arc::new(SimCluster::new(config));
+    sim.add_ready_revision(1, args.replicas, 256);
+    sim.add_faulty_revision(2);
     let failing = args
         .fail_hook
         .iter()
@@ -801,7 +801,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     plan.soak = args.soak;
     plan.seed = args.seed;
 
-    let report = rollout::run(&module, &plan, cluster.clone(), hooks, timeline).await;
+    let report = rollout::run(&module, &plan, sim.cluster(), hooks, timeline).await;
     match args.output {
         Output::Json => {
             let document = serde_json::json!({
@@ -810,7 +810,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 "outcome": report.outcome,
                 "summary": report.summary,
                 "failure": report.failure,
-                "final": cluster.snapshot(),
+                "final": sim.snapshot(),
                 "events": report.events,
             });
             say!("{}", serde_json::to_string_pretty(&document)?);

@@ -1,15 +1,22 @@
 //! The rollout timeline: every scale and weight change, probe, hook, log line and outcome,
 //! in order, stamped by the cluster's clock.
+//!
+//! Two streams feed it: what the host does (recorded as it happens) and what the compute
+//! driver reports on its event channel. A timeline attached to a cluster takes the driver's
+//! pending events, under its one lock, before each event of its own and whenever it is
+//! pumped, so the order is the order things happened and no event is taken twice.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
+use crate::driver::{Cluster, DriverEvent, Happened, Router};
 use crate::failure::GuestFailure;
 
 /// What the host observed about one revision at the time of an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevisionSnapshot {
     pub desired: u32,
     pub current: u32,
@@ -173,6 +180,13 @@ struct TimelineInner {
     started_at_ms: u64,
     events: Vec<Event>,
     sink: Option<EventSink>,
+    source: Option<Source>,
+}
+
+/// A compute driver's events, and the router whose weights complete each event's picture.
+struct Source {
+    events: broadcast::Receiver<DriverEvent>,
+    router: Arc<dyn Router>,
 }
 
 impl Timeline {
@@ -183,6 +197,7 @@ impl Timeline {
                 started_at_ms,
                 events: Vec::new(),
                 sink: None,
+                source: None,
             })),
         }
     }
@@ -195,22 +210,132 @@ impl Timeline {
                 started_at_ms,
                 events: Vec::new(),
                 sink: Some(sink),
+                source: None,
             })),
         }
     }
 
+    /// From now on, takes in what `cluster`'s compute driver reports.
+    pub fn attach(&self, cluster: &Cluster) {
+        self.inner.lock().unwrap().source = Some(Source {
+            events: cluster.compute.events(),
+            router: cluster.router.clone(),
+        });
+    }
+
+    /// Takes in the driver's pending events, then stops listening to it.
+    pub fn detach(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.take_pending();
+        inner.source = None;
+    }
+
+    /// Takes in the driver's pending events (so followers see them as they happen).
+    pub fn pump(&self) {
+        self.inner.lock().unwrap().take_pending();
+    }
+
     pub fn push(&self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionSnapshot>>) {
         let mut inner = self.inner.lock().unwrap();
-        let at_ms = now_ms.saturating_sub(inner.started_at_ms);
-        let event = Event { at_ms, kind, state };
-        if let Some(sink) = &inner.sink {
-            sink(inner.events.len() as u64, &event);
-        }
-        inner.events.push(event);
+        inner.take_pending();
+        inner.append(now_ms, kind, state);
     }
 
     pub fn events(&self) -> Vec<Event> {
         self.inner.lock().unwrap().events.clone()
+    }
+}
+
+impl TimelineInner {
+    fn append(&mut self, now_ms: u64, kind: EventKind, state: Option<BTreeMap<u32, RevisionSnapshot>>) {
+        let at_ms = now_ms.saturating_sub(self.started_at_ms);
+        let event = Event { at_ms, kind, state };
+        if let Some(sink) = &self.sink {
+            sink(self.events.len() as u64, &event);
+        }
+        self.events.push(event);
+    }
+
+    /// Appends the driver events waiting on the source, in the order they happened.
+    fn take_pending(&mut self) {
+        let Some(source) = self.source.as_mut() else { return };
+        let mut taken = Vec::new();
+        let mut missed = 0;
+        loop {
+            match source.events.try_recv() {
+                Ok(event) => taken.push(event),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => missed += n,
+                Err(_) => break,
+            }
+        }
+        let weights = source.router.weights();
+        if missed > 0 {
+            self.append(
+                taken.first().map_or(0, |e| e.at_ms),
+                EventKind::Log {
+                    level: "warn".into(),
+                    message: format!("{missed} driver events came too fast to record"),
+                },
+                None,
+            );
+        }
+        for event in taken {
+            let state = Some(crate::driver::snapshot(&event.counts, &weights));
+            for kind in kinds_of(&event) {
+                self.append(event.at_ms, kind, state.clone());
+            }
+        }
+    }
+}
+
+/// The timeline's words for a driver event.
+fn kinds_of(event: &DriverEvent) -> Vec<EventKind> {
+    let revision = event.revision;
+    match &event.what {
+        Happened::Scaled { from, to } => vec![EventKind::Scaled {
+            revision,
+            from: *from,
+            to: *to,
+        }],
+        Happened::Started { instance } => vec![EventKind::InstanceStarted {
+            revision,
+            instance: instance.clone(),
+        }],
+        Happened::Ready { instance } => vec![EventKind::InstanceReady {
+            revision,
+            instance: instance.clone(),
+        }],
+        Happened::NotReady { instance } => vec![EventKind::Log {
+            level: "warn".into(),
+            message: format!("{instance} stopped passing its readiness probe"),
+        }],
+        Happened::Crashed {
+            instance,
+            status,
+            restart_in_ms,
+            last_output,
+        } => {
+            let mut kinds = vec![EventKind::InstanceCrashed {
+                revision,
+                instance: instance.clone(),
+                restart_in_ms: *restart_in_ms,
+            }];
+            if !last_output.is_empty() {
+                kinds.push(EventKind::Log {
+                    level: "warn".into(),
+                    message: format!("{instance} exited ({status}); last output: {}", last_output.join(" | ")),
+                });
+            }
+            kinds
+        }
+        Happened::Stopped { instance } => vec![EventKind::InstanceStopped {
+            revision,
+            instance: instance.clone(),
+        }],
+        Happened::StartFailed { message } => vec![EventKind::Log {
+            level: "error".into(),
+            message: format!("revision {revision}: cannot start {message}"),
+        }],
     }
 }
 

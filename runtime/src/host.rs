@@ -31,7 +31,7 @@ use crate::hooks::{Grants, HookRunner};
 pub struct RolloutEnv {
     pub app: String,
     pub rollout: String,
-    pub cluster: Arc<dyn Cluster>,
+    pub cluster: Cluster,
     pub hooks: Arc<dyn HookRunner>,
     pub timeline: Timeline,
     /// Revisions the guest may name: the target, the active one and the others.
@@ -159,6 +159,27 @@ impl RolloutEnv {
         self.timeline.push(self.cluster.now_ms(), kind, None);
     }
 
+    /// Records `kind` with every revision's instances and weight right after it.
+    pub(crate) fn record_with_state(&self, kind: EventKind) {
+        self.timeline
+            .push(self.cluster.now_ms(), kind, Some(self.cluster.snapshot()));
+    }
+
+    /// Replaces the route's weights and records the change.
+    pub(crate) async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
+        self.cluster.set_weights(weights).await?;
+        let weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
+        self.record_with_state(EventKind::WeightsChanged { weights });
+        Ok(())
+    }
+
+    /// Turns maintenance on or off and records the change.
+    pub(crate) async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
+        self.cluster.set_maintenance(on).await?;
+        self.record_with_state(EventKind::Maintenance { on });
+        Ok(())
+    }
+
     /// The time left before the progress deadline.
     pub(crate) fn remaining_ms(&self) -> u64 {
         self.deadline_ms().saturating_sub(self.cluster.now_ms())
@@ -255,7 +276,7 @@ impl GuestState {
             }
             DriverError::Invalid(message) => self.invalid(message),
             DriverError::Timeout { message, .. } => ApiError::Timeout(message),
-            DriverError::Infrastructure(message) => ApiError::Infrastructure(message),
+            error @ DriverError::Infrastructure { .. } => ApiError::Infrastructure(error.to_string()),
         }
     }
 }

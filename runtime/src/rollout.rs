@@ -90,7 +90,7 @@ pub struct RolloutReport {
 pub async fn run(
     module: &LoadedModule,
     plan: &RolloutPlan,
-    cluster: Arc<dyn Cluster>,
+    cluster: Cluster,
     hooks: Arc<dyn HookRunner>,
     timeline: Timeline,
 ) -> RolloutReport {
@@ -109,13 +109,14 @@ pub async fn run(
 pub async fn run_controlled(
     module: &LoadedModule,
     plan: &RolloutPlan,
-    cluster: Arc<dyn Cluster>,
+    cluster: Cluster,
     hooks: Arc<dyn HookRunner>,
     timeline: Timeline,
     control: Arc<RolloutControl>,
 ) -> RolloutReport {
     let started_at_ms = cluster.now_ms();
     let maintenance_before = cluster.maintenance();
+    timeline.attach(&cluster);
     let mut revisions = vec![plan.target.number];
     revisions.extend(plan.active.iter().map(|r| r.number));
     revisions.extend(plan.others.iter().map(|r| r.number));
@@ -174,13 +175,13 @@ pub async fn run_controlled(
         } => Err(host_failure(FailureKind::Aborted, "the rollout was aborted by an operator".to_string())),
     };
     let result = match result {
-        Ok(outcome) => match check_end_state(cluster.as_ref(), plan.target) {
+        Ok(outcome) => match check_end_state(&cluster, plan.target) {
             Err(problem) => Err(host_failure(
                 FailureKind::SuccessCheck,
                 format!("the strategy reported success, but {problem}"),
             )),
             Ok(()) => tokio::select! {
-                soaked = soak(cluster.as_ref(), plan, &env) => soaked.map(|()| outcome).map_err(|problem| host_failure(FailureKind::Soak, problem)),
+                soaked = soak(&cluster, plan, &env) => soaked.map(|()| outcome).map_err(|problem| host_failure(FailureKind::Soak, problem)),
                 () = control.aborted() => Err(host_failure(FailureKind::Aborted, "the rollout was aborted by an operator during its soak".to_string())),
             },
         },
@@ -189,7 +190,7 @@ pub async fn run_controlled(
 
     let (outcome, summary, failure) = match result {
         Ok(outcome) => {
-            restore_maintenance(cluster.as_ref(), maintenance_before).await;
+            restore_maintenance(&env, maintenance_before).await;
             (RolloutOutcome::Succeeded, outcome.summary, None)
         }
         Err(failure) => {
@@ -198,7 +199,7 @@ pub async fn run_controlled(
                 failure: failure.clone(),
             });
             if plan.auto_rollback || control.is_aborted() {
-                match roll_back(plan, maintenance_before, cluster.as_ref(), hooks.as_ref(), &env).await {
+                match roll_back(plan, maintenance_before, &cluster, hooks.as_ref(), &env).await {
                     Ok(message) => (
                         RolloutOutcome::RolledBack,
                         format!("{}; {message}", failure.message),
@@ -219,6 +220,7 @@ pub async fn run_controlled(
             }
         }
     };
+    timeline.detach();
     env.record(EventKind::RolloutFinished {
         outcome,
         summary: summary.clone(),
@@ -236,7 +238,7 @@ pub async fn run_controlled(
 /// The route must send traffic (some weight above 0), every revision it sends traffic to must
 /// have a ready instance, and the target must be routed with at least its spec's replicas
 /// ready. A target of 0 replicas is a deliberate scale to zero: nothing is required of it.
-pub fn check_end_state(cluster: &dyn Cluster, target: Revision) -> Result<(), String> {
+pub fn check_end_state(cluster: &Cluster, target: Revision) -> Result<(), String> {
     if target.replicas == 0 {
         return Ok(());
     }
@@ -268,7 +270,7 @@ pub fn check_end_state(cluster: &dyn Cluster, target: Revision) -> Result<(), St
 
 /// Watches the target for the plan's soak: every replica must stay ready and none may crash.
 /// Waits on the cluster's changes, so a failure ends the soak at once.
-async fn soak(cluster: &dyn Cluster, plan: &RolloutPlan, env: &RolloutEnv) -> Result<(), String> {
+async fn soak(cluster: &Cluster, plan: &RolloutPlan, env: &RolloutEnv) -> Result<(), String> {
     let target = plan.target;
     if plan.soak.is_zero() || target.replicas == 0 {
         return Ok(());
@@ -317,9 +319,9 @@ async fn soak(cluster: &dyn Cluster, plan: &RolloutPlan, env: &RolloutEnv) -> Re
 }
 
 /// Puts maintenance back to what it was before the rollout, if the strategy changed it.
-async fn restore_maintenance(cluster: &dyn Cluster, before: bool) {
-    if cluster.maintenance() != before
-        && let Err(error) = cluster.set_maintenance(before).await
+async fn restore_maintenance(env: &RolloutEnv, before: bool) {
+    if env.cluster.maintenance() != before
+        && let Err(error) = env.set_maintenance(before).await
     {
         tracing::warn!(%error, "could not restore the maintenance state");
     }
@@ -331,7 +333,7 @@ async fn restore_maintenance(cluster: &dyn Cluster, before: bool) {
 async fn roll_back(
     plan: &RolloutPlan,
     maintenance_before: bool,
-    cluster: &dyn Cluster,
+    cluster: &Cluster,
     hooks: &dyn HookRunner,
     env: &Arc<RolloutEnv>,
 ) -> Result<String, String> {
@@ -354,18 +356,17 @@ async fn roll_back(
                 )
                 .await
                 .map_err(|e| format!("revision {} did not come back to full size: {e}", active.number))?;
-            cluster
-                .set_weights(&[(active.number, MAX_WEIGHT)])
+            env.set_weights(&[(active.number, MAX_WEIGHT)])
                 .await
                 .map_err(|e| e.to_string())?;
         } else {
-            cluster.set_weights(&[]).await.map_err(|e| e.to_string())?;
+            env.set_weights(&[]).await.map_err(|e| e.to_string())?;
         }
         cluster.scale(target, 0).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     }
     .await;
-    restore_maintenance(cluster, maintenance_before).await;
+    restore_maintenance(env, maintenance_before).await;
     let hook = hooks.run_hook(HookPoint::Rollback, env).await;
     env.record(crate::hooks::event(HookPoint::Rollback, &hook));
     let message = match (&result, plan.active) {

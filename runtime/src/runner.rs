@@ -38,8 +38,11 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::driver::compute::output::OutputFiles;
 use crate::driver::compute::process::{ProcessConfig, ProcessDriver};
 use crate::driver::router::builtin::BuiltinRouter;
+use crate::driver::router::local::LocalRouter;
+use crate::driver::{Cluster, WallClock};
 use crate::engine::Limits;
 use crate::events::Event;
 use crate::host::RolloutControl;
@@ -138,7 +141,12 @@ struct LiveRollout {
 
 struct AppHandle {
     name: String,
+    /// Its instances, to define revisions on and stop.
     driver: Arc<ProcessDriver>,
+    /// Its router.
+    router: Arc<LocalRouter>,
+    /// Both, as rollouts and operations act on them.
+    cluster: Cluster,
     listen: SocketAddr,
     /// The running rollout's id, set by a [`Claim`].
     rollout: Mutex<Option<String>>,
@@ -223,9 +231,15 @@ impl Runner {
         let router = BuiltinRouter::bind(&spec.name, spec.listen)
             .await
             .map_err(|e| DeployError::InvalidSpec(format!("listen: cannot listen on {}: {e}", spec.listen)))?;
+        let router = LocalRouter::new(Arc::new(router));
+        let output = OutputFiles::new(self.data_dir.join("output").join(&spec.name))
+            .map_err(|e| anyhow::anyhow!("creating the output directory: {e}"))?;
+        let driver = ProcessDriver::new(&spec.name, router.clone(), output);
         let handle = Arc::new(AppHandle {
             name: spec.name.clone(),
-            driver: ProcessDriver::new(&spec.name, Arc::new(router)),
+            cluster: Cluster::new(driver.clone(), router.clone(), Arc::new(WallClock)),
+            driver,
+            router,
             listen: spec.listen,
             rollout: Mutex::new(None),
         });
@@ -301,7 +315,7 @@ impl Runner {
         let instances = handle.map(|handle| Instances {
             listen: handle.listen,
             maintenance: handle.maintenance(),
-            revisions: handle.driver.snapshot(),
+            revisions: handle.cluster.snapshot(),
         });
         AppStatus {
             running_rollout: self.running_rollout(&app.name),
@@ -321,7 +335,7 @@ impl Runner {
             .lock()
             .unwrap()
             .iter()
-            .map(|(name, h)| (name.clone(), h.driver.router().clone()))
+            .map(|(name, h)| (name.clone(), h.router.router().clone()))
             .collect()
     }
 

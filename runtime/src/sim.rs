@@ -6,13 +6,17 @@
 //! choice comes from one seeded generator, so the same inputs and seed give the same trace.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
-use crate::bindings::{HookPoint, HookStatus, HttpCheckReport, ProbeReport, ReplicaCounts};
-use crate::driver::{Cluster, DriverError, validate_weights};
-use crate::events::{EventKind, RevisionSnapshot, Timeline};
+use crate::bindings::{HookPoint, HookStatus};
+use crate::driver::{
+    Clock, Cluster, Compute, Counts, DriverError, DriverEvent, Happened, HttpResult, ProbeResult, Router,
+};
+use crate::events::RevisionSnapshot;
 use crate::hooks::HookRunner;
 use crate::host::RolloutEnv;
 
@@ -51,10 +55,10 @@ impl Default for SimConfig {
     }
 }
 
-/// The simulated compute and router of one app.
+/// The simulated compute, router and clock of one app.
 pub struct SimCluster {
     state: Mutex<SimState>,
-    timeline: Timeline,
+    events: broadcast::Sender<DriverEvent>,
 }
 
 struct SimState {
@@ -94,7 +98,7 @@ impl SimInstance {
 }
 
 impl SimCluster {
-    pub fn new(config: SimConfig, timeline: Timeline) -> Self {
+    pub fn new(config: SimConfig) -> Self {
         let rng = config.seed ^ 0x5eed_5eed_5eed_5eed;
         SimCluster {
             state: Mutex::new(SimState {
@@ -106,8 +110,13 @@ impl SimCluster {
                 maintenance: false,
                 generation: 0,
             }),
-            timeline,
+            events: broadcast::channel(1 << 16).0,
         }
+    }
+
+    /// This simulation as the host API's cluster.
+    pub fn cluster(self: &Arc<Self>) -> Cluster {
+        Cluster::new(self.clone(), self.clone(), self.clone())
     }
 
     /// Adds a revision with `ready` instances already up and passing their probes.
@@ -139,12 +148,19 @@ impl SimCluster {
 
     /// The state of every revision now.
     pub fn snapshot(&self) -> BTreeMap<u32, RevisionSnapshot> {
-        self.state.lock().unwrap().snapshot()
+        crate::driver::snapshot(&self.revisions(), &self.weights())
     }
 
-    fn emit(&self, state: &mut SimState, kind: EventKind) {
+    fn emit(&self, state: &mut SimState, revision: u32, what: Happened) {
         state.generation += 1;
-        self.timeline.push(state.now, kind, Some(state.snapshot()));
+        let counts = state.revisions.keys().map(|r| (*r, state.counts(*r))).collect();
+        // Nobody listening is fine.
+        let _ = self.events.send(DriverEvent {
+            at_ms: state.now,
+            revision,
+            what,
+            counts,
+        });
     }
 
     /// Moves virtual time to `until`, applying every readiness change, crash and restart in
@@ -166,42 +182,33 @@ impl SimCluster {
             let mut events = Vec::new();
             revision.instances.retain(|instance| {
                 if instance.crash_at == Some(now) {
-                    events.push(EventKind::InstanceCrashed {
-                        revision: number,
+                    events.push(Happened::Crashed {
                         instance: instance.id.clone(),
+                        status: "exit status: 1".into(),
                         restart_in_ms: backoff,
+                        last_output: Vec::new(),
                     });
                     false
                 } else {
                     if instance.ready_at == Some(now) {
-                        events.push(EventKind::InstanceReady {
-                            revision: number,
+                        events.push(Happened::Ready {
                             instance: instance.id.clone(),
                         });
                     }
                     true
                 }
             });
-            let crashed = events
-                .iter()
-                .filter(|e| matches!(e, EventKind::InstanceCrashed { .. }))
-                .count();
+            let crashed = events.iter().filter(|e| matches!(e, Happened::Crashed { .. })).count();
             revision.failed += crashed as u32;
             revision.restarts.extend(std::iter::repeat_n(now + backoff, crashed));
             let due = revision.restarts.iter().filter(|&&t| t == now).count();
             revision.restarts.retain(|&t| t != now);
             for event in events {
-                self.emit(&mut *state, event);
+                self.emit(&mut *state, number, event);
             }
             for _ in 0..due {
                 let id = state.start_instance(number);
-                self.emit(
-                    &mut *state,
-                    EventKind::InstanceStarted {
-                        revision: number,
-                        instance: id,
-                    },
-                );
+                self.emit(&mut *state, number, Happened::Started { instance: id });
             }
         }
     }
@@ -266,38 +273,19 @@ impl SimState {
         id
     }
 
-    fn counts(&self, number: u32) -> ReplicaCounts {
+    fn counts(&self, number: u32) -> Counts {
         let revision = &self.revisions[&number];
-        ReplicaCounts {
+        Counts {
             desired: revision.desired,
             current: revision.instances.len() as u32,
             ready: revision.instances.iter().filter(|i| i.ready(self.now)).count() as u32,
             failed: revision.failed,
         }
     }
-
-    fn snapshot(&self) -> BTreeMap<u32, RevisionSnapshot> {
-        self.revisions
-            .keys()
-            .map(|&number| {
-                let c = self.counts(number);
-                let weight = self.weights.get(&number).copied().unwrap_or(0);
-                (
-                    number,
-                    RevisionSnapshot {
-                        desired: c.desired,
-                        current: c.current,
-                        ready: c.ready,
-                        weight,
-                    },
-                )
-            })
-            .collect()
-    }
 }
 
 #[async_trait]
-impl Cluster for SimCluster {
+impl Clock for SimCluster {
     fn now_ms(&self) -> u64 {
         self.state.lock().unwrap().now
     }
@@ -307,26 +295,21 @@ impl Cluster for SimCluster {
         let until = state.now.saturating_add(ms);
         self.advance(&mut state, until);
     }
+}
 
+#[async_trait]
+impl Compute for SimCluster {
     async fn scale(&self, revision: u32, replicas: u32) -> Result<(), DriverError> {
         let mut state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
-        let from = state.revisions[&revision].desired;
-        state.revisions.get_mut(&revision).unwrap().desired = replicas;
-        self.emit(
-            &mut state,
-            EventKind::Scaled {
-                revision,
-                from,
-                to: replicas,
-            },
-        );
+        let from = std::mem::replace(&mut state.revisions.get_mut(&revision).unwrap().desired, replicas);
+        self.emit(&mut state, revision, Happened::Scaled { from, to: replicas });
         let current = state.revisions[&revision].instances.len() as u32;
         let pending = state.revisions[&revision].restarts.len() as u32;
         if replicas > current + pending {
             for _ in 0..(replicas - current - pending) {
                 let id = state.start_instance(revision);
-                self.emit(&mut state, EventKind::InstanceStarted { revision, instance: id });
+                self.emit(&mut state, revision, Happened::Started { instance: id });
             }
         } else {
             let now = state.now;
@@ -344,76 +327,21 @@ impl Cluster for SimCluster {
             let stopped: Vec<String> = entry.instances.drain(..excess as usize).map(|i| i.id).collect();
             entry.instances.sort_by_key(|i| i.created);
             for id in stopped {
-                self.emit(&mut state, EventKind::InstanceStopped { revision, instance: id });
+                self.emit(&mut state, revision, Happened::Stopped { instance: id });
             }
         }
         Ok(())
     }
 
-    fn counts(&self, revision: u32) -> Result<ReplicaCounts, DriverError> {
+    fn counts(&self, revision: u32) -> Result<Counts, DriverError> {
         let state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
         Ok(state.counts(revision))
     }
 
-    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError> {
-        let mut state = self.state.lock().unwrap();
-        Self::revision_error(&state, revision)?;
-        let deadline = state.now.saturating_add(timeout_ms);
-        loop {
-            let counts = state.counts(revision);
-            if counts.ready >= ready {
-                return Ok(counts);
-            }
-            match state.next_change().filter(|&t| t <= deadline) {
-                Some(at) => self.advance(&mut state, at),
-                None => {
-                    self.advance(&mut state, deadline);
-                    let counts = state.counts(revision);
-                    return Err(DriverError::Timeout {
-                        message: format!(
-                            "revision {revision}: {} of {ready} wanted instances ready after {} s",
-                            counts.ready,
-                            timeout_ms / 1000
-                        ),
-                        counts,
-                    });
-                }
-            }
-        }
-    }
-
-    async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
-        validate_weights(weights)?;
-        let mut state = self.state.lock().unwrap();
-        for (revision, _) in weights {
-            Self::revision_error(&state, *revision)?;
-        }
-        state.weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
-        let shown = state.weights.clone();
-        self.emit(&mut state, EventKind::WeightsChanged { weights: shown });
-        Ok(())
-    }
-
-    fn weights(&self) -> Vec<(u32, u32)> {
-        self.state
-            .lock()
-            .unwrap()
-            .weights
-            .iter()
-            .map(|(r, w)| (*r, *w))
-            .collect()
-    }
-
-    async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
-        let mut state = self.state.lock().unwrap();
-        state.maintenance = on;
-        self.emit(&mut state, EventKind::Maintenance { on });
-        Ok(())
-    }
-
-    fn maintenance(&self) -> bool {
-        self.state.lock().unwrap().maintenance
+    fn revisions(&self) -> BTreeMap<u32, Counts> {
+        let state = self.state.lock().unwrap();
+        state.revisions.keys().map(|r| (*r, state.counts(*r))).collect()
     }
 
     fn generation(&self) -> u64 {
@@ -430,7 +358,7 @@ impl Cluster for SimCluster {
         state.generation
     }
 
-    async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError> {
+    async fn probe(&self, revision: u32) -> Result<ProbeResult, DriverError> {
         let state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
         let now = state.now;
@@ -443,8 +371,7 @@ impl Cluster for SimCluster {
                 None => format!("{}: readiness probe failing for {} ms", i.id, now - i.created),
             })
             .collect();
-        Ok(ProbeReport {
-            revision,
+        Ok(ProbeResult {
             probed: instances.len() as u32,
             ready: instances.iter().filter(|i| i.ready(now)).count() as u32,
             failures,
@@ -455,9 +382,9 @@ impl Cluster for SimCluster {
         &self,
         revision: u32,
         path: &str,
-        expect_status: u16,
-        _timeout_ms: u32,
-    ) -> Result<HttpCheckReport, DriverError> {
+        status: u16,
+        _timeout: Duration,
+    ) -> Result<HttpResult, DriverError> {
         let state = self.state.lock().unwrap();
         Self::revision_error(&state, revision)?;
         let now = state.now;
@@ -469,13 +396,45 @@ impl Cluster for SimCluster {
         let failures: Vec<String> = ready
             .iter()
             .filter(|i| !i.http_ok)
-            .map(|i| format!("{}: GET {path} answered 500, expected {expect_status}", i.id))
+            .map(|i| format!("{}: GET {path} answered 500, expected {status}", i.id))
             .collect();
-        Ok(HttpCheckReport {
+        Ok(HttpResult {
             checked: ready.len() as u32,
             passed: (ready.len() - failures.len()) as u32,
             failures,
         })
+    }
+
+    fn events(&self) -> broadcast::Receiver<DriverEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[async_trait]
+impl Router for SimCluster {
+    async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
+        let mut state = self.state.lock().unwrap();
+        state.weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
+        Ok(())
+    }
+
+    fn weights(&self) -> Vec<(u32, u32)> {
+        self.state
+            .lock()
+            .unwrap()
+            .weights
+            .iter()
+            .map(|(r, w)| (*r, *w))
+            .collect()
+    }
+
+    async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
+        self.state.lock().unwrap().maintenance = on;
+        Ok(())
+    }
+
+    fn maintenance(&self) -> bool {
+        self.state.lock().unwrap().maintenance
     }
 }
 
@@ -509,11 +468,11 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn cluster(config: SimConfig) -> SimCluster {
-        let sim = SimCluster::new(config, Timeline::new(SIM_EPOCH_MS));
+    fn cluster(config: SimConfig) -> Cluster {
+        let sim = Arc::new(SimCluster::new(config));
         sim.add_ready_revision(1, 3, 256);
         sim.add_faulty_revision(2);
-        sim
+        sim.cluster()
     }
 
     #[tokio::test]
@@ -568,7 +527,7 @@ mod tests {
         sim.scale(1, 3).await.unwrap();
         assert_eq!(
             sim.counts(1).unwrap(),
-            ReplicaCounts {
+            Counts {
                 desired: 3,
                 current: 3,
                 ready: 3,
@@ -580,20 +539,22 @@ mod tests {
     #[tokio::test]
     async fn same_seed_same_story() {
         let run = |seed| async move {
-            let timeline = Timeline::new(SIM_EPOCH_MS);
-            let sim = SimCluster::new(
-                SimConfig {
-                    seed,
-                    fail_readiness: 0.3,
-                    crash: 0.2,
-                    ..SimConfig::default()
-                },
-                timeline.clone(),
-            );
+            let sim = Arc::new(SimCluster::new(SimConfig {
+                seed,
+                fail_readiness: 0.3,
+                crash: 0.2,
+                ..SimConfig::default()
+            }));
             sim.add_faulty_revision(2);
-            sim.scale(2, 8).await.unwrap();
-            let _ = sim.wait_ready(2, 8, 30_000).await;
-            serde_json::to_string(&timeline.events()).unwrap()
+            let mut events = sim.events();
+            let cluster = sim.cluster();
+            cluster.scale(2, 8).await.unwrap();
+            let _ = cluster.wait_ready(2, 8, 30_000).await;
+            let mut story = Vec::new();
+            while let Ok(event) = events.try_recv() {
+                story.push(event);
+            }
+            serde_json::to_string(&story).unwrap()
         };
         assert_eq!(run(7).await, run(7).await);
         assert_ne!(run(7).await, run(8).await);

@@ -280,7 +280,8 @@ pub enum Grant {
 }
 
 /// Where a `secret-env` value comes from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SecretSource {
     /// `file:PATH`: the file's contents, one trailing newline dropped.
     File(PathBuf),

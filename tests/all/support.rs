@@ -145,12 +145,12 @@ impl Sim {
 
     pub async fn run(self, module: &LoadedModule) -> Outcome {
         let timeline = Timeline::new(SIM_EPOCH_MS);
-        let cluster = Arc::new(SimCluster::new(self.config, timeline.clone()));
+        let cluster = Arc::new(SimCluster::new(self.config));
         if let Some(active) = self.plan.active {
             cluster.add_ready_revision(active.number, active.replicas, 256);
         }
         cluster.add_faulty_revision(self.plan.target.number);
-        let report = rollout::run(module, &self.plan, cluster.clone(), Arc::new(NoHooks), timeline).await;
+        let report = rollout::run(module, &self.plan, cluster.cluster(), Arc::new(NoHooks), timeline).await;
         let last = cluster.snapshot();
         Outcome { report, last }
     }

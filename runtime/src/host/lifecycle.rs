@@ -21,7 +21,7 @@ impl Host for GuestState {
         if let Err(error) = self.enter_action().await? {
             return Ok(Err(error));
         }
-        let result = self.env.cluster.set_maintenance(on).await;
+        let result = self.env.set_maintenance(on).await;
         Ok(result.map_err(|e| self.driver_error(e)))
     }
 

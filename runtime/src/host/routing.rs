@@ -19,7 +19,7 @@ impl Host for GuestState {
         if let Err(error) = validate_weights(&pairs) {
             return Ok(Err(self.driver_error(error)));
         }
-        let result = self.env.cluster.set_weights(&pairs).await;
+        let result = self.env.set_weights(&pairs).await;
         Ok(result.map_err(|e| self.driver_error(e)))
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::bindings::strategy::slipway::deploy::scaling::Host;
 use crate::bindings::{ApiError, ReplicaCounts};
-use crate::driver::{DriverError, wait_until};
+use crate::driver::{Counts, DriverError, wait_until};
 use crate::events::EventKind;
 use crate::failure::Stop;
 use crate::guest::GuestState;
@@ -35,7 +35,7 @@ impl Host for GuestState {
             return Ok(Err(error));
         }
         let result = self.env.cluster.counts(revision);
-        Ok(result.map_err(|e| self.driver_error(e)))
+        Ok(result.map(ReplicaCounts::from).map_err(|e| self.driver_error(e)))
     }
 
     async fn wait_ready(
@@ -87,7 +87,7 @@ impl Host for GuestState {
                 timeout_ms,
                 |env, timeout| async move {
                     let what = format!("stopping down to {current} instances");
-                    wait_until(env.cluster.as_ref(), revision, timeout, &what, |c| c.current <= current).await
+                    wait_until(&env.cluster, revision, timeout, &what, |c| c.current <= current).await
                 },
                 |counts, timed_out| EventKind::WaitedStopped {
                     revision,
@@ -109,10 +109,10 @@ impl GuestState {
         &mut self,
         timeout_ms: u64,
         wait: impl FnOnce(Arc<RolloutEnv>, u64) -> F,
-        event: impl FnOnce(Option<ReplicaCounts>, bool) -> EventKind,
+        event: impl FnOnce(Option<Counts>, bool) -> EventKind,
     ) -> Result<ReplicaCounts, ApiError>
     where
-        F: Future<Output = Result<ReplicaCounts, DriverError>>,
+        F: Future<Output = Result<Counts, DriverError>>,
     {
         let remaining = self.env.remaining_ms();
         let clamped = timeout_ms > remaining;
@@ -128,7 +128,7 @@ impl GuestState {
         });
         match result {
             Err(DriverError::Timeout { .. }) if clamped => Err(self.stop(Stop::Deadline)),
-            other => other.map_err(|e| self.driver_error(e)),
+            other => other.map(ReplicaCounts::from).map_err(|e| self.driver_error(e)),
         }
     }
 }

@@ -26,7 +26,9 @@ impl Host for GuestState {
                 ready: report.ready,
             });
         }
-        Ok(result.map_err(|e| self.driver_error(e)))
+        Ok(result
+            .map(|r| super::types::probe_report(revision, r))
+            .map_err(|e| self.driver_error(e)))
     }
 
     async fn check_http(&mut self, check: HttpCheck) -> wasmtime::Result<Result<HttpCheckReport, ApiError>> {
@@ -57,7 +59,12 @@ impl Host for GuestState {
         let result = self
             .env
             .cluster
-            .check_http(check.revision, &check.path, check.expect_status, check.timeout_ms)
+            .check_http(
+                check.revision,
+                &check.path,
+                check.expect_status,
+                std::time::Duration::from_millis(u64::from(check.timeout_ms)),
+            )
             .await;
         if let Ok(report) = &result {
             self.env.record(EventKind::HttpChecked {
@@ -67,6 +74,6 @@ impl Host for GuestState {
                 passed: report.passed,
             });
         }
-        Ok(result.map_err(|e| self.driver_error(e)))
+        Ok(result.map(HttpCheckReport::from).map_err(|e| self.driver_error(e)))
     }
 }

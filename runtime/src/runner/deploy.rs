@@ -7,7 +7,6 @@ use tokio::sync::broadcast;
 
 use super::{AppHandle, Claim, DeployAccepted, DeployError, LiveRollout, Numbered, Runner, process_config};
 use crate::bindings::Revision;
-use crate::driver::compute::process::ProcessDriver;
 use crate::driver::{Cluster, wait_until};
 use crate::events::{Event, EventKind, RolloutOutcome, Timeline};
 use crate::hooks::WasmHooks;
@@ -44,7 +43,7 @@ pub(super) struct Ending<'a> {
     pub summary: &'a str,
     pub failure: Option<serde_json::Value>,
     pub spec: &'a Spec,
-    pub driver: &'a Arc<ProcessDriver>,
+    pub cluster: &'a Cluster,
 }
 
 /// How long the destroying step waits for a retired revision's instances to stop.
@@ -176,8 +175,8 @@ impl Runner {
             first_seq,
         } = job;
         let app = spec.name.clone();
-        let driver = claim.handle.driver.clone();
-        driver.add_revision(number, process_config(&spec));
+        let cluster = claim.handle.cluster.clone();
+        claim.handle.driver.define(number, process_config(&spec));
         self.log_store(
             self.store
                 .set_revision_state(&app, number, RevisionState::Creating, None),
@@ -189,20 +188,20 @@ impl Runner {
                 replicas: row.spec.get("replicas")?.as_u64()? as u32,
             })
         });
-        let others: Vec<Revision> = driver
-            .revisions_with_instances()
+        let others: Vec<Revision> = cluster
+            .compute
+            .revisions()
             .into_iter()
-            .filter(|r| *r != number && Some(*r) != active)
-            .map(|r| Revision { number: r, replicas: 0 })
+            .filter(|(r, c)| (c.desired > 0 || c.current > 0) && *r != number && Some(*r) != active)
+            .map(|(r, _)| Revision { number: r, replicas: 0 })
             .collect();
         let timeline = self.timeline_for(&id, &app, number, spec.replicas, first_seq);
-        driver.set_timeline(Some(timeline.clone()));
         if spec.lifecycle.maintenance_during_deploy {
-            self.log_driver(driver.set_maintenance(true).await);
+            self.log_driver(cluster.set_maintenance(true).await);
             self.log_store(self.store.set_maintenance(&app, true));
         }
         if resumed && let Some(active) = active_revision {
-            self.wait_for_restored(&driver, active, &timeline, spec.lifecycle.progress_deadline)
+            self.wait_for_restored(&cluster, active, &timeline, spec.lifecycle.progress_deadline)
                 .await;
         }
 
@@ -227,16 +226,19 @@ impl Runner {
             limits: self.limits.clone(),
             ..hooks
         };
+        // Followers see instances start and become ready as it happens, not only at the
+        // strategy's next step.
+        let pump = tokio::spawn(pump(timeline.clone(), cluster.clone()));
         let report = rollout::run_controlled(
             &strategy,
             &plan,
-            driver.clone(),
+            cluster.clone(),
             Arc::new(hooks),
             timeline,
             control.clone(),
         )
         .await;
-        driver.set_timeline(None);
+        pump.abort();
 
         let state = match report.outcome {
             RolloutOutcome::Succeeded => RolloutState::Succeeded,
@@ -254,7 +256,7 @@ impl Runner {
             summary: &report.summary,
             failure: report.failure.as_ref().and_then(|f| serde_json::to_value(f).ok()),
             spec: &spec,
-            driver: &driver,
+            cluster: &cluster,
         })
         .await;
         drop(claim);
@@ -264,13 +266,7 @@ impl Runner {
     /// the revision restored in its place serves at full size, so the strategy (which reads
     /// observed state) never mistakes instances that are still starting for broken ones. If
     /// it does not get there within the progress deadline, the rollout goes on regardless.
-    async fn wait_for_restored(
-        &self,
-        driver: &Arc<ProcessDriver>,
-        active: Revision,
-        timeline: &Timeline,
-        deadline: Duration,
-    ) {
+    async fn wait_for_restored(&self, cluster: &Cluster, active: Revision, timeline: &Timeline, deadline: Duration) {
         timeline.push(
             store::now_ms(),
             EventKind::Log {
@@ -282,7 +278,7 @@ impl Runner {
             },
             None,
         );
-        if let Err(error) = driver
+        if let Err(error) = cluster
             .wait_ready(active.number, active.replicas, deadline.as_millis() as u64)
             .await
         {
@@ -305,7 +301,7 @@ impl Runner {
         if end.state == RolloutState::Succeeded
             && let Some(old) = end.previous.filter(|old| *old != end.target)
         {
-            let has_instances = end.driver.counts(old).map(|c| c.current > 0).unwrap_or(false);
+            let has_instances = end.cluster.counts(old).map(|c| c.current > 0).unwrap_or(false);
             let state = if has_instances {
                 RevisionState::Keeping
             } else {
@@ -328,11 +324,11 @@ impl Runner {
         }
         if end.state == RolloutState::Succeeded {
             if end.spec.lifecycle.maintenance_during_deploy {
-                self.log_driver(end.driver.set_maintenance(false).await);
+                self.log_driver(end.cluster.set_maintenance(false).await);
                 self.log_store(self.store.set_maintenance(end.app, false));
             }
             if let Some((old, RevisionState::Keeping)) = previous {
-                self.schedule_destroy(end.app, old, end.spec.lifecycle.destroy_delay, end.driver.clone());
+                self.schedule_destroy(end.app, old, end.spec.lifecycle.destroy_delay, end.cluster.clone());
             }
         }
         if let Err(error) = self.prune(end.app) {
@@ -387,7 +383,7 @@ impl Runner {
     /// Keeps the replaced revision for the destroy delay, then stops its instances and keeps
     /// its config: `keeping` → `destroying` → `retained`. Unless an instant rollback made it
     /// running again meanwhile.
-    pub(super) fn schedule_destroy(&self, app: &str, revision: u32, after: Duration, driver: Arc<ProcessDriver>) {
+    pub(super) fn schedule_destroy(&self, app: &str, revision: u32, after: Duration, cluster: Cluster) {
         let runner = self.arc();
         let app = app.to_string();
         tokio::spawn(async move {
@@ -406,9 +402,9 @@ impl Runner {
                     .store
                     .set_revision_state(&app, revision, RevisionState::Destroying, None),
             );
-            runner.log_driver(driver.scale(revision, 0).await);
+            runner.log_driver(cluster.scale(revision, 0).await);
             let timeout = DESTROY_WAIT.as_millis() as u64;
-            let stopped = wait_until(driver.as_ref(), revision, timeout, "stopping", |c| c.current == 0).await;
+            let stopped = wait_until(&cluster, revision, timeout, "stopping", |c| c.current == 0).await;
             if let Err(error) = stopped {
                 tracing::warn!(%app, revision, %error, "a retired revision's instances are slow to stop");
             }
@@ -458,6 +454,15 @@ impl Runner {
 impl AppHandle {
     /// Whether the app's route shows the maintenance page now.
     pub(super) fn maintenance(&self) -> bool {
-        self.driver.maintenance()
+        self.cluster.maintenance()
+    }
+}
+
+/// Keeps `timeline` taking in `cluster`'s events as they happen, until aborted.
+async fn pump(timeline: Timeline, cluster: Cluster) {
+    loop {
+        let seen = cluster.generation();
+        timeline.pump();
+        cluster.wait_change(seen, 60_000).await;
     }
 }

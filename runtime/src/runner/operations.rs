@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{DeployError, Runner};
-use crate::driver::{Cluster, validate_weights};
+use crate::driver::validate_weights;
 use crate::protocol::{Deleted, MaintenanceSet, Routed, Scaled, Steer, Steered};
 use crate::spec;
 
@@ -52,7 +52,7 @@ impl Runner {
         self.not_while_rolling(app)?;
         self.store.set_scale(app, Some(replicas))?;
         self.existing_handle(app)?
-            .driver
+            .cluster
             .scale(active, replicas)
             .await
             .map_err(|e| DeployError::NotPossible(e.to_string()))?;
@@ -77,7 +77,7 @@ impl Runner {
         }
         let handle = self.existing_handle(app)?;
         for (revision, weight) in &pairs {
-            let serving = handle.driver.counts(*revision).map(|c| c.ready > 0).unwrap_or(false);
+            let serving = handle.cluster.counts(*revision).map(|c| c.ready > 0).unwrap_or(false);
             if *weight > 0 && !serving {
                 return Err(DeployError::NotPossible(format!(
                     "revision {revision} has no ready instance to send traffic to; roll back or redeploy it first"
@@ -85,7 +85,7 @@ impl Runner {
             }
         }
         handle
-            .driver
+            .cluster
             .set_weights(&pairs)
             .await
             .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
@@ -104,7 +104,7 @@ impl Runner {
         self.store.set_maintenance(app, on)?;
         if let Ok(handle) = self.existing_handle(app) {
             handle
-                .driver
+                .cluster
                 .set_maintenance(on)
                 .await
                 .map_err(|e| DeployError::NotPossible(e.to_string()))?;
@@ -124,7 +124,7 @@ impl Runner {
             // Holding the app's rollout slot keeps a deploy from starting while it goes.
             let _claim = self.claim(&handle)?;
             self.apps.lock().unwrap().remove(app);
-            stopped = handle.driver.snapshot().values().map(|s| s.current).sum();
+            stopped = handle.cluster.snapshot().values().map(|s| s.current).sum();
             handle.driver.stop_all().await;
         }
         self.store.delete_app(app)?;

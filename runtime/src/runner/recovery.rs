@@ -15,7 +15,7 @@
 
 use super::deploy::RolloutJob;
 use super::{DeployError, Runner, process_config, route_of};
-use crate::driver::{Cluster, MAX_WEIGHT};
+use crate::driver::MAX_WEIGHT;
 use crate::events::{Event, EventKind, HookOutcome};
 use crate::modules::World;
 use crate::spec;
@@ -76,7 +76,7 @@ impl Runner {
                 )];
             }
         };
-        let driver = handle.driver.clone();
+        let cluster = handle.cluster.clone();
         let revisions = match self.store.revisions(&app.name) {
             Ok(revisions) => revisions,
             Err(error) => return vec![format!("its revisions cannot be read ({error})")],
@@ -104,20 +104,20 @@ impl Runner {
                 self.log_store(done);
                 continue;
             }
-            driver.add_revision(revision.number, process_config(&spec));
+            handle.driver.define(revision.number, process_config(&spec));
             let replicas = if active {
                 app.scale.unwrap_or(spec.replicas)
             } else {
                 spec.replicas
             };
-            if let Err(error) = driver.scale(revision.number, replicas).await {
+            if let Err(error) = cluster.scale(revision.number, replicas).await {
                 problems.push(format!("revision {} could not be started ({error})", revision.number));
                 continue;
             }
             restored.push(revision.number);
             if !active {
                 let left = std::time::Duration::from_millis(kept_until.saturating_sub(store::now_ms()));
-                self.schedule_destroy(&app.name, revision.number, left, driver.clone());
+                self.schedule_destroy(&app.name, revision.number, left, cluster.clone());
             }
         }
 
@@ -144,11 +144,11 @@ impl Runner {
             }
         }
         if !weights.is_empty()
-            && let Err(error) = driver.set_weights(&weights).await
+            && let Err(error) = cluster.set_weights(&weights).await
         {
             problems.push(format!("its route could not be set ({error})"));
         }
-        if let Err(error) = driver.set_maintenance(app.maintenance).await {
+        if let Err(error) = cluster.set_maintenance(app.maintenance).await {
             problems.push(format!("its maintenance page could not be restored ({error})"));
         }
         if let Some(active) = app.active_revision {

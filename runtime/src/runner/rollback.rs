@@ -4,7 +4,7 @@
 use super::deploy::{Ending, RolloutJob};
 use super::{DeployAccepted, DeployError, Runner};
 use crate::bindings::Revision;
-use crate::driver::{Cluster, MAX_WEIGHT};
+use crate::driver::MAX_WEIGHT;
 use crate::events::{EventKind, RolloutOutcome};
 use crate::modules::World;
 use crate::store::{self, RevisionState, RolloutKind, RolloutState};
@@ -46,7 +46,7 @@ impl Runner {
         let handle = self.existing_handle(app)?;
         let kept = target.state == RevisionState::Keeping
             && handle
-                .driver
+                .cluster
                 .counts(target.number)
                 .map(|c| c.ready > 0)
                 .unwrap_or(false);
@@ -78,9 +78,9 @@ impl Runner {
         let runner = self.arc();
         let id = recorded.rollout.clone();
         tokio::spawn(async move {
-            let driver = claim.handle.driver.clone();
+            let cluster = claim.handle.cluster.clone();
             let timeline = runner.timeline_for(&id, &spec.name, number, spec.replicas, 0);
-            driver.set_timeline(Some(timeline.clone()));
+            timeline.attach(&cluster);
             let log = |message: String| {
                 timeline.push(
                     store::now_ms(),
@@ -99,18 +99,29 @@ impl Runner {
                 replicas: spec.replicas,
             };
             let outcome = async {
-                driver.scale(number, target.replicas).await.map_err(|e| e.to_string())?;
-                driver
+                cluster
+                    .scale(number, target.replicas)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                cluster
                     .wait_ready(number, target.replicas, INSTANT_ROLLBACK_WAIT_MS)
                     .await
                     .map_err(|e| e.to_string())?;
-                driver
+                cluster
                     .set_weights(&[(number, MAX_WEIGHT)])
                     .await
                     .map_err(|e| e.to_string())?;
-                crate::rollout::check_end_state(driver.as_ref(), target)
+                timeline.push(
+                    cluster.now_ms(),
+                    EventKind::WeightsChanged {
+                        weights: [(number, MAX_WEIGHT)].into(),
+                    },
+                    Some(cluster.snapshot()),
+                );
+                crate::rollout::check_end_state(&cluster, target)
             }
             .await;
+            timeline.detach();
             let (state, summary) = match &outcome {
                 Ok(()) => (
                     RolloutState::Succeeded,
@@ -136,7 +147,6 @@ impl Runner {
                 },
                 None,
             );
-            driver.set_timeline(None);
             runner
                 .finish(Ending {
                     app: &spec.name,
@@ -148,7 +158,7 @@ impl Runner {
                     summary: &summary,
                     failure: None,
                     spec: &spec,
-                    driver: &driver,
+                    cluster: &cluster,
                 })
                 .await;
             drop(claim);

@@ -1,16 +1,18 @@
-//! The process driver, the embedded default: every instance of a revision is a child process
-//! of the runner, fronted by the built-in router.
+//! The process driver, the embedded default: every instance of a revision is a child process.
 //!
-//! Each instance gets its own port (`PORT`), its own process group, and a readiness probe
+//! Each instance gets its own port (`PORT`), its own process group and a readiness probe
 //! loop. A crashed instance is replaced after a backoff. Stopping an instance takes it out of
-//! rotation, drains its in-flight requests, then sends SIGTERM to its process group and
-//! SIGKILL after the grace period.
+//! rotation, has the router drain its in-flight requests, then sends SIGTERM to its process
+//! group and SIGKILL after the grace period. Its output goes to a file of its own (see
+//! [`OutputFiles`]), never into memory.
 //!
-//! **Invariant:** the runner reaps every child it starts, and children die with the runner:
-//! each is started with a parent-death signal, so even a runner killed with SIGKILL leaves no
-//! instance behind.
+//! The driver knows its router only as [`Backends`]: it tells it which instances of each
+//! revision are ready, and asks it to drain one before stopping it.
+//!
+//! **Invariant:** whoever runs this driver reaps every child it starts, and children die with
+//! it: each is started with a parent-death signal, so even a SIGKILL leaves no instance behind.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,18 +23,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
-use crate::bindings::{HttpCheckReport, ProbeReport, ReplicaCounts};
-use crate::driver::router::builtin::{Backend, BuiltinRouter, RouteTable, RoutedRevision};
-use crate::driver::{Cluster, DriverError, validate_weights};
-use crate::events::{EventKind, RevisionSnapshot, Timeline};
+use super::output::{OutputFiles, last_lines};
+use crate::driver::{Compute, Counts, DriverError, DriverEvent, Endpoint, Happened, HttpResult, ProbeResult};
 use crate::probe::{ProbeCheck, Thresholds, probe_once};
 use crate::spec::SecretSource;
 
-/// Lines of output kept per instance.
-const OUTPUT_LINES: usize = 50;
 /// The first restart of a crashed instance waits this long; each crash in a row doubles it.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
@@ -45,9 +42,23 @@ const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(2);
 const FIRST_PROBING: Duration = Duration::from_millis(100);
 const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const FAST_PROBING: Duration = Duration::from_secs(1);
+/// Lines of an instance's output quoted when it crashes.
+const CRASH_LINES: usize = 5;
+/// Driver events kept for a slow listener before it misses some.
+const EVENT_BACKLOG: usize = 4096;
+
+/// What a compute driver needs from the router in front of its instances.
+#[async_trait]
+pub trait Backends: Send + Sync {
+    /// The ready instances of `revision` are now `endpoints` (replacing what was said before).
+    fn set_endpoints(&self, revision: u32, endpoints: Vec<Endpoint>);
+    /// Waits until no request is in flight to `instance` (after it left its endpoints), or
+    /// `timeout`; returns whether it drained.
+    async fn drain(&self, instance: &str, timeout: Duration) -> bool;
+}
 
 /// How to run and probe the instances of one revision.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessConfig {
     pub program: String,
     pub args: Vec<String>,
@@ -64,24 +75,23 @@ pub struct ProcessConfig {
     pub failure_threshold: u32,
 }
 
-/// The instances of one app, and its router.
+/// The instances of one app.
 pub struct ProcessDriver {
     app: String,
-    router: Arc<BuiltinRouter>,
+    backends: Arc<dyn Backends>,
+    output: OutputFiles,
     state: Mutex<DriverState>,
     /// Held for the whole of a reconcile, so two of them (after crashes, a scale) can never
     /// both count the same missing instances and start them twice.
     reconciling: Mutex<()>,
     changed: watch::Sender<u64>,
-    timeline: Mutex<Option<Timeline>>,
+    events: broadcast::Sender<DriverEvent>,
     this: Weak<ProcessDriver>,
 }
 
 #[derive(Default)]
 struct DriverState {
     revisions: BTreeMap<u32, RevisionInstances>,
-    weights: BTreeMap<u32, u32>,
-    maintenance: bool,
     next_instance: u64,
 }
 
@@ -99,52 +109,43 @@ struct Instance {
     /// Start order within the driver: a higher number started later.
     seq: u64,
     revision: u32,
-    backend: Arc<Backend>,
+    addr: SocketAddr,
     pid: Mutex<Option<u32>>,
     ready: AtomicBool,
     stopping: AtomicBool,
     exited: watch::Sender<bool>,
-    output: Mutex<VecDeque<String>>,
 }
 
 impl Instance {
     fn live(&self) -> bool {
         !self.stopping.load(Ordering::SeqCst) && !*self.exited.borrow()
     }
+
     fn serving(&self) -> bool {
         self.live() && self.ready.load(Ordering::SeqCst)
-    }
-    fn output_tail(&self) -> String {
-        self.output
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 }
 
 impl ProcessDriver {
-    pub fn new(app: &str, router: Arc<BuiltinRouter>) -> Arc<ProcessDriver> {
+    /// A driver for `app` whose instances sit behind `backends` and write their output to
+    /// `output`.
+    pub fn new(app: &str, backends: Arc<dyn Backends>, output: OutputFiles) -> Arc<ProcessDriver> {
         let (changed, _) = watch::channel(0);
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Arc::new_cyclic(|this| ProcessDriver {
             app: app.to_string(),
-            router,
+            backends,
+            output,
             state: Mutex::new(DriverState::default()),
             reconciling: Mutex::new(()),
             changed,
-            timeline: Mutex::new(None),
+            events,
             this: this.clone(),
         })
     }
 
-    pub fn router(&self) -> &Arc<BuiltinRouter> {
-        &self.router
-    }
-
     /// Makes `revision` known with how to run it. Idempotent.
-    pub fn add_revision(&self, revision: u32, config: ProcessConfig) {
+    pub fn define(&self, revision: u32, config: ProcessConfig) {
         let mut state = self.state.lock().unwrap();
         state.revisions.entry(revision).or_insert_with(|| RevisionInstances {
             config: Arc::new(config),
@@ -156,25 +157,20 @@ impl ProcessDriver {
         });
     }
 
-    /// Where instance events go while a rollout runs.
-    pub fn set_timeline(&self, timeline: Option<Timeline>) {
-        *self.timeline.lock().unwrap() = timeline;
-    }
-
-    /// Every revision's instances and weight now.
-    pub fn snapshot(&self) -> BTreeMap<u32, RevisionSnapshot> {
+    /// How `revision` is run, if it is defined.
+    pub fn config(&self, revision: u32) -> Option<ProcessConfig> {
         let state = self.state.lock().unwrap();
-        snapshot(&state)
+        state.revisions.get(&revision).map(|r| (*r.config).clone())
     }
 
-    /// Revisions with at least one instance (running, starting or stopping).
-    pub fn revisions_with_instances(&self) -> Vec<u32> {
+    /// The instances running now: (revision, instance, pid, address, ready).
+    pub fn instances(&self) -> Vec<(u32, String, Option<u32>, SocketAddr, bool)> {
         let state = self.state.lock().unwrap();
         state
             .revisions
-            .iter()
-            .filter(|(_, r)| !r.instances.is_empty() || r.desired > 0)
-            .map(|(n, _)| *n)
+            .values()
+            .flat_map(|r| r.instances.iter())
+            .map(|i| (i.revision, i.id.clone(), *i.pid.lock().unwrap(), i.addr, i.serving()))
             .collect()
     }
 
@@ -195,45 +191,42 @@ impl ProcessDriver {
         futures_util::future::join_all(stops).await;
     }
 
-    fn emit(&self, kind: EventKind) {
-        let timeline = self.timeline.lock().unwrap().clone();
-        if let Some(timeline) = timeline {
-            let state = snapshot(&self.state.lock().unwrap());
-            timeline.push(crate::store::now_ms(), kind, Some(state));
-        }
+    fn emit(&self, revision: u32, what: Happened) {
+        let counts = counts_of(&self.state.lock().unwrap());
+        // Nobody listening is fine: events are for whoever follows.
+        let _ = self.events.send(DriverEvent {
+            at_ms: crate::store::now_ms(),
+            revision,
+            what,
+            counts,
+        });
+        self.notify();
     }
 
     fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Rebuilds the router's table from the serving instances, weights and maintenance flag.
-    fn publish(&self) {
-        let table = {
+    /// Tells the router which instances of `revision` are ready now.
+    fn publish(&self, revision: u32) {
+        let endpoints = {
             let state = self.state.lock().unwrap();
-            RouteTable {
-                maintenance: state.maintenance,
-                revisions: state
-                    .weights
-                    .iter()
-                    .filter_map(|(number, weight)| {
-                        let revision = state.revisions.get(number)?;
-                        let backends = revision
-                            .instances
-                            .iter()
-                            .filter(|i| i.serving())
-                            .map(|i| i.backend.clone())
-                            .collect();
-                        Some(RoutedRevision {
-                            revision: *number,
-                            weight: *weight,
-                            backends,
+            state
+                .revisions
+                .get(&revision)
+                .map(|r| {
+                    r.instances
+                        .iter()
+                        .filter(|i| i.serving())
+                        .map(|i| Endpoint {
+                            instance: i.id.clone(),
+                            addr: i.addr,
                         })
-                    })
-                    .collect(),
-            }
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        self.router.update(table);
+        self.backends.set_endpoints(revision, endpoints);
     }
 
     /// Starts or stops instances of `revision` until it matches its desired count.
@@ -258,17 +251,15 @@ impl ProcessDriver {
                 // Not-ready instances go first, then the newest: never remove a ready instance
                 // while an unready one could go instead.
                 live.sort_by_key(|i| (i.ready.load(Ordering::SeqCst), std::cmp::Reverse(i.seq)));
-                for instance in live
-                    .into_iter()
-                    .take(rev.instances.iter().filter(|i| i.live()).count() - desired)
-                {
+                let excess = live.len() - desired;
+                for instance in live.into_iter().take(excess) {
                     instance.stopping.store(true, Ordering::SeqCst);
                     to_stop.push(instance);
                 }
             }
         }
         if !to_stop.is_empty() {
-            self.publish();
+            self.publish(revision);
             self.notify();
         }
         for instance in to_stop {
@@ -278,19 +269,17 @@ impl ProcessDriver {
         for _ in 0..to_start {
             if let Err(error) = self.start_instance(revision) {
                 tracing::warn!(app = %self.app, revision, %error, "could not start an instance");
-                let mut state = self.state.lock().unwrap();
-                if let Some(rev) = state.revisions.get_mut(&revision) {
-                    rev.failed += 1;
-                    rev.crashes_in_a_row += 1;
-                    let backoff = backoff(rev.crashes_in_a_row);
-                    rev.restart_after = Some(Instant::now() + backoff);
-                    retry_in = Some(backoff);
+                {
+                    let mut state = self.state.lock().unwrap();
+                    if let Some(rev) = state.revisions.get_mut(&revision) {
+                        rev.failed += 1;
+                        rev.crashes_in_a_row += 1;
+                        let backoff = backoff(rev.crashes_in_a_row);
+                        rev.restart_after = Some(Instant::now() + backoff);
+                        retry_in = Some(backoff);
+                    }
                 }
-                drop(state);
-                self.emit(EventKind::Log {
-                    level: "error".into(),
-                    message: format!("revision {revision}: cannot start {error}"),
-                });
+                self.emit(revision, Happened::StartFailed { message: error });
                 break;
             }
         }
@@ -334,40 +323,18 @@ impl ProcessDriver {
         }
         set_parent_death_signal(&mut command);
         let mut child = command.spawn().map_err(|e| format!("{:?}: {e}", config.program))?;
+        self.output.capture(&id, child.stdout.take(), child.stderr.take());
         let (exited, _) = watch::channel(false);
         let instance = Arc::new(Instance {
             id: id.clone(),
             seq,
             revision,
-            backend: Backend::new(id.clone(), addr),
+            addr,
             pid: Mutex::new(child.id()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             exited,
-            output: Mutex::new(VecDeque::new()),
         });
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child.stderr.take().map(|s| Box::new(s) as _),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let instance = instance.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut output = instance.output.lock().unwrap();
-                    if output.len() == OUTPUT_LINES {
-                        output.pop_front();
-                    }
-                    output.push_back(line);
-                }
-            });
-        }
         self.state
             .lock()
             .unwrap()
@@ -376,8 +343,7 @@ impl ProcessDriver {
             .expect("revision")
             .instances
             .push(instance.clone());
-        self.notify();
-        self.emit(EventKind::InstanceStarted { revision, instance: id });
+        self.emit(revision, Happened::Started { instance: id });
 
         let this = self.this.upgrade().expect("driver alive");
         let supervised = instance.clone();
@@ -394,6 +360,7 @@ impl ProcessDriver {
     }
 
     fn on_exit(&self, instance: &Arc<Instance>, status: String) {
+        let was_serving = instance.serving();
         instance.ready.store(false, Ordering::SeqCst);
         *instance.pid.lock().unwrap() = None;
         let _ = instance.exited.send(true);
@@ -411,37 +378,30 @@ impl ProcessDriver {
                 }
             }
         }
-        self.publish();
-        self.notify();
+        if was_serving {
+            self.publish(instance.revision);
+        }
         if crashed {
-            let tail = instance.output_tail();
             tracing::warn!(app = %self.app, instance = %instance.id, %status, "instance exited unexpectedly");
-            self.emit(EventKind::InstanceCrashed {
-                revision: instance.revision,
-                instance: instance.id.clone(),
-                restart_in_ms: restart_in.as_millis() as u64,
-            });
-            if !tail.is_empty() {
-                let last: Vec<&str> = tail
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                self.emit(EventKind::Log {
-                    level: "warn".into(),
-                    message: format!("{} exited ({status}); last output: {}", instance.id, last.join(" | ")),
-                });
-            }
+            self.emit(
+                instance.revision,
+                Happened::Crashed {
+                    instance: instance.id.clone(),
+                    status,
+                    restart_in_ms: restart_in.as_millis() as u64,
+                    last_output: last_lines(&self.output.path(&instance.id), CRASH_LINES),
+                },
+            );
             self.reconcile(instance.revision);
         } else {
-            self.emit(EventKind::InstanceStopped {
-                revision: instance.revision,
-                instance: instance.id.clone(),
-            });
+            self.emit(
+                instance.revision,
+                Happened::Stopped {
+                    instance: instance.id.clone(),
+                },
+            );
         }
+        self.output.closed(&instance.id);
     }
 
     async fn probe_loop(&self, instance: Arc<Instance>, config: Arc<ProcessConfig>) {
@@ -457,7 +417,7 @@ impl ProcessDriver {
             if !instance.live() {
                 return;
             }
-            let passed = probe_once(&config.probe, instance.backend.addr(), config.probe_timeout)
+            let passed = probe_once(&config.probe, instance.addr, config.probe_timeout)
                 .await
                 .is_ok();
             let ready = thresholds.record(passed);
@@ -469,19 +429,14 @@ impl ProcessDriver {
                         rev.restart_after = None;
                     }
                 }
-                self.publish();
-                self.notify();
-                if ready {
-                    self.emit(EventKind::InstanceReady {
-                        revision: instance.revision,
-                        instance: instance.id.clone(),
-                    });
+                self.publish(instance.revision);
+                let id = instance.id.clone();
+                let what = if ready {
+                    Happened::Ready { instance: id }
                 } else {
-                    self.emit(EventKind::Log {
-                        level: "warn".into(),
-                        message: format!("{} stopped passing its readiness probe", instance.id),
-                    });
-                }
+                    Happened::NotReady { instance: id }
+                };
+                self.emit(instance.revision, what);
             }
             delay = if ready {
                 config.probe_interval
@@ -497,8 +452,9 @@ impl ProcessDriver {
 
     /// Takes `instance` out of rotation, drains it, and stops its process group.
     async fn stop_instance(&self, instance: Arc<Instance>) {
+        let was_serving = instance.serving();
         instance.stopping.store(true, Ordering::SeqCst);
-        self.publish();
+        self.publish(instance.revision);
         self.notify();
         let grace = self
             .state
@@ -509,8 +465,8 @@ impl ProcessDriver {
             .map(|r| r.config.grace)
             .unwrap_or(Duration::from_secs(30));
         let started = Instant::now();
-        if instance.ready.load(Ordering::SeqCst) {
-            self.router.drain(&instance.backend, grace).await;
+        if was_serving {
+            self.backends.drain(&instance.id, grace).await;
         }
         let mut exited = instance.exited.subscribe();
         if *exited.borrow() {
@@ -525,22 +481,33 @@ impl ProcessDriver {
         }
     }
 
-    fn wait_error(&self, revision: u32, ready: u32, timeout_ms: u64) -> DriverError {
-        let counts = self.counts(revision).unwrap_or(ReplicaCounts {
-            desired: 0,
-            current: 0,
-            ready: 0,
-            failed: 0,
-        });
-        let mut message = format!(
-            "revision {revision}: {} of {ready} wanted instances ready after {} s",
-            counts.ready,
-            timeout_ms / 1000
-        );
-        if counts.failed > 0 {
-            message.push_str(&format!(" ({} crashed)", counts.failed));
-        }
-        DriverError::Timeout { message, counts }
+    async fn check(
+        &self,
+        revision: u32,
+        check: &ProbeCheck,
+        timeout: Duration,
+        serving_only: bool,
+    ) -> Result<(u32, Vec<String>), DriverError> {
+        let instances: Vec<Arc<Instance>> = {
+            let state = self.state.lock().unwrap();
+            let rev = state
+                .revisions
+                .get(&revision)
+                .ok_or(DriverError::UnknownRevision(revision))?;
+            rev.instances
+                .iter()
+                .filter(|i| if serving_only { i.serving() } else { i.live() })
+                .cloned()
+                .collect()
+        };
+        let results =
+            futures_util::future::join_all(instances.iter().map(|i| probe_once(check, i.addr, timeout))).await;
+        let failures = instances
+            .iter()
+            .zip(&results)
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("{}: {e}", i.id)))
+            .collect();
+        Ok((instances.len() as u32, failures))
     }
 }
 
@@ -556,26 +523,17 @@ fn backoff(crashes: u32) -> Duration {
         .min(MAX_RESTART_BACKOFF)
 }
 
-fn snapshot(state: &DriverState) -> BTreeMap<u32, RevisionSnapshot> {
-    state
-        .revisions
-        .iter()
-        .filter(|(number, r)| r.desired > 0 || !r.instances.is_empty() || state.weights.contains_key(number))
-        .map(|(number, r)| {
-            let current = r.instances.len() as u32;
-            let ready = r.instances.iter().filter(|i| i.serving()).count() as u32;
-            let weight = state.weights.get(number).copied().unwrap_or(0);
-            (
-                *number,
-                RevisionSnapshot {
-                    desired: r.desired,
-                    current,
-                    ready,
-                    weight,
-                },
-            )
-        })
-        .collect()
+fn counts_of(state: &DriverState) -> BTreeMap<u32, Counts> {
+    state.revisions.iter().map(|(number, r)| (*number, counts(r))).collect()
+}
+
+fn counts(r: &RevisionInstances) -> Counts {
+    Counts {
+        desired: r.desired,
+        current: r.instances.len() as u32,
+        ready: r.instances.iter().filter(|i| i.serving()).count() as u32,
+        failed: r.failed,
+    }
 }
 
 /// A port nobody listens on right now, for the next instance.
@@ -583,7 +541,7 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Children get SIGTERM when the runner dies, however it dies.
+/// Children get SIGTERM when their parent dies, however it dies.
 #[allow(unsafe_code)]
 fn set_parent_death_signal(command: &mut tokio::process::Command) {
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
@@ -597,15 +555,7 @@ fn set_parent_death_signal(command: &mut tokio::process::Command) {
 }
 
 #[async_trait]
-impl Cluster for ProcessDriver {
-    fn now_ms(&self) -> u64 {
-        crate::store::now_ms()
-    }
-
-    async fn sleep_ms(&self, ms: u64) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-
+impl Compute for ProcessDriver {
     async fn scale(&self, revision: u32, replicas: u32) -> Result<(), DriverError> {
         let from = {
             let mut state = self.state.lock().unwrap();
@@ -613,83 +563,24 @@ impl Cluster for ProcessDriver {
                 .revisions
                 .get_mut(&revision)
                 .ok_or(DriverError::UnknownRevision(revision))?;
-            let from = rev.desired;
-            rev.desired = replicas;
-            from
+            std::mem::replace(&mut rev.desired, replicas)
         };
-        self.emit(EventKind::Scaled {
-            revision,
-            from,
-            to: replicas,
-        });
+        self.emit(revision, Happened::Scaled { from, to: replicas });
         self.reconcile(revision);
         Ok(())
     }
 
-    fn counts(&self, revision: u32) -> Result<ReplicaCounts, DriverError> {
+    fn counts(&self, revision: u32) -> Result<Counts, DriverError> {
         let state = self.state.lock().unwrap();
         let rev = state
             .revisions
             .get(&revision)
             .ok_or(DriverError::UnknownRevision(revision))?;
-        Ok(ReplicaCounts {
-            desired: rev.desired,
-            current: rev.instances.len() as u32,
-            ready: rev.instances.iter().filter(|i| i.serving()).count() as u32,
-            failed: rev.failed,
-        })
+        Ok(counts(rev))
     }
 
-    async fn wait_ready(&self, revision: u32, ready: u32, timeout_ms: u64) -> Result<ReplicaCounts, DriverError> {
-        let mut changes = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-        loop {
-            let counts = self.counts(revision)?;
-            if counts.ready >= ready {
-                return Ok(counts);
-            }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-                return Err(self.wait_error(revision, ready, timeout_ms));
-            }
-        }
-    }
-
-    async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
-        validate_weights(weights)?;
-        let shown = {
-            let mut state = self.state.lock().unwrap();
-            for (revision, _) in weights {
-                if !state.revisions.contains_key(revision) {
-                    return Err(DriverError::UnknownRevision(*revision));
-                }
-            }
-            state.weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
-            state.weights.clone()
-        };
-        self.publish();
-        self.emit(EventKind::WeightsChanged { weights: shown });
-        Ok(())
-    }
-
-    fn weights(&self) -> Vec<(u32, u32)> {
-        self.state
-            .lock()
-            .unwrap()
-            .weights
-            .iter()
-            .map(|(r, w)| (*r, *w))
-            .collect()
-    }
-
-    async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
-        self.state.lock().unwrap().maintenance = on;
-        self.publish();
-        self.emit(EventKind::Maintenance { on });
-        Ok(())
-    }
-
-    fn maintenance(&self) -> bool {
-        self.state.lock().unwrap().maintenance
+    fn revisions(&self) -> BTreeMap<u32, Counts> {
+        counts_of(&self.state.lock().unwrap())
     }
 
     fn generation(&self) -> u64 {
@@ -702,33 +593,12 @@ impl Cluster for ProcessDriver {
         self.generation()
     }
 
-    async fn probe(&self, revision: u32) -> Result<ProbeReport, DriverError> {
-        let (instances, config) = {
-            let state = self.state.lock().unwrap();
-            let rev = state
-                .revisions
-                .get(&revision)
-                .ok_or(DriverError::UnknownRevision(revision))?;
-            (
-                rev.instances.iter().filter(|i| i.live()).cloned().collect::<Vec<_>>(),
-                rev.config.clone(),
-            )
-        };
-        let results = futures_util::future::join_all(
-            instances
-                .iter()
-                .map(|i| probe_once(&config.probe, i.backend.addr(), config.probe_timeout)),
-        )
-        .await;
-        let failures: Vec<String> = instances
-            .iter()
-            .zip(&results)
-            .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("{}: {e}", i.id)))
-            .collect();
-        Ok(ProbeReport {
-            revision,
-            probed: instances.len() as u32,
-            ready: (instances.len() - failures.len()) as u32,
+    async fn probe(&self, revision: u32) -> Result<ProbeResult, DriverError> {
+        let config = self.config(revision).ok_or(DriverError::UnknownRevision(revision))?;
+        let (probed, failures) = self.check(revision, &config.probe, config.probe_timeout, false).await?;
+        Ok(ProbeResult {
+            probed,
+            ready: probed - failures.len() as u32,
             failures,
         })
     }
@@ -737,34 +607,22 @@ impl Cluster for ProcessDriver {
         &self,
         revision: u32,
         path: &str,
-        expect_status: u16,
-        timeout_ms: u32,
-    ) -> Result<HttpCheckReport, DriverError> {
-        let instances: Vec<Arc<Instance>> = {
-            let state = self.state.lock().unwrap();
-            let rev = state
-                .revisions
-                .get(&revision)
-                .ok_or(DriverError::UnknownRevision(revision))?;
-            rev.instances.iter().filter(|i| i.serving()).cloned().collect()
-        };
+        status: u16,
+        timeout: Duration,
+    ) -> Result<HttpResult, DriverError> {
         let check = ProbeCheck::Http {
             path: path.to_string(),
-            status: expect_status,
+            status,
         };
-        let timeout = Duration::from_millis(u64::from(timeout_ms));
-        let results =
-            futures_util::future::join_all(instances.iter().map(|i| probe_once(&check, i.backend.addr(), timeout)))
-                .await;
-        let failures: Vec<String> = instances
-            .iter()
-            .zip(&results)
-            .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("{}: {e}", i.id)))
-            .collect();
-        Ok(HttpCheckReport {
-            checked: instances.len() as u32,
-            passed: (instances.len() - failures.len()) as u32,
+        let (checked, failures) = self.check(revision, &check, timeout, true).await?;
+        Ok(HttpResult {
+            checked,
+            passed: checked - failures.len() as u32,
             failures,
         })
+    }
+
+    fn events(&self) -> broadcast::Receiver<DriverEvent> {
+        self.events.subscribe()
     }
 }
