@@ -540,14 +540,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
             }
         }
     }
-    let routers = state.runner.routers();
-    let metrics: Vec<(&str, Arc<crate::driver::router::builtin::RouterMetrics>)> = routers
-        .iter()
-        .map(|(app, router)| (app.as_str(), router.metrics()))
-        .collect();
-    let borrowed: Vec<(&str, &crate::driver::router::builtin::RouterMetrics)> =
-        metrics.iter().map(|(a, m)| (*a, m.as_ref())).collect();
-    crate::driver::router::builtin::RouterMetrics::render_all(&borrowed, &mut out);
+    out.push_str(&state.runner.router_metrics().await);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -35,8 +35,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the runner: apps, rollouts and the HTTP API, with local processes and the built-in
-    /// router. Stops every instance on SIGTERM or SIGINT.
+    /// router (in a data plane process it starts). Stops every instance on SIGTERM or SIGINT.
     Serve(serve::ServeArgs),
+    /// Run the data plane: the routers and instances of every app of a data directory.
+    /// `slipway serve` starts it; it outlives a runner that is killed or upgraded.
+    Dataplane(serve::DataplaneArgs),
     /// Deploy a spec file and follow the rollout. Exits 0 when it succeeds, 1 when it fails.
     Deploy(DeployArgs),
     /// Show apps and their instances.
@@ -287,6 +290,7 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Dataplane(args) => serve::dataplane(args).await,
         Command::Deploy(args) => deploy(args).await,
         Command::Status(args) => status(args).await,
         Command::History(args) => history(args).await,

@@ -80,6 +80,8 @@ pub struct Endpoint {
 pub struct DriverEvent {
     /// When, by the driver's clock (milliseconds since the Unix epoch).
     pub at_ms: u64,
+    /// The driver's [`Compute::generation`] after it: later events have higher ones.
+    pub generation: u64,
     pub revision: u32,
     pub what: Happened,
     pub counts: BTreeMap<u32, Counts>,
@@ -101,6 +103,10 @@ pub enum Happened {
     },
     /// A ready instance stopped passing its readiness probe.
     NotReady {
+        instance: String,
+    },
+    /// A stopping instance left its endpoints and drains before it is signalled.
+    Draining {
         instance: String,
     },
     /// It exited on its own; it is replaced after `restart_in_ms`.

@@ -328,6 +328,8 @@ fn kinds_of(event: &DriverEvent) -> Vec<EventKind> {
             }
             kinds
         }
+        // Shown when it has stopped.
+        Happened::Draining { .. } => Vec::new(),
         Happened::Stopped { instance } => vec![EventKind::InstanceStopped {
             revision,
             instance: instance.clone(),

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod bindings;
 pub mod cli;
+pub mod dataplane;
 pub mod driver;
 pub mod engine;
 pub mod events;

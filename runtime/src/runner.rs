@@ -38,10 +38,8 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::driver::compute::output::OutputFiles;
-use crate::driver::compute::process::{ProcessConfig, ProcessDriver};
-use crate::driver::router::builtin::BuiltinRouter;
-use crate::driver::router::local::LocalRouter;
+use crate::dataplane::client::{PlaneClient, RemoteApp, Start};
+use crate::driver::compute::process::ProcessConfig;
 use crate::driver::{Cluster, WallClock};
 use crate::engine::Limits;
 use crate::events::Event;
@@ -113,6 +111,8 @@ pub use crate::protocol::DeployAccepted;
 pub struct RunnerConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// How to get a data plane when none runs for the data directory.
+    pub plane: Start,
 }
 
 /// An event as delivered to followers, with its sequence number within the rollout.
@@ -124,6 +124,7 @@ pub struct Numbered {
 
 pub struct Runner {
     store: Store,
+    plane: Arc<PlaneClient>,
     loader: ModuleLoader,
     data_dir: PathBuf,
     modules_dir: cap_std::fs::Dir,
@@ -141,13 +142,11 @@ struct LiveRollout {
 
 struct AppHandle {
     name: String,
-    /// Its instances, to define revisions on and stop.
-    driver: Arc<ProcessDriver>,
-    /// Its router.
-    router: Arc<LocalRouter>,
+    /// Its instances and router in the data plane.
+    plane: Arc<RemoteApp>,
     /// Both, as rollouts and operations act on them.
     cluster: Cluster,
-    listen: SocketAddr,
+    listen: Mutex<SocketAddr>,
     /// The running rollout's id, set by a [`Claim`].
     rollout: Mutex<Option<String>>,
 }
@@ -183,8 +182,10 @@ impl Runner {
         let modules_dir = data.open_dir("modules")?;
         let uploads_dir = data.open_dir("uploads")?;
         let store = Store::open(&config.data_dir.join("slipway.db"))?;
+        let plane = PlaneClient::connect(&config.data_dir, config.plane.clone()).await?;
         let runner = Arc::new_cyclic(|this| Runner {
             store,
+            plane,
             loader,
             data_dir: config.data_dir.clone(),
             modules_dir,
@@ -211,36 +212,51 @@ impl Runner {
         self.this.upgrade().expect("the runner is alive while it serves")
     }
 
-    /// Stops every instance and router; waits for them.
+    /// Stops every instance, router and the data plane; waits for them.
     pub async fn shutdown(&self) {
-        let apps: Vec<Arc<AppHandle>> = self.apps.lock().unwrap().drain().map(|(_, a)| a).collect();
-        futures_util::future::join_all(apps.iter().map(|app| app.driver.stop_all())).await;
+        self.apps.lock().unwrap().clear();
+        if let Err(error) = self.plane.shutdown().await {
+            tracing::warn!(%error, "could not stop the data plane");
+        }
     }
 
-    /// The app's router and driver, created (and its router bound) on first use.
+    /// Resolves when the connection to the data plane is lost: traffic is down, and a
+    /// restarted runner starts a new data plane and restores every app.
+    pub async fn plane_lost(&self) {
+        self.plane.lost().await;
+    }
+
+    /// The routers' counters from the data plane, in Prometheus text format.
+    pub async fn router_metrics(&self) -> String {
+        self.plane.metrics().await.unwrap_or_default()
+    }
+
+    /// The app's router and instances in the data plane, created (and its router bound) on
+    /// first use. A new listen address moves the router: the data plane binds it before it
+    /// lets the old one go.
     async fn app_handle(&self, spec: &Spec) -> Result<Arc<AppHandle>, DeployError> {
-        if let Some(handle) = self.apps.lock().unwrap().get(&spec.name) {
-            if handle.listen != spec.listen {
-                return Err(DeployError::InvalidSpec(format!(
-                    "listen: {} is bound to {}; the listen address of an existing app cannot change",
-                    spec.name, handle.listen
-                )));
+        let existing = self.apps.lock().unwrap().get(&spec.name).cloned();
+        if let Some(handle) = existing {
+            let listen = *handle.listen.lock().unwrap();
+            if listen != spec.listen {
+                self.plane
+                    .app(&spec.name, spec.listen)
+                    .await
+                    .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
+                *handle.listen.lock().unwrap() = spec.listen;
             }
-            return Ok(handle.clone());
+            return Ok(handle);
         }
-        let router = BuiltinRouter::bind(&spec.name, spec.listen)
+        let plane = self
+            .plane
+            .app(&spec.name, spec.listen)
             .await
-            .map_err(|e| DeployError::InvalidSpec(format!("listen: cannot listen on {}: {e}", spec.listen)))?;
-        let router = LocalRouter::new(Arc::new(router));
-        let output = OutputFiles::new(self.data_dir.join("output").join(&spec.name))
-            .map_err(|e| anyhow::anyhow!("creating the output directory: {e}"))?;
-        let driver = ProcessDriver::new(&spec.name, router.clone(), output);
+            .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
         let handle = Arc::new(AppHandle {
             name: spec.name.clone(),
-            cluster: Cluster::new(driver.clone(), router.clone(), Arc::new(WallClock)),
-            driver,
-            router,
-            listen: spec.listen,
+            cluster: Cluster::new(plane.clone(), plane.clone(), Arc::new(WallClock)),
+            plane,
+            listen: Mutex::new(spec.listen),
             rollout: Mutex::new(None),
         });
         let mut apps = self.apps.lock().unwrap();
@@ -313,7 +329,7 @@ impl Runner {
     pub fn app_status(&self, app: store::AppRow) -> AppStatus {
         let handle = self.apps.lock().unwrap().get(&app.name).cloned();
         let instances = handle.map(|handle| Instances {
-            listen: handle.listen,
+            listen: *handle.listen.lock().unwrap(),
             maintenance: handle.maintenance(),
             revisions: handle.cluster.snapshot(),
         });
@@ -327,16 +343,6 @@ impl Runner {
             spec: app.spec,
             updated_at: app.updated_at,
         }
-    }
-
-    /// Every app's router, for metrics.
-    pub fn routers(&self) -> Vec<(String, Arc<BuiltinRouter>)> {
-        self.apps
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(name, h)| (name.clone(), h.router.router().clone()))
-            .collect()
     }
 
     /// A revision's spec with the app's current lifecycle settings (which belong to the app,

@@ -157,6 +157,7 @@ impl SimCluster {
         // Nobody listening is fine.
         let _ = self.events.send(DriverEvent {
             at_ms: state.now,
+            generation: state.generation,
             revision,
             what,
             counts,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::load::{Load, Tally};
-use crate::runner::{ADMIN, DEPLOY, READ, Server, alive, children_of, free_port, hello_spec, write_spec};
+use crate::runner::{ADMIN, DEPLOY, READ, Server, alive, free_port, hello_spec, write_spec};
 use crate::support::{exclusive, guest};
 
 fn listen() -> SocketAddr {
@@ -363,11 +363,16 @@ fn stopping_the_runner_leaves_no_child_processes() {
     let addr = listen();
     let spec = write_spec(&hello_spec(addr, "v1", "builtin:rolling", "{}", ""));
     assert!(server.cli(&["deploy", spec.to_str().unwrap()]).status.success());
-    let children = children_of(server.pid());
-    assert_eq!(children.len(), 3, "three instances run as children: {children:?}");
+    let plane = server.plane_pid().expect("a data plane runs");
+    let children = server.instances();
+    assert_eq!(
+        children.len(),
+        3,
+        "three instances run as the data plane's children: {children:?}"
+    );
     let status = server.stop();
     assert!(status.success(), "{status:?}");
-    for pid in children {
-        assert!(!alive(pid), "instance {pid} outlived the runner");
+    for pid in children.into_iter().chain([plane]) {
+        assert!(!alive(pid), "{pid} outlived a runner stopped on purpose");
     }
 }

@@ -1,13 +1,14 @@
 //! The runner stops (SIGTERM) or dies (SIGKILL) with apps in every state, and comes back: it
-//! always starts, restores what it can, says what it could not, resumes rollouts without
-//! losing a request once the restored revision serves, and keeps instance counts exact.
+//! always starts, adopts what the data plane kept running (or restores it, when the data
+//! plane went too), says what it could not restore, resumes rollouts without losing a
+//! request, and keeps instance counts exact.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::{deploy, latest_rollout, listen, runtime, sample, text, wait_rollout_end};
 use crate::load::Load;
-use crate::runner::{ADMIN, HelloSpec, Server, alive, children_of, write_spec};
+use crate::runner::{ADMIN, HelloSpec, Server, alive, write_spec};
 use crate::support::{exclusive, workspace};
 
 /// Waits until `check` holds for the app's status, or fails with the last status seen.
@@ -34,23 +35,45 @@ fn ready(status: &serde_json::Value, revision: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until the killed runner's instances have died with it.
-fn instances_gone(children: &[u32]) {
+/// Waits until `pids` have all gone.
+fn gone(pids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while children.iter().any(|pid| alive(*pid)) {
-        assert!(Instant::now() < deadline, "instances outlived the runner: {children:?}");
+    while pids.iter().any(|pid| alive(*pid)) {
+        assert!(Instant::now() < deadline, "still running: {pids:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// Stops the runner with SIGTERM (which stops everything), or kills it with SIGKILL (which
+/// leaves the data plane serving).
 fn stop_or_kill(server: &mut Server, kill: bool) {
     if kill {
-        let children = children_of(server.pid());
+        let instances = server.instances();
         server.kill();
-        instances_gone(&children);
+        assert!(
+            instances.iter().all(|pid| alive(*pid)),
+            "instances outlive a killed runner"
+        );
     } else {
+        let plane = server.plane_pid();
+        let instances = server.instances();
         assert!(server.stop().success());
+        gone(&instances);
+        gone(&plane.into_iter().collect::<Vec<_>>());
     }
+}
+
+/// Kills the runner and its data plane, as losing the machine would: everything is restored
+/// from the store when the runner starts again.
+fn kill_everything(server: &mut Server) {
+    let plane = server.plane_pid().expect("a data plane runs");
+    let instances = server.instances();
+    server.kill();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(plane as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    gone(&instances);
 }
 
 #[test]
@@ -129,9 +152,9 @@ fn what_cannot_be_restored_is_reported_on_its_app_and_stops_nothing_else() {
             .success()
     );
 
-    stop_or_kill(&mut server, true);
-    // Revision 1's destroy delay runs out while the runner is down, and another program takes
-    // the third app's port.
+    kill_everything(&mut server);
+    // Revision 1's destroy delay runs out while nothing runs, and another program takes the
+    // third app's port.
     std::thread::sleep(Duration::from_secs(5));
     let squatter = std::net::TcpListener::bind(third_addr).unwrap();
     let server = Server::start_in(&server.data);
@@ -165,68 +188,175 @@ fn what_cannot_be_restored_is_reported_on_its_app_and_stops_nothing_else() {
     drop(squatter);
 }
 
-/// Kills the runner `after` into a rolling rollout whose new instances take 1.5 s to start,
-/// starts it again, and counts every request from then on.
-fn kill_during_rolling(after: Duration, never_ready: bool) {
+/// Kills the runner `after` into a rollout whose new instances take 1.5 s to start (or never
+/// become ready), starts it again, and counts every request. With `everything`, the data
+/// plane is killed too (the machine went down): the app is restored from the store.
+fn kill_during(strategy: &str, after: Duration, never_ready: bool, everything: bool) {
     let mut server = Server::start();
     let addr = listen();
+    let params = if strategy == "builtin:rolling" {
+        "{ max-surge = 1, max-unavailable = 0, timeout-seconds = 8 }"
+    } else {
+        "{ timeout-seconds = 8 }"
+    };
     let spec = HelloSpec {
         listen: addr,
-        params: "{ max-surge = 1, max-unavailable = 0, timeout-seconds = 8 }",
+        strategy,
+        params,
         ..HelloSpec::default()
     };
     assert!(deploy(&server, &spec).status.success());
+    let runtime = runtime();
+    let before = runtime.block_on(async { Load::start(addr, "/", 6, Duration::from_millis(3)) });
     let env = if never_ready {
         ", HELLO_NEVER_READY = \"1\""
     } else {
         ", HELLO_START_DELAY_MS = \"1500\""
     };
-    let started = server.cli(&[
-        "deploy",
-        "--no-wait",
-        write_spec(
-            &HelloSpec {
-                version: "v2",
-                extra_env: env,
-                ..spec
-            }
-            .toml(),
-        )
-        .to_str()
-        .unwrap(),
-    ]);
+    let next = HelloSpec {
+        version: "v2",
+        extra_env: env,
+        ..spec
+    };
+    let started = server.cli(&["deploy", "--no-wait", write_spec(&next.toml()).to_str().unwrap()]);
     assert!(started.status.success(), "{}", text(&started));
     let rollout = latest_rollout(&server)["id"].as_str().unwrap().to_string();
     std::thread::sleep(after);
-    stop_or_kill(&mut server, true);
+    if everything {
+        kill_everything(&mut server);
+    } else {
+        stop_or_kill(&mut server, true);
+    }
 
     let server = Server::start_in(&server.data);
-    let runtime = runtime();
-    let load = runtime.block_on(async { Load::start(addr, "/", 6, Duration::from_millis(3)) });
+    let after_restart = runtime.block_on(async { Load::start(addr, "/", 6, Duration::from_millis(3)) });
     let end = wait_rollout_end(&server, &rollout);
     std::thread::sleep(Duration::from_millis(300));
-    let tally = runtime.block_on(load.stop());
+    let throughout = runtime.block_on(before.stop());
+    let since_restart = runtime.block_on(after_restart.stop());
     let expected = if never_ready { "rolled-back" } else { "succeeded" };
-    assert_eq!(end["state"], expected, "killed {after:?} in: {end}");
-    assert!(tally.ok > 50, "killed {after:?} in: {tally:?}");
-    assert_eq!(
-        tally.lost_after_ok, 0,
-        "killed {after:?} in: requests failed after the restored revision served: {tally:?}"
-    );
-}
-
-#[test]
-fn a_rolling_rollout_resumed_after_a_crash_keeps_the_restored_revision_serving() {
-    let _serial = exclusive();
-    for after in [500, 1500, 3000] {
-        kill_during_rolling(Duration::from_millis(after), false);
+    let at = format!("{strategy}, killed {after:?} in (everything: {everything})");
+    assert_eq!(end["state"], expected, "{at}: {end}");
+    assert!(since_restart.ok > 50, "{at}: {since_restart:?}");
+    if everything {
+        // Nothing served while nothing ran; once the restored revision serves, nothing fails.
+        assert_eq!(since_restart.lost_after_ok, 0, "{at}: {since_restart:?}");
+    } else {
+        // The data plane kept serving: not one request failed.
+        assert_eq!(throughout.failed + throughout.unavailable, 0, "{at}: {throughout:?}");
     }
 }
 
 #[test]
-fn a_never_ready_target_resumed_after_a_crash_is_rolled_back_without_downtime() {
+fn a_rolling_rollout_keeps_serving_through_a_runner_killed_at_any_point() {
     let _serial = exclusive();
-    kill_during_rolling(Duration::from_millis(1000), true);
+    for after in [500, 1500, 3000] {
+        kill_during("builtin:rolling", Duration::from_millis(after), false, false);
+    }
+}
+
+#[test]
+fn a_blue_green_rollout_keeps_serving_through_a_runner_killed_mid_way() {
+    let _serial = exclusive();
+    kill_during("builtin:blue-green", Duration::from_millis(1000), false, false);
+}
+
+#[test]
+fn a_never_ready_target_is_rolled_back_without_downtime_after_a_runner_crash() {
+    let _serial = exclusive();
+    kill_during("builtin:rolling", Duration::from_millis(1000), true, false);
+}
+
+#[test]
+fn when_everything_went_down_mid_rollout_the_restored_revision_serves_throughout() {
+    let _serial = exclusive();
+    for after in [500, 1500, 3000] {
+        kill_during("builtin:rolling", Duration::from_millis(after), false, true);
+    }
+}
+
+#[test]
+fn a_runner_killed_while_idle_is_adopted_with_no_request_lost() {
+    let _serial = exclusive();
+    let mut server = Server::start();
+    let addr = listen();
+    assert!(
+        deploy(
+            &server,
+            &HelloSpec {
+                listen: addr,
+                ..HelloSpec::default()
+            }
+        )
+        .status
+        .success()
+    );
+    let mut instances = server.instances();
+    instances.sort_unstable();
+    assert_eq!(instances.len(), 3);
+    let runtime = runtime();
+    let load = runtime.block_on(async { Load::start(addr, "/", 6, Duration::from_millis(3)) });
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let server = Server::start_in(&server.data);
+    wait_status(&server, "hello", "its instances adopted", |s| ready(s, 1) == 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let tally = runtime.block_on(load.stop());
+    assert_eq!(tally.failed + tally.unavailable, 0, "{tally:?}");
+    assert!(tally.ok > 100, "{tally:?}");
+    let mut now = server.instances();
+    now.sort_unstable();
+    assert_eq!(
+        now, instances,
+        "the same instances, adopted: none restarted, no second copy"
+    );
+}
+
+#[test]
+fn an_upgrade_with_keep_running_loses_no_request() {
+    let _serial = exclusive();
+    let data = crate::runner::unique_dir("data");
+    let port = crate::runner::free_port();
+    let mut server = Server::start_with(&data, port, &[("SLIPWAY_KEEP_RUNNING", "true")]);
+    let addr = listen();
+    assert!(
+        deploy(
+            &server,
+            &HelloSpec {
+                listen: addr,
+                ..HelloSpec::default()
+            }
+        )
+        .status
+        .success()
+    );
+    let instances = server.instances();
+    let runtime = runtime();
+    let load = runtime.block_on(async { Load::start(addr, "/", 6, Duration::from_millis(3)) });
+    std::thread::sleep(Duration::from_millis(300));
+    // The old runner stops on purpose, leaving the data plane; the new one adopts it.
+    assert!(server.stop().success());
+    assert!(instances.iter().all(|pid| alive(*pid)), "traffic kept running");
+    let server = Server::start_with(&data, port, &[]);
+    wait_status(&server, "hello", "its instances adopted", |s| ready(s, 1) == 3);
+    // And a deploy through the new runner works as ever.
+    let output = deploy(
+        &server,
+        &HelloSpec {
+            listen: addr,
+            version: "v2",
+            ..HelloSpec::default()
+        },
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    std::thread::sleep(Duration::from_millis(300));
+    let tally = runtime.block_on(load.stop());
+    assert_eq!(tally.failed + tally.unavailable, 0, "{tally:?}");
+    assert!(
+        tally.by_version.contains_key("v1") && tally.by_version.contains_key("v2"),
+        "{tally:?}"
+    );
 }
 
 #[test]
@@ -246,7 +376,7 @@ fn instances_that_crash_together_come_back_to_exactly_the_desired_count() {
         .success()
     );
     for round in 0..3 {
-        let instances = children_of(server.pid());
+        let instances = server.instances();
         assert_eq!(instances.len(), 3, "round {round}: {instances:?}");
         for pid in &instances {
             let _ = nix::sys::signal::kill(
@@ -266,7 +396,7 @@ fn instances_that_crash_together_come_back_to_exactly_the_desired_count() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(children_of(server.pid()).len(), 3, "round {round}");
+        assert_eq!(server.instances().len(), 3, "round {round}");
     }
     assert_eq!(sample(addr).failed, 0);
 }

@@ -110,6 +110,16 @@ impl Server {
         self.api.rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    /// The data plane's process id, while one runs for this data directory.
+    pub fn plane_pid(&self) -> Option<u32> {
+        plane_pid(&self.data)
+    }
+
+    /// The instances: the data plane's children.
+    pub fn instances(&self) -> Vec<u32> {
+        self.plane_pid().map(children_of).unwrap_or_default()
+    }
+
     /// Runs the `slipway` CLI against this runner with `token`.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_slipway"))
@@ -222,6 +232,12 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A runner killed (and not started again) leaves its data plane serving, by design;
+        // a test that ends there stops it.
+        let orphaned = self.child.is_none();
+        if orphaned && let Some(plane) = self.plane_pid() {
+            stop_process(plane);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
@@ -235,6 +251,27 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The data plane's pid for `data`, from its pid file, if that process is alive.
+pub fn plane_pid(data: &Path) -> Option<u32> {
+    let pid = std::fs::read_to_string(data.join("dataplane.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// SIGTERM, then up to 40 s for it to go, then SIGKILL.
+pub fn stop_process(pid: u32) {
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
 }
 
 /// Undoes chunked transfer encoding (the API streams some answers).

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 use crate::lifecycle::{deploy, hook_table, latest_rollout, listen, push, sample, text, wait_rollout_end};
-use crate::runner::{DEPLOY, HelloSpec, READ, Server, children_of, free_port, unique_dir, write_spec};
+use crate::runner::{DEPLOY, HelloSpec, READ, Server, free_port, unique_dir, write_spec};
 use crate::support::{exclusive, workspace};
 
 #[test]
@@ -180,7 +180,7 @@ fn deleting_an_app_stops_it_and_keeps_its_history() {
     assert!(output.status.success(), "{}", text(&output));
     // Three, and perhaps an old one still draining from the rollout.
     assert!(text(&output).contains("instances stopped"), "{}", text(&output));
-    assert!(children_of(server.pid()).is_empty(), "its instances are gone");
+    assert!(server.instances().is_empty(), "its instances are gone");
     assert!(std::net::TcpStream::connect(addr).is_err(), "its route is closed");
     assert!(text(&server.cli(&["status"])).contains("no apps yet"));
     let history = server.cli(&["history", "hello"]);

@@ -28,6 +28,7 @@ async fn state() -> ApiState {
         RunnerConfig {
             data_dir: data,
             limits: Limits::default(),
+            plane: crate::dataplane::client::Start::InProcess,
         },
         loader,
     )

@@ -30,6 +30,24 @@ pub struct ServeArgs {
     /// Spec files to deploy once the runner is up (as `slipway deploy` would). Repeatable.
     #[arg(long)]
     deploy: Vec<PathBuf>,
+    /// When stopped (SIGTERM, Ctrl-C), leave the data plane running: every app keeps its
+    /// traffic and instances, and the next `slipway serve` on this data directory adopts them.
+    /// For upgrading the runner in place. Without it, stopping the runner stops everything.
+    #[arg(long, env = "SLIPWAY_KEEP_RUNNING")]
+    keep_running: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataplaneArgs {
+    /// The data directory whose apps it serves (`slipway serve` starts it with its own).
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
+    data_dir: PathBuf,
+}
+
+/// `slipway dataplane`: the routers and instances of every app, in their own process.
+pub async fn dataplane(args: DataplaneArgs) -> anyhow::Result<ExitCode> {
+    crate::dataplane::server::run(&args.data_dir).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         RunnerConfig {
             data_dir: args.data_dir.clone(),
             limits: Limits::default(),
+            plane: crate::dataplane::client::Start::Process,
         },
         loader,
     )
@@ -88,9 +107,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         runner: runner.clone(),
         tokens: Arc::new(tokens),
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let lost = runner.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => false,
+            () = lost.plane_lost() => true,
+        }
+    };
+    let (stopped, lost) = tokio::sync::oneshot::channel();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopped.send(stop.await);
+    });
+    serving.await?;
+    if lost.await.unwrap_or(false) {
+        eprintln!(
+            "slipway: the data plane stopped unexpectedly, and every app's traffic with it; start `slipway serve` again to restore them"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if args.keep_running {
+        eprintln!("slipway: stopped; the data plane keeps every app running (--keep-running)");
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!("slipway: stopping every instance");
     runner.shutdown().await;
     eprintln!("slipway: stopped");

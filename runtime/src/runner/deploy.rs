@@ -176,7 +176,24 @@ impl Runner {
         } = job;
         let app = spec.name.clone();
         let cluster = claim.handle.cluster.clone();
-        claim.handle.driver.define(number, process_config(&spec));
+        if let Err(error) = claim.handle.plane.define(number, process_config(&spec)).await {
+            let summary = format!("the data plane could not take revision {number}: {error}");
+            tracing::error!(%app, %summary);
+            self.finish(Ending {
+                app: &app,
+                id: &id,
+                kind,
+                target: number,
+                previous: active,
+                state: RolloutState::Failed,
+                summary: &summary,
+                failure: None,
+                spec: &spec,
+                cluster: &cluster,
+            })
+            .await;
+            return;
+        }
         self.log_store(
             self.store
                 .set_revision_state(&app, number, RevisionState::Creating, None),
@@ -263,23 +280,28 @@ impl Runner {
     }
 
     /// The recovery rule's second half: a rollout resumed after a restart starts only once
-    /// the revision restored in its place serves at full size, so the strategy (which reads
-    /// observed state) never mistakes instances that are still starting for broken ones. If
-    /// it does not get there within the progress deadline, the rollout goes on regardless.
+    /// the active revision serves what it is asked to (at once when the data plane kept it
+    /// running), so the strategy (which reads observed state) never mistakes instances that
+    /// are still starting for broken ones. If it does not get there within the progress
+    /// deadline, the rollout goes on regardless.
     async fn wait_for_restored(&self, cluster: &Cluster, active: Revision, timeline: &Timeline, deadline: Duration) {
+        let wanted = cluster
+            .counts(active.number)
+            .map(|c| c.desired)
+            .unwrap_or(active.replicas);
         timeline.push(
             store::now_ms(),
             EventKind::Log {
                 level: "info".into(),
                 message: format!(
-                    "the runner restarted: waiting for revision {} to serve at {} replicas again before resuming",
-                    active.number, active.replicas
+                    "the runner restarted: resuming once revision {} serves {wanted} ready instances",
+                    active.number
                 ),
             },
             None,
         );
         if let Err(error) = cluster
-            .wait_ready(active.number, active.replicas, deadline.as_millis() as u64)
+            .wait_ready(active.number, wanted, deadline.as_millis() as u64)
             .await
         {
             timeline.push(

@@ -125,7 +125,11 @@ impl Runner {
             let _claim = self.claim(&handle)?;
             self.apps.lock().unwrap().remove(app);
             stopped = handle.cluster.snapshot().values().map(|s| s.current).sum();
-            handle.driver.stop_all().await;
+            handle
+                .plane
+                .remove()
+                .await
+                .map_err(|e| DeployError::NotPossible(e.to_string()))?;
         }
         self.store.delete_app(app)?;
         Ok(Deleted {

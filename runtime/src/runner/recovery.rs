@@ -1,31 +1,51 @@
-//! Starting on existing data: restoring every app, then resuming interrupted rollouts.
+//! Starting on existing data: adopting what the data plane runs, restoring what it does not,
+//! then resuming interrupted rollouts.
 //!
-//! **The recovery rule.** Instances die with the runner (their parent-death signal), so on
-//! start each app gets back, in this order: its router; its active revision at the size it
-//! last had; every revision it was keeping for instant rollback (with the rest of its destroy
-//! delay); its hand-set route, or all traffic on the active revision; its maintenance state.
-//! Then each interrupted rollout resumes with `resumed = true`, but only once the active
-//! revision serves at full size again (or the progress deadline passes), and hooks that
-//! already succeeded in it are not run again.
+//! **The recovery rule.** Traffic and instances live in the data plane, which outlives the
+//! runner. A runner that starts while its data plane runs *adopts* every app there as it is:
+//! the same instances (no restart, no second copy), weights and maintenance state. Only what
+//! the data plane does not have is restored from the store (a first start, or a data plane
+//! that itself was stopped): the app's router; its active revision at the size it last had;
+//! every revision it was keeping for instant rollback, for the rest of its destroy delay;
+//! its hand-set route, or all traffic on the active revision; its maintenance state. Then each
+//! interrupted rollout resumes with `resumed = true`, but only once the active revision
+//! serves what it is asked to (at once, when adopted), and hooks that already succeeded in
+//! it are not run again.
 //!
 //! **Invariant:** the runner always starts. Whatever it cannot restore of one app — a route
 //! naming a revision that is gone, a port that is taken, a stored spec it cannot read, a
 //! rollout it cannot resume — becomes that app's notice (shown by `slipway status` and the
 //! API) and an app event; every other app comes back.
 
+use std::time::Duration;
+
 use super::deploy::RolloutJob;
-use super::{DeployError, Runner, process_config, route_of};
+use super::{AppHandle, DeployError, Runner, process_config, route_of};
+use crate::dataplane::protocol::AppState;
 use crate::driver::MAX_WEIGHT;
 use crate::events::{Event, EventKind, HookOutcome};
 use crate::modules::World;
 use crate::spec;
-use crate::store::{self, AppRow, RevisionState, RolloutEnd, RolloutKind, RolloutRow, RolloutState};
+use crate::store::{self, AppRow, RevisionRow, RevisionState, RolloutEnd, RolloutKind, RolloutRow, RolloutState};
 
 impl Runner {
-    /// Restores every app and resumes interrupted rollouts. Fails only when the database
-    /// itself cannot be read.
+    /// Adopts or restores every app and resumes interrupted rollouts. Fails only when the
+    /// database itself cannot be read.
     pub(super) async fn restore(&self) -> anyhow::Result<()> {
-        for app in self.store.apps()? {
+        let apps = self.store.apps()?;
+        for orphan in self
+            .plane
+            .adopted()
+            .keys()
+            .filter(|name| !apps.iter().any(|a| &a.name == *name))
+        {
+            // The store does not know it (deleted while the runner was away): stop it.
+            tracing::warn!(app = %orphan, "the data plane ran an app the store does not know; stopping it");
+            if let Ok(app) = self.plane.app(orphan, self.plane.adopted()[orphan].listen).await {
+                let _ = app.remove().await;
+            }
+        }
+        for app in apps {
             let problems = self.restore_app(&app).await;
             let notice = (!problems.is_empty()).then(|| {
                 format!(
@@ -63,11 +83,11 @@ impl Runner {
 
     /// Brings one app back; returns what could not be restored, in words.
     async fn restore_app(&self, app: &AppRow) -> Vec<String> {
-        let mut problems = Vec::new();
         let app_spec = match spec::parse_json(app.spec.clone()) {
             Ok(spec) => spec,
             Err(error) => return vec![format!("its stored spec cannot be read ({error}); deploy it again")],
         };
+        let adopted = self.plane.adopted().get(&app.name).cloned();
         let handle = match self.app_handle(&app_spec).await {
             Ok(handle) => handle,
             Err(error) => {
@@ -76,13 +96,64 @@ impl Runner {
                 )];
             }
         };
-        let cluster = handle.cluster.clone();
         let revisions = match self.store.revisions(&app.name) {
             Ok(revisions) => revisions,
             Err(error) => return vec![format!("its revisions cannot be read ({error})")],
         };
+        match adopted {
+            Some(state) => self.adopt(app, &handle, &revisions, &state).await,
+            None => self.recreate(app, &handle, &revisions).await,
+        }
+    }
+
+    /// The data plane kept the app running: its instances, weights and maintenance stay as
+    /// they are. Only the destroy delays of kept revisions are picked up again.
+    async fn adopt(
+        &self,
+        app: &AppRow,
+        handle: &AppHandle,
+        revisions: &[RevisionRow],
+        state: &AppState,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for revision in revisions {
+            let active = app.active_revision == Some(revision.number);
+            let running = state.revisions.contains_key(&revision.number);
+            if active && !running {
+                problems.push(format!(
+                    "the data plane does not run its active revision {}; redeploy it",
+                    revision.number
+                ));
+            }
+            if active || !running {
+                continue;
+            }
+            match revision.state {
+                RevisionState::Keeping => {
+                    let left = self.kept_for(app, revision);
+                    self.schedule_destroy(&app.name, revision.number, left, handle.cluster.clone());
+                }
+                RevisionState::Destroying => {
+                    self.schedule_destroy(&app.name, revision.number, Duration::ZERO, handle.cluster.clone());
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(
+            app = %app.name,
+            instances = state.instances.len(),
+            "adopted the app as the data plane runs it"
+        );
+        problems
+    }
+
+    /// The data plane does not have the app (a first start, or the data plane was stopped):
+    /// it is set up again from the store.
+    async fn recreate(&self, app: &AppRow, handle: &AppHandle, revisions: &[RevisionRow]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let cluster = handle.cluster.clone();
         let mut restored = Vec::new();
-        for revision in &revisions {
+        for revision in revisions {
             let active = app.active_revision == Some(revision.number);
             if !active && !matches!(revision.state, RevisionState::Keeping | RevisionState::Destroying) {
                 continue;
@@ -94,17 +165,19 @@ impl Runner {
                     continue;
                 }
             };
-            // The destroy delay runs from when the revision began to be kept.
-            let kept_until = revision.updated_at + spec.lifecycle.destroy_delay.as_millis() as u64;
-            if !active && (revision.state == RevisionState::Destroying || kept_until <= store::now_ms()) {
-                // Its instances died with the runner and its time is up: it is destroyed.
+            let left = self.kept_for(app, revision);
+            if !active && (revision.state == RevisionState::Destroying || left.is_zero()) {
+                // Its instances stopped with the data plane and its time is up: destroyed.
                 let done = self
                     .store
                     .set_revision_state(&app.name, revision.number, RevisionState::Retained, None);
                 self.log_store(done);
                 continue;
             }
-            handle.driver.define(revision.number, process_config(&spec));
+            if let Err(error) = handle.plane.define(revision.number, process_config(&spec)).await {
+                problems.push(format!("revision {} could not be defined ({error})", revision.number));
+                continue;
+            }
             let replicas = if active {
                 app.scale.unwrap_or(spec.replicas)
             } else {
@@ -116,7 +189,6 @@ impl Runner {
             }
             restored.push(revision.number);
             if !active {
-                let left = std::time::Duration::from_millis(kept_until.saturating_sub(store::now_ms()));
                 self.schedule_destroy(&app.name, revision.number, left, cluster.clone());
             }
         }
@@ -157,11 +229,21 @@ impl Runner {
         problems
     }
 
+    /// What is left of `revision`'s destroy delay (which runs from when it began to be kept).
+    fn kept_for(&self, app: &AppRow, revision: &RevisionRow) -> Duration {
+        let delay = self
+            .revision_spec(revision, &app.spec)
+            .map(|spec| spec.lifecycle.destroy_delay)
+            .unwrap_or_default();
+        let until = revision.updated_at + delay.as_millis() as u64;
+        Duration::from_millis(until.saturating_sub(store::now_ms()))
+    }
+
     /// Resumes a rollout the previous runner did not finish.
     async fn resume(&self, rollout: &RolloutRow) -> Result<(), DeployError> {
         let app = self.app_row(&rollout.app)?;
         if rollout.kind == RolloutKind::Rollback {
-            // An instant rollback has no strategy to resume; the restored revision stands.
+            // An instant rollback has no strategy to resume; the revision serving stands.
             return Err(DeployError::NotPossible(
                 "an instant rollback was interrupted; the revision that was active before it serves, so run the rollback again if it is still wanted".into(),
             ));

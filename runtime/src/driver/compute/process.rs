@@ -93,6 +93,8 @@ pub struct ProcessDriver {
 struct DriverState {
     revisions: BTreeMap<u32, RevisionInstances>,
     next_instance: u64,
+    /// Moves on with every event; published through `changed`.
+    generation: u64,
 }
 
 struct RevisionInstances {
@@ -191,20 +193,34 @@ impl ProcessDriver {
         futures_util::future::join_all(stops).await;
     }
 
+    /// Reports a change, with every revision's counts and a new generation taken together.
     fn emit(&self, revision: u32, what: Happened) {
-        let counts = counts_of(&self.state.lock().unwrap());
+        let (generation, counts) = {
+            let mut state = self.state.lock().unwrap();
+            state.generation += 1;
+            (state.generation, counts_of(&state))
+        };
         // Nobody listening is fine: events are for whoever follows.
         let _ = self.events.send(DriverEvent {
             at_ms: crate::store::now_ms(),
+            generation,
             revision,
             what,
             counts,
         });
-        self.notify();
+        self.changed.send_if_modified(|seen| {
+            let newer = generation > *seen;
+            if newer {
+                *seen = generation;
+            }
+            newer
+        });
     }
 
-    fn notify(&self) {
-        self.changed.send_modify(|v| *v += 1);
+    /// Every revision's counts and the generation they are from.
+    pub fn observed(&self) -> (u64, BTreeMap<u32, Counts>) {
+        let state = self.state.lock().unwrap();
+        (state.generation, counts_of(&state))
     }
 
     /// Tells the router which instances of `revision` are ready now.
@@ -260,7 +276,6 @@ impl ProcessDriver {
         }
         if !to_stop.is_empty() {
             self.publish(revision);
-            self.notify();
         }
         for instance in to_stop {
             let this = self.this.upgrade().expect("driver alive");
@@ -452,10 +467,17 @@ impl ProcessDriver {
 
     /// Takes `instance` out of rotation, drains it, and stops its process group.
     async fn stop_instance(&self, instance: Arc<Instance>) {
-        let was_serving = instance.serving();
+        // A ready instance had requests routed to it (a reconcile may already have marked it
+        // stopping, so `serving` would say no).
+        let was_routed = instance.ready.load(Ordering::SeqCst);
         instance.stopping.store(true, Ordering::SeqCst);
         self.publish(instance.revision);
-        self.notify();
+        self.emit(
+            instance.revision,
+            Happened::Draining {
+                instance: instance.id.clone(),
+            },
+        );
         let grace = self
             .state
             .lock()
@@ -465,7 +487,7 @@ impl ProcessDriver {
             .map(|r| r.config.grace)
             .unwrap_or(Duration::from_secs(30));
         let started = Instant::now();
-        if was_serving {
+        if was_routed {
             self.backends.drain(&instance.id, grace).await;
         }
         let mut exited = instance.exited.subscribe();

@@ -375,6 +375,17 @@ impl BuiltinRouter {
         drained
     }
 
+    /// Like [`BuiltinRouter::shutdown`], for a router that is shared: stops accepting at
+    /// once, then waits for the open connections as `shutdown` does.
+    pub async fn stop(&self, grace: Duration) {
+        self.accept.abort();
+        self.connections.close_gracefully();
+        if tokio::time::timeout(grace, self.connections.closed()).await.is_err() {
+            warn!(app = %self.shared.app, "router shutdown grace period over; closing remaining connections");
+            self.connections.abort_all();
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then stops.
     ///
     /// Idle keep-alive connections are closed at once; a connection busy with a request

@@ -14,7 +14,7 @@ use crate::driver::{DriverError, Endpoint, Router};
 
 /// The built-in router of one app, driven.
 pub struct LocalRouter {
-    router: Arc<BuiltinRouter>,
+    router: Mutex<Arc<BuiltinRouter>>,
     state: Mutex<RouteState>,
 }
 
@@ -30,14 +30,23 @@ struct RouteState {
 impl LocalRouter {
     pub fn new(router: Arc<BuiltinRouter>) -> Arc<LocalRouter> {
         Arc::new(LocalRouter {
-            router,
+            router: Mutex::new(router),
             state: Mutex::new(RouteState::default()),
         })
     }
 
     /// The proxy itself (its address, its metrics).
-    pub fn router(&self) -> &Arc<BuiltinRouter> {
-        &self.router
+    pub fn router(&self) -> Arc<BuiltinRouter> {
+        self.router.lock().unwrap().clone()
+    }
+
+    /// Serves from `router` (bound to another address) from now on, with the same table;
+    /// returns the one it replaces, for the caller to stop once it has drained.
+    pub fn move_to(&self, router: Arc<BuiltinRouter>) -> Arc<BuiltinRouter> {
+        let state = self.state.lock().unwrap();
+        let old = std::mem::replace(&mut *self.router.lock().unwrap(), router);
+        self.publish(&state);
+        old
     }
 
     /// Rebuilds the proxy's table from the endpoints, weights and maintenance flag.
@@ -54,7 +63,7 @@ impl LocalRouter {
                 })
                 .collect(),
         };
-        self.router.update(table);
+        self.router.lock().unwrap().update(table);
     }
 }
 
@@ -85,7 +94,8 @@ impl Backends for LocalRouter {
     async fn drain(&self, instance: &str, timeout: Duration) -> bool {
         let backend = self.state.lock().unwrap().leaving.get(instance).cloned();
         let Some(backend) = backend else { return true };
-        let drained = self.router.drain(&backend, timeout).await;
+        let router = self.router();
+        let drained = router.drain(&backend, timeout).await;
         self.state.lock().unwrap().leaving.remove(instance);
         drained
     }

@@ -1,0 +1,250 @@
+//! What the runner and the data plane say to each other over the data plane's Unix socket:
+//! one JSON document per line. The runner sends [`Request`]s, each with an id; the data
+//! plane answers each with a [`Message::Reply`] carrying the same id, and reports what
+//! happens to instances as [`Message::Event`]s in between.
+//!
+//! Every request is idempotent: a runner that reconnects (after a restart) sends what it
+//! wants again, and what already is so is left alone. The first request on a connection is
+//! [`Request::Hello`]; its answer is the data plane's whole state, which the runner adopts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::driver::compute::process::ProcessConfig;
+use crate::driver::{Counts, DriverError, DriverEvent, HttpResult, ProbeResult};
+
+/// The protocol's version. A runner refuses a data plane that speaks another one.
+pub const PROTOCOL: u32 = 1;
+
+/// A request with its id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// What the runner asks of the data plane.
+// The enums here are externally tagged (`{"scale": {...}}`): an internally tagged one would
+// buffer its content, and maps keyed by revision number cannot be read back from a buffer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    /// The first request of a connection; answered with [`Answer::Welcome`].
+    Hello {
+        protocol: u32,
+    },
+    /// The app exists and its router listens on `listen` (moving there if it listened
+    /// elsewhere: the new address is bound before the old one is let go).
+    App {
+        app: String,
+        listen: SocketAddr,
+    },
+    /// How to run `revision` of `app`.
+    Define {
+        app: String,
+        revision: u32,
+        config: ProcessConfig,
+    },
+    Scale {
+        app: String,
+        revision: u32,
+        replicas: u32,
+    },
+    Weights {
+        app: String,
+        weights: Vec<(u32, u32)>,
+    },
+    Maintenance {
+        app: String,
+        on: bool,
+    },
+    Probe {
+        app: String,
+        revision: u32,
+    },
+    CheckHttp {
+        app: String,
+        revision: u32,
+        path: String,
+        status: u16,
+        timeout_ms: u64,
+    },
+    /// Stops the app's instances and its router, and forgets it.
+    Remove {
+        app: String,
+    },
+    /// The routers' counters, in Prometheus text format.
+    Metrics,
+    /// Stops every instance and router, then the data plane itself.
+    Shutdown,
+}
+
+/// What the data plane sends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Message {
+    Reply {
+        id: u64,
+        result: Result<Answer, PlaneError>,
+    },
+    Event {
+        app: String,
+        event: DriverEvent,
+    },
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answer {
+    Welcome {
+        protocol: u32,
+        apps: BTreeMap<String, AppState>,
+    },
+    /// Done; the app's instances right after.
+    Done {
+        state: Observed,
+    },
+    Probe {
+        result: ProbeResult,
+    },
+    Http {
+        result: HttpResult,
+    },
+    Metrics {
+        text: String,
+    },
+}
+
+/// Every revision's counts, as of a generation of the app's compute driver: a later
+/// generation always describes a later state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub generation: u64,
+    pub counts: BTreeMap<u32, Counts>,
+}
+
+/// One app as the data plane runs it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppState {
+    pub listen: SocketAddr,
+    pub weights: Vec<(u32, u32)>,
+    pub maintenance: bool,
+    pub revisions: BTreeMap<u32, ProcessConfig>,
+    pub observed: Observed,
+    /// Running instances: (revision, instance, pid), so an adopting runner can say which.
+    pub instances: Vec<(u32, String, Option<u32>)>,
+}
+
+/// Why a request failed, as the runner's drivers report it.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlaneError {
+    #[error("revision {revision} is not part of this rollout")]
+    UnknownRevision { revision: u32 },
+    #[error("{message}")]
+    Invalid { message: String },
+    #[error("{message}")]
+    Failed { message: String },
+}
+
+impl From<DriverError> for PlaneError {
+    fn from(error: DriverError) -> Self {
+        match error {
+            DriverError::UnknownRevision(revision) => PlaneError::UnknownRevision { revision },
+            DriverError::Invalid(message) => PlaneError::Invalid { message },
+            other => PlaneError::Failed {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<PlaneError> for DriverError {
+    fn from(error: PlaneError) -> Self {
+        match error {
+            PlaneError::UnknownRevision { revision } => DriverError::UnknownRevision(revision),
+            PlaneError::Invalid { message } => DriverError::Invalid(message),
+            PlaneError::Failed { message } => DriverError::Infrastructure {
+                driver: "data plane",
+                message,
+                source: None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_back_as_written() {
+        let request = Envelope {
+            id: 7,
+            request: Request::Scale {
+                app: "hello".into(),
+                revision: 2,
+                replicas: 3,
+            },
+        };
+        let line = serde_json::to_string(&request).unwrap();
+        assert!(!line.contains('\n'));
+        let back: Envelope = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.id, 7);
+        let reply = Message::Reply {
+            id: 7,
+            result: Err(PlaneError::UnknownRevision { revision: 2 }),
+        };
+        let back: Message = serde_json::from_str(&serde_json::to_string(&reply).unwrap()).unwrap();
+        let Message::Reply { result: Err(error), .. } = back else {
+            panic!()
+        };
+        assert!(matches!(DriverError::from(error), DriverError::UnknownRevision(2)));
+        // Maps keyed by revision number survive the trip.
+        let done = Message::Reply {
+            id: 8,
+            result: Ok(Answer::Done {
+                state: Observed {
+                    generation: 3,
+                    counts: BTreeMap::from([(2, Counts::default())]),
+                },
+            }),
+        };
+        let back: Message = serde_json::from_str(&serde_json::to_string(&done).unwrap()).unwrap();
+        let Message::Reply {
+            result: Ok(Answer::Done { state }),
+            ..
+        } = back
+        else {
+            panic!()
+        };
+        assert_eq!(state.counts.keys().collect::<Vec<_>>(), vec![&2]);
+    }
+}
+
+#[cfg(test)]
+mod define_tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_reads_back() {
+        let spec = crate::spec::parse_toml(
+            "name = \"a\"\nlisten = \"127.0.0.1:1\"\n[process]\ncommand = \"x\"\nsecret-env = { K = \"env:V\" }\n[probe]\nhttp = \"/h\"\n",
+        )
+        .unwrap();
+        let request = Envelope {
+            id: 1,
+            request: Request::Define {
+                app: "a".into(),
+                revision: 1,
+                config: crate::runner::process_config(&spec),
+            },
+        };
+        let line = serde_json::to_string(&request).unwrap();
+        let back: Result<Envelope, _> = serde_json::from_str(&line);
+        assert!(back.is_ok(), "{line}: {back:?}");
+    }
+}

@@ -1,0 +1,354 @@
+//! The data plane process (`slipway dataplane`): every app's built-in router and instances,
+//! driven by the runner over a Unix socket, serving on whether a runner is connected or not.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use super::protocol::{Answer, AppState, Envelope, Message, Observed, PROTOCOL, PlaneError, Request};
+use super::{PID_FILE, SOCKET};
+use crate::driver::compute::output::OutputFiles;
+use crate::driver::compute::process::ProcessDriver;
+use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics};
+use crate::driver::router::local::LocalRouter;
+use crate::driver::{Compute, Router, validate_weights};
+
+/// How long stopping a router waits for requests in flight.
+const ROUTER_GRACE: Duration = Duration::from_secs(30);
+
+/// One app in the data plane.
+struct PlaneApp {
+    router: Arc<LocalRouter>,
+    driver: Arc<ProcessDriver>,
+    /// Forwards the driver's events to the connected runner.
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+/// The data plane's state, shared by its connection tasks.
+struct Plane {
+    data_dir: PathBuf,
+    apps: tokio::sync::Mutex<BTreeMap<String, PlaneApp>>,
+    /// Where events go: the connected runner's outgoing queue, if one is connected.
+    runner: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>>,
+    shutdown: tokio::sync::Notify,
+}
+
+/// Runs the data plane for `data_dir` until it is told to shut down (or gets SIGTERM/SIGINT),
+/// then stops every instance and router.
+pub async fn run(data_dir: &Path) -> anyhow::Result<()> {
+    let socket = data_dir.join(SOCKET);
+    // A socket file left by a data plane that died is in the way; a live one answers.
+    if UnixStream::connect(&socket).await.is_ok() {
+        anyhow::bail!("a data plane already runs for {}", data_dir.display());
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(data_dir.join(PID_FILE), std::process::id().to_string())?;
+    let plane = Arc::new(Plane {
+        data_dir: data_dir.to_path_buf(),
+        apps: tokio::sync::Mutex::new(BTreeMap::new()),
+        runner: Arc::new(Mutex::new(None)),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    tracing::info!(socket = %socket.display(), "data plane serving");
+    let signals = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    tokio::select! {
+        () = accept(listener, plane.clone()) => {}
+        () = plane.shutdown.notified() => {}
+        () = signals => {}
+    }
+    stop_everything(&plane).await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(data_dir.join(PID_FILE));
+    tracing::info!("data plane stopped");
+    Ok(())
+}
+
+async fn accept(listener: UnixListener, plane: Arc<Plane>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_runner(stream, plane.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a runner connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one runner connection. A newer connection takes the events over: the runner
+/// behind an older one has gone (or is being replaced).
+async fn serve_runner(stream: UnixStream, plane: Arc<Plane>) {
+    let (read, mut write) = stream.into_split();
+    let (outgoing, mut queue) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            let mut line = serde_json::to_string(&message).expect("messages always serialize");
+            line.push('\n');
+            if write.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    *plane.runner.lock().unwrap() = Some(outgoing.clone());
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let envelope: Envelope = match serde_json::from_str(&line) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::warn!(%error, "a runner sent something that is not a request");
+                continue;
+            }
+        };
+        let plane = plane.clone();
+        let outgoing = outgoing.clone();
+        // Requests run concurrently: a probe or a drain must not hold up a scale.
+        tokio::spawn(async move {
+            let result = plane.handle(envelope.request).await;
+            let _ = outgoing.send(Message::Reply {
+                id: envelope.id,
+                result,
+            });
+        });
+    }
+    let mut runner = plane.runner.lock().unwrap();
+    if runner.as_ref().is_some_and(|current| current.same_channel(&outgoing)) {
+        *runner = None;
+    }
+    drop(runner);
+    writer.abort();
+}
+
+impl Plane {
+    async fn handle(self: &Arc<Self>, request: Request) -> Result<Answer, PlaneError> {
+        match request {
+            Request::Hello { protocol } => {
+                if protocol != PROTOCOL {
+                    return Err(PlaneError::Invalid {
+                        message: format!(
+                            "this data plane speaks protocol {PROTOCOL}, the runner {protocol}; stop the data plane (`kill $(cat dataplane.pid)` in the data directory, which stops the apps' traffic) and start the runner again"
+                        ),
+                    });
+                }
+                Ok(Answer::Welcome {
+                    protocol: PROTOCOL,
+                    apps: self.state().await,
+                })
+            }
+            Request::App { app, listen } => {
+                self.ensure_app(&app, listen).await?;
+                self.done(&app).await
+            }
+            Request::Define { app, revision, config } => {
+                self.with_app(&app, |a| a.driver.define(revision, config)).await?;
+                self.done(&app).await
+            }
+            Request::Scale {
+                app,
+                revision,
+                replicas,
+            } => {
+                let driver = self.with_app(&app, |a| a.driver.clone()).await?;
+                driver.scale(revision, replicas).await?;
+                self.done(&app).await
+            }
+            Request::Weights { app, weights } => {
+                validate_weights(&weights)?;
+                let router = self.with_app(&app, |a| a.router.clone()).await?;
+                router.set_weights(&weights).await?;
+                self.done(&app).await
+            }
+            Request::Maintenance { app, on } => {
+                let router = self.with_app(&app, |a| a.router.clone()).await?;
+                router.set_maintenance(on).await?;
+                self.done(&app).await
+            }
+            Request::Probe { app, revision } => {
+                let driver = self.with_app(&app, |a| a.driver.clone()).await?;
+                Ok(Answer::Probe {
+                    result: driver.probe(revision).await?,
+                })
+            }
+            Request::CheckHttp {
+                app,
+                revision,
+                path,
+                status,
+                timeout_ms,
+            } => {
+                let driver = self.with_app(&app, |a| a.driver.clone()).await?;
+                let result = driver
+                    .check_http(revision, &path, status, Duration::from_millis(timeout_ms))
+                    .await?;
+                Ok(Answer::Http { result })
+            }
+            Request::Remove { app } => {
+                let removed = self.apps.lock().await.remove(&app);
+                if let Some(removed) = removed {
+                    stop_app(removed).await;
+                }
+                Ok(Answer::Done {
+                    state: Observed::default(),
+                })
+            }
+            Request::Metrics => {
+                let apps = self.apps.lock().await;
+                let metrics: Vec<(String, Arc<RouterMetrics>)> = apps
+                    .iter()
+                    .map(|(name, app)| (name.clone(), app.router.router().metrics()))
+                    .collect();
+                drop(apps);
+                let borrowed: Vec<(&str, &RouterMetrics)> =
+                    metrics.iter().map(|(a, m)| (a.as_str(), m.as_ref())).collect();
+                let mut text = String::new();
+                RouterMetrics::render_all(&borrowed, &mut text);
+                Ok(Answer::Metrics { text })
+            }
+            Request::Shutdown => {
+                self.shutdown.notify_one();
+                Ok(Answer::Done {
+                    state: Observed::default(),
+                })
+            }
+        }
+    }
+
+    /// The whole state, for a runner that (re)connects.
+    async fn state(&self) -> BTreeMap<String, AppState> {
+        let apps = self.apps.lock().await;
+        apps.iter()
+            .map(|(name, app)| {
+                let (generation, counts) = app.driver.observed();
+                let revisions = counts
+                    .keys()
+                    .filter_map(|r| Some((*r, app.driver.config(*r)?)))
+                    .collect();
+                let instances = app
+                    .driver
+                    .instances()
+                    .into_iter()
+                    .map(|(revision, id, pid, _, _)| (revision, id, pid))
+                    .collect();
+                let state = AppState {
+                    listen: app.router.router().local_addr(),
+                    weights: app.router.weights(),
+                    maintenance: app.router.maintenance(),
+                    revisions,
+                    observed: Observed { generation, counts },
+                    instances,
+                };
+                (name.clone(), state)
+            })
+            .collect()
+    }
+
+    async fn done(&self, app: &str) -> Result<Answer, PlaneError> {
+        let (generation, counts) = self.with_app(app, |a| a.driver.observed()).await?;
+        Ok(Answer::Done {
+            state: Observed { generation, counts },
+        })
+    }
+
+    async fn with_app<T>(&self, app: &str, f: impl FnOnce(&PlaneApp) -> T) -> Result<T, PlaneError> {
+        let apps = self.apps.lock().await;
+        let found = apps.get(app).ok_or_else(|| PlaneError::Failed {
+            message: format!("the data plane does not run {app:?}"),
+        })?;
+        Ok(f(found))
+    }
+
+    /// Creates the app, or moves its router to `listen`: the new address is bound and serving
+    /// before the old one is let go.
+    async fn ensure_app(self: &Arc<Self>, app: &str, listen: SocketAddr) -> Result<(), PlaneError> {
+        let mut apps = self.apps.lock().await;
+        if let Some(existing) = apps.get(app) {
+            if existing.router.router().local_addr() == listen {
+                return Ok(());
+            }
+            let router = bind(app, listen).await?;
+            let old = existing.router.move_to(router);
+            tokio::spawn(async move { old.stop(ROUTER_GRACE).await });
+            return Ok(());
+        }
+        let router = LocalRouter::new(bind(app, listen).await?);
+        let output = OutputFiles::new(self.data_dir.join("output").join(app)).map_err(|e| PlaneError::Failed {
+            message: format!("cannot create the output directory of {app}: {e}"),
+        })?;
+        let driver = ProcessDriver::new(app, router.clone(), output);
+        let forwarder = tokio::spawn(forward(app.to_string(), driver.events(), self.runner.clone()));
+        apps.insert(
+            app.to_string(),
+            PlaneApp {
+                router,
+                driver,
+                forwarder,
+            },
+        );
+        Ok(())
+    }
+}
+
+async fn bind(app: &str, listen: SocketAddr) -> Result<Arc<BuiltinRouter>, PlaneError> {
+    BuiltinRouter::bind(app, listen)
+        .await
+        .map(Arc::new)
+        .map_err(|e| PlaneError::Invalid {
+            message: format!("listen: cannot listen on {listen}: {e}"),
+        })
+}
+
+/// Passes an app's driver events on to whichever runner is connected.
+async fn forward(
+    app: String,
+    mut events: tokio::sync::broadcast::Receiver<crate::driver::DriverEvent>,
+    runner: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if let Some(runner) = runner.lock().unwrap().as_ref() {
+                    // A runner that went away gets the whole state when it comes back.
+                    let _ = runner.send(Message::Event {
+                        app: app.clone(),
+                        event,
+                    });
+                }
+            }
+            // The runner re-reads the counts with its next request; nothing is lost but detail.
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn stop_app(app: PlaneApp) {
+    app.driver.stop_all().await;
+    app.forwarder.abort();
+}
+
+async fn stop_everything(plane: &Plane) {
+    let apps: Vec<PlaneApp> = std::mem::take(&mut *plane.apps.lock().await).into_values().collect();
+    futures_util::future::join_all(apps.into_iter().map(stop_app)).await;
+}
