@@ -16,22 +16,18 @@
 //! millisecond the runner adds shows; and `hello` taking 100 ms to start, closer to a real
 //! service, where what matters is that the runner adds no waits of its own.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Runner, free_port, median};
 
 const ROUNDS: usize = 7;
 
 fn main() {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&workspace)
-        .args(["build", "--release", "--quiet", "-p", "hello"])
-        .status()
-        .expect("build hello");
-    assert!(status.success(), "building examples/hello failed");
-    let hello = workspace.join("target/release/hello");
+    let hello = support::hello();
 
     for start_delay_ms in [0u64, 100] {
         println!("\nhello starting in {start_delay_ms} ms (plus its own start-up)");
@@ -50,7 +46,7 @@ fn main() {
                 if strategy == "recreate" {
                     limit += stop_time(&app, replicas);
                 }
-                let rollout = rollout_time(&workspace, &app, strategy, replicas);
+                let rollout = rollout_time(&app, strategy, replicas);
                 println!(
                     "{strategy:<11} {replicas:>8} {:>10.1}ms {:>14.1}ms {:>6.2}x   waves {waves:?}",
                     ms(rollout),
@@ -97,10 +93,6 @@ fn waves(strategy: &str, replicas: u32) -> Vec<u32> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn_hello(app: &App, port: u16) -> Child {
     Command::new(app.hello)
         .env("PORT", port.to_string())
@@ -112,13 +104,7 @@ fn spawn_hello(app: &App, port: u16) -> Child {
 }
 
 fn healthy(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))) else {
-        return false;
-    };
-    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut answer = [0u8; 12];
-    stream.read_exact(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 200")
+    support::answers(port, "/healthz")
 }
 
 /// Median time for `count` hello processes started together to all pass their probe.
@@ -172,71 +158,26 @@ fn stop_all(children: &mut [Child]) {
 }
 
 /// Median wall time of a rollout as the runner records it.
-fn rollout_time(workspace: &Path, app: &App, strategy: &str, replicas: u32) -> Duration {
-    let data = std::env::temp_dir().join(format!(
-        "slipway-bench-rollout-{}-{strategy}-{replicas}-{}",
-        std::process::id(),
-        app.start_delay_ms
-    ));
-    let _ = std::fs::remove_dir_all(&data);
-    let api_port = free_port();
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{api_port}"), "--data-dir"])
-        .arg(&data)
-        .env("SLIPWAY_LOG", "error")
-        .current_dir(workspace)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = format!("http://127.0.0.1:{api_port}");
-    while !healthy_api(api_port) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn rollout_time(app: &App, strategy: &str, replicas: u32) -> Duration {
+    let runner = Runner::start(&format!("rollout-{strategy}-{replicas}-{}", app.start_delay_ms));
     let listen = free_port();
     let mut samples = Vec::new();
     for round in 0..=ROUNDS {
-        let spec = spec(app, strategy, replicas, listen, round);
-        let file = data.join(format!("spec-{round}.toml"));
-        std::fs::write(&file, spec).unwrap();
-        let output = cli(&server, &data, &["deploy", file.to_str().unwrap()]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        runner.deploy(
+            &format!("spec-{round}"),
+            &spec(app, strategy, replicas, listen, round),
+            true,
+        );
         if round == 0 {
             continue; // the first deploy has nothing to replace
         }
-        let history = cli(&server, &data, &["history", "hello", "--output", "json"]);
+        let history = runner.cli(&["history", "hello", "--output", "json"]);
         let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
         let last = history["rollouts"].as_array().unwrap().last().unwrap().clone();
         let took = last["finished_at"].as_u64().unwrap() - last["started_at"].as_u64().unwrap();
         samples.push(Duration::from_millis(took));
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(runner.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = runner.wait();
-    let _ = std::fs::remove_dir_all(&data);
     median(samples)
-}
-
-fn healthy_api(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))) else {
-        return false;
-    };
-    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
-}
-
-fn cli(server: &str, data: &PathBuf, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(args)
-        .env("SLIPWAY_SERVER", server)
-        .env("SLIPWAY_DATA_DIR", data)
-        .output()
-        .unwrap()
 }
 
 fn spec(app: &App, strategy: &str, replicas: u32, listen: u16, version: usize) -> String {
@@ -261,9 +202,4 @@ soak = "0s"
         hello = app.hello.display(),
         delay = app.start_delay_ms
     )
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }

@@ -139,6 +139,46 @@ fn config(pooling: bool) -> Config {
     config
 }
 
+/// Where rollouts, and with them every strategy and hook, run: a runtime of their own whose
+/// threads run at the lowest priority (nice 19). Guests
+/// that spin (each within its CPU budget) then cannot take CPU from the data plane, the
+/// apps, or the runner's API; on an idle machine they run at full speed.
+pub fn guest_runtime() -> tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            // One thread: guests mostly wait on host calls, and on a small machine a second
+            // spinning thread would share a physical core with the data plane.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("slipway-guest")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+                .expect("start the guest runtime")
+        })
+        .handle()
+        .clone()
+}
+
+/// Gives the calling thread the lowest priority of the normal scheduling class (nice 19).
+///
+/// Not `SCHED_IDLE`: the kernel counts a CPU that runs only idle-class threads as free and
+/// wakes traffic threads onto it, behind the spinning guest, which measured worse for the
+/// router's tail latency than nice 19 does.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid(2) and setpriority(2) take and return plain integers; on Linux,
+    // PRIO_PROCESS with a thread id changes that one thread's nice value.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if result != 0 {
+        tracing::warn!("could not lower the priority of a guest thread");
+    }
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a plain thread, so a guest that
 /// spins is interrupted even when every async worker is busy.
 struct EpochTicker {

@@ -58,7 +58,12 @@ pub struct Tally {
     /// lose once an app serves. (A load started against an app that is still coming up
     /// counts its start-up misses elsewhere, not here.)
     pub lost_after_ok: u64,
+    /// How long each 2xx answer took, in microseconds (the first [`MAX_LATENCIES`]).
+    pub latencies_us: Vec<u32>,
 }
+
+/// How many latencies a [`Tally`] keeps.
+pub const MAX_LATENCIES: usize = 1 << 20;
 
 impl Load {
     /// Starts `connections` keep-alive connections to `addr`, each sending GET `path` back to
@@ -121,6 +126,16 @@ impl Tally {
     /// Every request counted.
     pub fn total(&self) -> u64 {
         self.ok + self.failed + self.unavailable
+    }
+
+    /// The `q` quantile (0 to 1) of the 2xx answers' latencies.
+    pub fn latency(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let Some(last) = sorted.len().checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        Duration::from_micros(u64::from(sorted[((last as f64) * q).round() as usize]))
     }
 
     fn record(&mut self, outcome: Outcome, served_before: bool) {
@@ -198,12 +213,19 @@ impl Worker {
         let stopping = |stop: &watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
         let mut served = false;
         while !stopping(&stop) {
+            let started = std::time::Instant::now();
             let outcome = self.request().await;
+            let took = started.elapsed();
             let ok = matches!(outcome, Outcome::Ok(_));
-            self.tally
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(outcome, served);
+            {
+                let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+                tally.record(outcome, served);
+                if ok && tally.latencies_us.len() < MAX_LATENCIES {
+                    tally
+                        .latencies_us
+                        .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+            }
             served |= ok;
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

@@ -24,6 +24,8 @@
 //!   passes its readiness probe and then falls over.
 //! - `HELLO_SHOW_ENV`: comma-separated variable names that `GET /env` answers with, one
 //!   `NAME=value` line each, to check what an instance was started with.
+//! - `HELLO_SPAM=1`: write to stdout and stderr without pause, as `yes` does, to see what an
+//!   instance's output costs.
 //!
 //! On SIGTERM or SIGINT it stops accepting connections, lets requests in flight finish,
 //! closes idle keep-alive connections and exits 0. A missing or invalid setting exits 2.
@@ -64,6 +66,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => return config_error(&message),
     };
+    match flag("HELLO_SPAM") {
+        Ok(true) => spam(),
+        Ok(false) => {}
+        Err(message) => return config_error(&message),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -127,6 +134,16 @@ impl Config {
 fn config_error(message: &str) -> ExitCode {
     eprintln!("hello: {message}");
     ExitCode::from(2)
+}
+
+/// Writes to stdout and stderr from threads of their own, without pause, for as long as the
+/// process lives; a full pipe only blocks those threads.
+fn spam() {
+    use std::io::Write;
+    let line = b"y\n".repeat(4096);
+    let out = line.clone();
+    std::thread::spawn(move || while std::io::stdout().lock().write_all(&out).is_ok() {});
+    std::thread::spawn(move || while std::io::stderr().lock().write_all(&line).is_ok() {});
 }
 
 /// A boolean knob: unset, empty, `0` or `false` is off; `1` or `true` is on.

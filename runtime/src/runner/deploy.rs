@@ -145,7 +145,8 @@ impl Runner {
     pub(super) fn launch(&self, job: RolloutJob, claim: Claim) {
         let control = self.go_live(&job.id);
         let runner = self.arc();
-        tokio::spawn(async move { runner.run_rollout(job, claim, control).await });
+        // Rollouts run guests: on the guest runtime, at a lower priority than traffic.
+        crate::engine::guest_runtime().spawn(async move { runner.run_rollout(job, claim, control).await });
     }
 
     /// Registers a rollout for followers and operators.
