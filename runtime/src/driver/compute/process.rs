@@ -33,11 +33,14 @@ use crate::spec::SecretSource;
 /// The first restart of a crashed instance waits this long; each crash in a row doubles it.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
-/// A starting instance is probed every [`FIRST_PROBE_INTERVAL`] for its first
-/// [`FIRST_PROBING`], then every [`FAST_PROBE_INTERVAL`] until it has been starting for
-/// [`FAST_PROBING`], and after that at intervals that double up to the configured one. Most
-/// apps are ready within milliseconds to a second; this sees them ready about as soon as they
-/// listen, for the price of a refused connect per probe while they are not.
+/// A starting instance is probed every [`QUICK_PROBE_INTERVAL`] for its first
+/// [`QUICK_PROBING`], every [`FIRST_PROBE_INTERVAL`] until [`FIRST_PROBING`], then every
+/// [`FAST_PROBE_INTERVAL`] until it has been starting for [`FAST_PROBING`], and after that at
+/// intervals that double up to the configured one. Most apps are ready within milliseconds to
+/// a second; this sees them ready about as soon as they listen, for the price of a refused
+/// connect per probe while they are not.
+const QUICK_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+const QUICK_PROBING: Duration = Duration::from_millis(20);
 const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(2);
 const FIRST_PROBING: Duration = Duration::from_millis(100);
 const FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
@@ -423,7 +426,7 @@ impl ProcessDriver {
         let mut thresholds = Thresholds::new(config.success_threshold, config.failure_threshold);
         let mut exited = instance.exited.subscribe();
         let started = Instant::now();
-        let mut delay = FIRST_PROBE_INTERVAL;
+        let mut delay = QUICK_PROBE_INTERVAL;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -455,6 +458,8 @@ impl ProcessDriver {
             }
             delay = if ready {
                 config.probe_interval
+            } else if started.elapsed() < QUICK_PROBING {
+                QUICK_PROBE_INTERVAL.min(config.probe_interval)
             } else if started.elapsed() < FIRST_PROBING {
                 FIRST_PROBE_INTERVAL.min(config.probe_interval)
             } else if started.elapsed() < FAST_PROBING {
