@@ -1,4 +1,4 @@
-//! Processes for `bench/router.sh`, which compares the built-in router with nginx; run
+//! Processes for `bench/router.sh`, which compares the built-in router with nginx and HAProxy; run
 //! that script rather than this directly.
 //!
 //! ```text

@@ -6,8 +6,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use hyper::header::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::driver::router::builtin::http1;
 
 /// How to probe one instance.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +46,9 @@ async fn probe_inner(check: &ProbeCheck, addr: SocketAddr) -> Result<(), String>
     }
 }
 
-/// Sends `GET path` on `stream` and returns the response's status code.
+/// Sends `GET path` on `stream` and returns the response's status code, reading the response
+/// head with the router's own HTTP/1.1 parser: an answer the router could not proxy does not
+/// pass a probe either.
 async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<u16, String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-probe\r\nConnection: close\r\n\r\n");
@@ -50,21 +56,29 @@ async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Re
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 128];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+    let mut read = BytesMut::with_capacity(512);
+    let end = loop {
+        if let Some(end) = http1::find_head_end(&read) {
+            break end;
+        }
+        if read.len() > http1::MAX_RESPONSE_HEAD {
+            return Err(format!(
+                "{addr} sent a response head over {} bytes",
+                http1::MAX_RESPONSE_HEAD
+            ));
+        }
         let n = stream
-            .read(&mut buf)
+            .read_buf(&mut read)
             .await
             .map_err(|e| format!("read from {addr}: {e}"))?;
         if n == 0 {
-            break;
+            return Err(format!("{addr} closed the connection before a complete response head"));
         }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
-    status.ok_or_else(|| format!("{addr} did not answer with an HTTP status line"))
+    };
+    let head = read.split_to(end).freeze();
+    let response = http1::parse_response_head(head, false, &mut HeaderMap::new())
+        .map_err(|reason| format!("{addr} sent an invalid response: {reason}"))?;
+    Ok(response.status.as_u16())
 }
 
 /// Turns single results into a readiness verdict with success and failure thresholds, as
@@ -160,5 +174,34 @@ mod tests {
                 .unwrap_err()
                 .contains("connect")
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_router_could_not_read_fails_the_probe() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", // no blank line: the head never ends
+                "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+                "SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        let http = ProbeCheck::Http {
+            path: "/healthz".into(),
+            status: 200,
+        };
+        let second = Duration::from_secs(1);
+        let truncated = probe_once(&http, addr, second).await.unwrap_err();
+        assert!(truncated.contains("before a complete response head"), "{truncated}");
+        let garbled = probe_once(&http, addr, second).await.unwrap_err();
+        assert!(garbled.contains("header line without a colon"), "{garbled}");
+        let not_http = probe_once(&http, addr, second).await.unwrap_err();
+        assert!(not_http.contains("not an HTTP/1 status line"), "{not_http}");
     }
 }

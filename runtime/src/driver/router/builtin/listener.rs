@@ -1,0 +1,233 @@
+//! The listening socket and client connections: accepting, serving each with hyper,
+//! closing them gracefully, and a per-connection timer for the header timeout.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant as TokioInstant;
+use tokio::time::Sleep;
+use tracing::{debug, warn};
+
+use super::{Shared, lock};
+
+#[derive(Default)]
+pub(super) struct Connections {
+    set: Mutex<ConnectionSet>,
+    emptied: Notify,
+}
+
+#[derive(Default)]
+struct ConnectionSet {
+    next_id: u64,
+    live: HashMap<u64, LiveConnection>,
+}
+
+struct LiveConnection {
+    pub(super) close: Option<oneshot::Sender<()>>,
+    pub(super) abort: AbortHandle,
+}
+
+/// Removes a connection from [`Connections`] when its task ends, however it ends.
+struct ConnectionEntry {
+    pub(super) connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Connections {
+    pub(super) fn close_gracefully(&self) {
+        let signals: Vec<oneshot::Sender<()>> = lock(&self.set)
+            .live
+            .values_mut()
+            .filter_map(|c| c.close.take())
+            .collect();
+        for signal in signals {
+            let _ = signal.send(());
+        }
+    }
+
+    pub(super) fn abort_all(&self) {
+        let tasks: Vec<AbortHandle> = lock(&self.set).live.values().map(|c| c.abort.clone()).collect();
+        for task in tasks {
+            task.abort();
+        }
+    }
+
+    pub(super) async fn closed(&self) {
+        loop {
+            let mut emptied = pin!(self.emptied.notified());
+            emptied.as_mut().enable();
+            if lock(&self.set).live.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+impl Drop for ConnectionEntry {
+    fn drop(&mut self) {
+        let mut set = lock(&self.connections.set);
+        set.live.remove(&self.id);
+        let empty = set.live.is_empty();
+        drop(set);
+        if empty {
+            self.connections.emptied.notify_waiters();
+        }
+    }
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, connections: Arc<Connections>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually out of file descriptors: pause rather than spin on the error.
+                warn!(app = %shared.app, %error, "router cannot accept connections");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (close, close_requested) = oneshot::channel();
+        // Holding the lock across the spawn keeps the task from removing its entry
+        // before it is inserted.
+        let mut set = lock(&connections.set);
+        let id = set.next_id;
+        set.next_id += 1;
+        let entry = ConnectionEntry {
+            connections: connections.clone(),
+            id,
+        };
+        let task = tokio::spawn(serve_connection(shared.clone(), stream, peer, close_requested, entry));
+        set.live.insert(
+            id,
+            LiveConnection {
+                close: Some(close),
+                abort: task.abort_handle(),
+            },
+        );
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut close_requested: oneshot::Receiver<()>,
+    _entry: ConnectionEntry,
+) {
+    let _ = stream.set_nodelay(true);
+    let client_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
+    let service_state = shared.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (head, body) = request.into_parts();
+        let proxied = service_state.clone().proxy(head, body, client_ip.clone());
+        async move { Ok::<_, Infallible>(proxied.await) }
+    });
+    let mut server = shared.server.clone();
+    server.timer(ConnectionTimer { spare: Arc::default() });
+    let mut connection = pin!(server.serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                debug!(app = %shared.app, %peer, %error, "client connection ended with an error");
+            }
+            return;
+        }
+        _ = &mut close_requested => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(error) = connection.await {
+        debug!(app = %shared.app, %peer, %error, "client connection ended with an error while closing");
+    }
+}
+
+/// hyper's timer for one client connection's header timeout.
+///
+/// hyper makes a new timer for every request head it reads and drops it once the head
+/// is in; with tokio's timers that is an allocation, a timer-wheel insertion and a
+/// removal per request, a few percent of a proxied request. This one keeps one tokio
+/// timer per connection across requests and only records each new deadline; the tokio
+/// timer catches up when it fires.
+struct ConnectionTimer {
+    /// The tokio timer, while no request head is being read.
+    spare: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+}
+
+/// A sleep handed to hyper: the connection's tokio timer, and the deadline it stands for.
+struct ReusedSleep {
+    pub(super) deadline: TokioInstant,
+    pub(super) timer: Option<Pin<Box<Sleep>>>,
+    /// Where the tokio timer goes back to when hyper drops this.
+    spare: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+}
+
+impl hyper::rt::Timer for ConnectionTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let deadline = TokioInstant::from_std(deadline);
+        let timer = match lock(&self.spare).take() {
+            Some(mut timer) => {
+                // A later deadline can wait for the timer to fire; an earlier one cannot.
+                if deadline < timer.deadline() {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Box::pin(ReusedSleep {
+            deadline,
+            timer: Some(timer),
+            spare: self.spare.clone(),
+        })
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
+        *sleep = self.sleep_until(new_deadline);
+    }
+}
+
+impl Future for ReusedSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        let Some(timer) = self.timer.as_mut() else {
+            return Poll::Ready(());
+        };
+        loop {
+            std::task::ready!(timer.as_mut().poll(cx));
+            if timer.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // It fired for an earlier request's deadline.
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Drop for ReusedSleep {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            *lock(&self.spare) = Some(timer);
+        }
+    }
+}
+
+impl hyper::rt::Sleep for ReusedSleep {}
