@@ -27,10 +27,8 @@ use tokio::net::TcpListener;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let threads = std::env::var("BENCH_THREADS").ok().map_or(Ok(1), |t| t.parse())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+    // The runtime the data plane runs on, with the bench's number of workers.
+    let runtime = slipway::dataplane::runtime_builder().worker_threads(threads).build()?;
     let body_bytes = std::env::var("BENCH_BODY_BYTES").ok().map_or(Ok(0), |n| n.parse())?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["backend", listen] => runtime.block_on(backend(listen.parse()?, body_bytes)),

@@ -29,3 +29,19 @@ pub const SOCKET: &str = "dataplane.sock";
 pub const PID_FILE: &str = "dataplane.pid";
 /// Where the data plane logs, in the data directory.
 pub const LOG_FILE: &str = "dataplane.log";
+
+/// How the tokio runtime of every Slipway process is built, the data plane's above all:
+/// the router's fairness depends on it.
+///
+/// Woken connections go to a worker's local queue of 256 tasks and overflow into the shared
+/// queue, which a worker looks at only every `global_queue_interval` tasks (31 and up by
+/// default). With a thousand keep-alive clients the overflow waits while fresh wake-ups
+/// jump ahead: measured with one worker at 1,000 connections, p50 8–12 ms but p90 100 ms
+/// and p99 160–200 ms. Looking at the shared queue every other task serves connections in
+/// the order they became ready (p90 37 ms, p99 50 ms, as nginx) at the same throughput;
+/// with fewer clients than the local queue holds it costs one atomic load per task.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().global_queue_interval(2);
+    builder
+}

@@ -8,8 +8,7 @@ fn main() -> ExitCode {
         // Colour codes only where a person reads them, not in log files and CI output.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let runtime = slipway::dataplane::runtime_builder()
         .build()
         .expect("start the tokio runtime");
     runtime.block_on(slipway::cli::main())
