@@ -30,15 +30,18 @@ mod operations;
 mod recovery;
 mod rollback;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::dataplane::client::{PlaneClient, RemoteApp, Start};
+use crate::driver::compute::container::{ContainerConfig, Network, Pull};
+use crate::driver::compute::instances::{Supervision, Workload};
 use crate::driver::compute::process::ProcessConfig;
 use crate::driver::{Cluster, WallClock};
 use crate::engine::Limits;
@@ -401,23 +404,64 @@ fn route_of(value: &Option<serde_json::Value>) -> Option<Vec<(u32, u32)>> {
     )
 }
 
+/// How the data plane runs a revision of `spec`: as processes or as containers.
+pub fn workload(spec: &Spec) -> Workload {
+    match (&spec.process, &spec.container) {
+        (_, Some(container)) => Workload::Container(container_config(container, spec)),
+        (Some(process), None) => Workload::Process(process_config(process, spec)),
+        // A validated spec has one of them.
+        (None, None) => unreachable!("spec {} was validated and has neither process nor container", spec.name),
+    }
+}
+
 /// How the process driver runs a revision of `spec`.
-pub fn process_config(spec: &Spec) -> ProcessConfig {
-    let probe = &spec.probe;
+pub fn process_config(process: &spec::Process, spec: &Spec) -> ProcessConfig {
     ProcessConfig {
-        program: spec.process.command.clone(),
-        args: spec.process.args.clone(),
-        env: spec.process.env.clone(),
-        // References were checked when the spec was; a bad one here would be a stored spec
-        // from an older runner, and is left out rather than passed on as text.
-        secret_env: spec
-            .process
-            .secret_env
-            .iter()
-            .filter_map(|(name, text)| Some((name.clone(), spec::secret_source(text).ok()?)))
-            .collect(),
-        workdir: spec.process.workdir.as_ref().map(|w| Path::new(w).to_path_buf()),
-        grace: spec.process.grace_period,
+        program: process.command.clone(),
+        args: process.args.clone(),
+        env: process.env.clone(),
+        secret_env: secret_sources(&process.secret_env),
+        workdir: process.workdir.as_ref().map(|w| Path::new(w).to_path_buf()),
+        supervision: supervision(process.grace_period, spec),
+    }
+}
+
+fn container_config(container: &spec::Container, spec: &Spec) -> ContainerConfig {
+    ContainerConfig {
+        image: container.image.clone(),
+        entrypoint: container.command.clone(),
+        args: container.args.clone(),
+        env: container.env.clone(),
+        secret_env: secret_sources(&container.secret_env),
+        network: match (container.network, container.port) {
+            (spec::ContainerNetwork::Bridge, Some(port)) => Network::Bridge { port },
+            _ => Network::Host,
+        },
+        memory_bytes: container.memory.as_deref().and_then(|m| spec::bytes(m).ok()),
+        nano_cpus: container.cpus.map(|c| (c * 1e9).round() as u64),
+        volumes: container.volumes.clone(),
+        pull: match container.pull {
+            spec::PullPolicy::Missing => Pull::Missing,
+            spec::PullPolicy::Always => Pull::Always,
+            spec::PullPolicy::Never => Pull::Never,
+        },
+        supervision: supervision(container.grace_period, spec),
+    }
+}
+
+/// References were checked when the spec was; a bad one here would be a stored spec from an
+/// older runner, and is left out rather than passed on as text.
+fn secret_sources(secret_env: &BTreeMap<String, String>) -> BTreeMap<String, spec::SecretSource> {
+    secret_env
+        .iter()
+        .filter_map(|(name, text)| Some((name.clone(), spec::secret_source(text).ok()?)))
+        .collect()
+}
+
+fn supervision(grace: Duration, spec: &Spec) -> Supervision {
+    let probe = &spec.probe;
+    Supervision {
+        grace,
         probe: match &probe.http {
             Some(path) => ProbeCheck::Http {
                 path: path.clone(),

@@ -15,6 +15,20 @@
 //! workdir = "."
 //! grace-period = "30s"            # SIGTERM → wait → SIGKILL
 //!
+//! # or, instead of [process], a container (Docker Engine API: Docker or Podman)
+//! [container]
+//! image = "ghcr.io/acme/shop:2.1"
+//! command = ["/app/shop"]         # replaces the image's entrypoint (optional)
+//! args = ["--verbose"]            # replaces the image's command (optional)
+//! env = { VERSION = "v1" }        # and secret-env, as for [process]
+//! port = 8080                     # where the app listens inside; published on 127.0.0.1
+//! network = "bridge"              # or "host": the app listens on the PORT it is given
+//! memory = "512MiB"               # limits (optional)
+//! cpus = 1.5
+//! volumes = ["/srv/shop:/data:ro", "shop-cache:/cache"]
+//! pull = "missing"                # missing | always | never
+//! grace-period = "30s"
+//!
 //! [probe]                         # default: a TCP connect
 //! http = "/healthz"               # or `tcp = true`, not both
 //! status = 200
@@ -88,8 +102,13 @@ pub struct Spec {
     pub replicas: u32,
     /// Where the app's built-in router listens.
     pub listen: SocketAddr,
-    /// The program each replica runs.
-    pub process: Process,
+    /// The program each replica runs as a local process; exactly one of `process` and
+    /// `container` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The image each replica runs as a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     /// How readiness is checked (default: a TCP connect).
     #[serde(default)]
     pub probe: Probe,
@@ -126,6 +145,66 @@ pub struct Process {
     /// How long a replica has between SIGTERM and SIGKILL (default 30 s).
     #[serde(default = "default_grace_period", with = "duration")]
     pub grace_period: Duration,
+}
+
+/// The image each replica runs as a container. Slipway adds `PORT` to its environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Container {
+    /// An image reference, e.g. `ghcr.io/acme/shop:2.1` or `nginx@sha256:…`.
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's command (the arguments after the entrypoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Extra environment; `PORT` and names starting with `SLIPWAY_` are reserved.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// As for [`Process::secret_env`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
+    /// The port the app listens on inside the container (bridge network only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub network: ContainerNetwork,
+    /// A memory limit such as `"512MiB"` or `"2GiB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// A CPU limit in cores, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Mounts in Docker's `-v` form: `/host/path:/path[:ro]` or `volume-name:/path[:ro]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// How long a replica has between SIGTERM and SIGKILL (default 30 s).
+    #[serde(default = "default_grace_period", with = "duration")]
+    pub grace_period: Duration,
+}
+
+/// How a container's port is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerNetwork {
+    /// A network of its own; `port` is published on 127.0.0.1.
+    #[default]
+    Bridge,
+    /// The machine's network; the app listens on 127.0.0.1 at the `PORT` it is given.
+    Host,
+}
+
+/// When a container's image is pulled from its registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    #[default]
+    Missing,
+    Always,
+    Never,
 }
 
 /// The readiness probe. `http` makes it an HTTP GET; otherwise it is a TCP connect.
@@ -850,7 +929,20 @@ fn check(spec: &Spec) -> Result<(), Problem> {
             "give the router a port to listen on, e.g. \"127.0.0.1:8080\"",
         )?;
     }
-    check_process(&spec.process)?;
+    match (&spec.process, &spec.container) {
+        (Some(process), None) => check_process(process)?,
+        (None, Some(container)) => check_container(container)?,
+        (None, None) => problem(
+            Vec::new(),
+            "the spec says neither what program nor what image to run",
+            "add a [process] table with command = \"path/to/program\", or a [container] table with image = \"…\"",
+        )?,
+        (Some(_), Some(_)) => problem(
+            keys(&["container"]),
+            "the spec has both a [process] and a [container] table",
+            "keep one: replicas run either as local processes or as containers",
+        )?,
+    }
     check_probe(&spec.probe)?;
     if let Err(error) = module_ref(&spec.strategy.module) {
         problem(keys(&["strategy", "module"]), error.message, error.hint)?;
@@ -901,13 +993,157 @@ fn check_process(process: &Process) -> Result<(), Problem> {
             problem(path, format!("argument {index} contains a NUL character"), "remove it")?;
         }
     }
-    for (name, value) in &process.env {
-        let path = keys(&["process", "env", name]);
+    check_env("process", &process.env, &process.secret_env)?;
+    if let Some(workdir) = &process.workdir
+        && (workdir.is_empty() || workdir.contains('\0'))
+    {
+        problem(
+            keys(&["process", "workdir"]),
+            "workdir is empty or contains a NUL character",
+            "leave workdir out to run where slipway serve runs, or name a directory such as \".\"",
+        )?;
+    }
+    if process.grace_period > duration::MAX {
+        problem(
+            keys(&["process", "grace-period"]),
+            "grace-period is longer than a year",
+            duration::HINT,
+        )?;
+    }
+    Ok(())
+}
+
+fn check_container(container: &Container) -> Result<(), Problem> {
+    let image = &container.image;
+    if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problem(
+            keys(&["container", "image"]),
+            format!("{image:?} is not an image reference"),
+            "name an image, e.g. image = \"ghcr.io/acme/shop:2.1\" or \"nginx:1.27\"",
+        )?;
+    }
+    for (field, list) in [("command", &container.command), ("args", &container.args)] {
+        let Some(list) = list else { continue };
+        if field == "command" && list.is_empty() {
+            problem(
+                keys(&["container", field]),
+                "command is an empty list",
+                "leave command out to run the image's entrypoint, or name the program, e.g. [\"/app/shop\"]",
+            )?;
+        }
+        if let Some(index) = list.iter().position(|a| a.contains('\0')) {
+            let mut path = keys(&["container", field]);
+            path.push(Segment::Index(index));
+            problem(
+                path,
+                format!("{field} item {index} contains a NUL character"),
+                "remove it",
+            )?;
+        }
+    }
+    check_env("container", &container.env, &container.secret_env)?;
+    match (container.network, container.port) {
+        (ContainerNetwork::Bridge, None) => problem(
+            keys(&["container", "port"]),
+            "the container's port is not given",
+            "say which port the app listens on inside the container, e.g. port = 8080 (it is published on 127.0.0.1), or use network = \"host\" and have the app listen on the PORT Slipway gives it",
+        )?,
+        (ContainerNetwork::Bridge, Some(0)) => problem(
+            keys(&["container", "port"]),
+            "port 0 is not a port an app listens on",
+            "give the port the app listens on inside the container, e.g. port = 8080",
+        )?,
+        (ContainerNetwork::Host, Some(port)) => problem(
+            keys(&["container", "port"]),
+            format!(
+                "port = {port} with network = \"host\": on the host network each replica listens on the PORT Slipway gives it"
+            ),
+            "remove port, or use network = \"bridge\" to publish a fixed port",
+        )?,
+        _ => {}
+    }
+    if let Some(memory) = &container.memory
+        && let Err(message) = bytes(memory)
+    {
+        problem(
+            keys(&["container", "memory"]),
+            message,
+            "write a size such as \"512MiB\" or \"2GiB\"",
+        )?;
+    }
+    if let Some(cpus) = container.cpus
+        && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
+    {
+        problem(
+            keys(&["container", "cpus"]),
+            format!("cpus = {cpus} is not a CPU limit"),
+            "give a number of cores above 0, e.g. cpus = 0.5 or cpus = 2",
+        )?;
+    }
+    for (index, volume) in container.volumes.iter().enumerate() {
+        let mut path = keys(&["container", "volumes"]);
+        path.push(Segment::Index(index));
+        let parts: Vec<&str> = volume.split(':').collect();
+        let valid = matches!(parts.len(), 2 | 3)
+            && !parts[0].is_empty()
+            && parts[1].starts_with('/')
+            && parts
+                .get(2)
+                .is_none_or(|o| o.split(',').all(|o| matches!(o, "ro" | "rw" | "z" | "Z")))
+            && !volume.contains('\0');
+        if !valid {
+            problem(
+                path,
+                format!("{volume:?} is not a volume"),
+                "write SOURCE:TARGET[:ro], e.g. \"/srv/shop:/data:ro\" or \"shop-cache:/cache\", with TARGET an absolute path in the container",
+            )?;
+        }
+    }
+    if container.grace_period > duration::MAX {
+        problem(
+            keys(&["container", "grace-period"]),
+            "grace-period is longer than a year",
+            duration::HINT,
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads a size such as `"512MiB"`, `"2GiB"`, `"64m"` or `"1048576"` (bytes).
+pub fn bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "KiB" | "K" | "k" | "KB" | "kb" => 1 << 10,
+        "MiB" | "M" | "m" | "MB" | "mb" => 1 << 20,
+        "GiB" | "G" | "g" | "GB" | "gb" => 1 << 30,
+        other => return Err(format!("{other:?} in {text:?} is not a size unit")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: it should start with a whole number"))?;
+    match number.checked_mul(unit_bytes) {
+        Some(0) => Err(format!("{text:?} is no memory at all")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+/// Checks `env` and `secret-env` of the table `table` (`process` or `container`).
+fn check_env(
+    table: &str,
+    env: &BTreeMap<String, String>,
+    secret_env: &BTreeMap<String, String>,
+) -> Result<(), Problem> {
+    for (name, value) in env {
+        let path = keys(&[table, "env", name]);
         if name == "PORT" {
             problem(
                 path,
                 "`PORT` is reserved: Slipway sets it to each replica's own port",
-                "remove PORT from [process] env and have the app read the PORT Slipway gives it",
+                format!("remove PORT from [{table}] env and have the app read the PORT Slipway gives it"),
             )?;
         } else if name.starts_with("SLIPWAY_") {
             problem(
@@ -929,15 +1165,15 @@ fn check_process(process: &Process) -> Result<(), Problem> {
             )?;
         }
     }
-    for (name, reference) in &process.secret_env {
-        let path = keys(&["process", "secret-env", name]);
+    for (name, reference) in secret_env {
+        let path = keys(&[table, "secret-env", name]);
         if name == "PORT" || name.starts_with("SLIPWAY_") || !valid_env_name(name) {
             problem(
                 path,
                 format!("`{name}` cannot be a secret: it is reserved or not an environment variable name"),
                 "use letters, digits and underscores, not starting with a digit; PORT and SLIPWAY_* are Slipway's",
             )?;
-        } else if process.env.contains_key(name) {
+        } else if env.contains_key(name) {
             problem(
                 path,
                 format!("`{name}` is in both env and secret-env"),
@@ -946,22 +1182,6 @@ fn check_process(process: &Process) -> Result<(), Problem> {
         } else if let Err(error) = secret_source(reference) {
             problem(path, error.message, error.hint)?;
         }
-    }
-    if let Some(workdir) = &process.workdir
-        && (workdir.is_empty() || workdir.contains('\0'))
-    {
-        problem(
-            keys(&["process", "workdir"]),
-            "workdir is empty or contains a NUL character",
-            "leave workdir out to run where slipway serve runs, or name a directory such as \".\"",
-        )?;
-    }
-    if process.grace_period > duration::MAX {
-        problem(
-            keys(&["process", "grace-period"]),
-            "grace-period is longer than a year",
-            duration::HINT,
-        )?;
     }
     Ok(())
 }
@@ -1288,7 +1508,7 @@ fn shape_hint(path: &[Segment], message: &str, format: Format) -> Option<String>
         return Some(duration::HINT.to_owned());
     }
     if path.is_empty() && format == Format::Json && message.starts_with("invalid type") {
-        return Some("send the spec as a JSON object with name, listen and process".into());
+        return Some("send the spec as a JSON object with name, listen and process (or container)".into());
     }
     let mut named = path.iter().rev().filter_map(|segment| match segment {
         Segment::Key(key) => Some(key.as_str()),
@@ -1308,13 +1528,24 @@ fn shape_hint(path: &[Segment], message: &str, format: Format) -> Option<String>
         (_, "env") => "env maps names to strings, e.g. env = { VERSION = \"v1\" }",
         (_, "params") => "params is a table, e.g. params = { max-surge = \"25%\" }",
         (_, "policy") => "policy is \"abort\", \"retry\" or \"ignore\"",
-        (_, "process" | "probe" | "strategy" | "hooks" | "lifecycle" | "pre" | "mid" | "post" | "rollback") => {
-            match format {
-                Format::Toml => "this is a table: write it as a [header] with keys below it",
-                Format::Json => "this is an object with keys of its own",
-            }
-        }
-        (_, "name" | "command" | "module" | "http" | "workdir") => "write it as a string in double quotes",
+        (
+            _,
+            "process" | "container" | "probe" | "strategy" | "hooks" | "lifecycle" | "pre" | "mid" | "post"
+            | "rollback",
+        ) => match format {
+            Format::Toml => "this is a table: write it as a [header] with keys below it",
+            Format::Json => "this is an object with keys of its own",
+        },
+        (_, "name" | "module" | "http" | "workdir" | "image" | "memory") => "write it as a string in double quotes",
+        (_, "command") => match parent {
+            "container" => "a list of strings, e.g. [\"/app/shop\"]",
+            _ => "write it as a string in double quotes",
+        },
+        (_, "network") => "network is \"bridge\" or \"host\"",
+        (_, "pull") => "pull is \"missing\", \"always\" or \"never\"",
+        (_, "port") => "port is a whole number from 1 to 65535, without quotes",
+        (_, "cpus") => "cpus is a number of cores, e.g. 0.5, without quotes",
+        (_, "volumes") => "a list of strings, e.g. [\"/srv/shop:/data:ro\"]",
         _ => return None,
     };
     Some(hint.to_owned())
@@ -1553,14 +1784,15 @@ maintenance-during-deploy = true
                 name: "hello".into(),
                 replicas: 1,
                 listen: "127.0.0.1:8080".parse().unwrap(),
-                process: Process {
+                process: Some(Process {
                     command: "hello".into(),
                     args: vec![],
                     env: BTreeMap::new(),
                     secret_env: BTreeMap::new(),
                     workdir: None,
                     grace_period: Duration::from_secs(30),
-                },
+                }),
+                container: None,
                 probe: Probe::default(),
                 strategy: Strategy::default(),
                 hooks: Hooks::default(),
@@ -1592,10 +1824,10 @@ maintenance-during-deploy = true
     fn full_spec_reads_every_field() {
         let spec = parse_toml(FULL).unwrap();
         assert_eq!(spec.replicas, 3);
-        assert_eq!(spec.process.args, ["--verbose"]);
-        assert_eq!(spec.process.env["VERSION"], "v1");
-        assert_eq!(spec.process.workdir.as_deref(), Some("."));
-        assert_eq!(spec.process.grace_period, Duration::from_secs(45));
+        assert_eq!(spec.process.as_ref().unwrap().args, ["--verbose"]);
+        assert_eq!(spec.process.as_ref().unwrap().env["VERSION"], "v1");
+        assert_eq!(spec.process.as_ref().unwrap().workdir.as_deref(), Some("."));
+        assert_eq!(spec.process.as_ref().unwrap().grace_period, Duration::from_secs(45));
         assert_eq!(
             spec.probe.kind(),
             ProbeKind::Http {
@@ -1683,7 +1915,7 @@ maintenance-during-deploy = true
         assert_eq!(spec.lifecycle.progress_deadline, Duration::from_secs(120));
         let spec =
             parse_json(json!({"name": "a", "listen": "127.0.0.1:1", "process": {"command": "x", "grace-period": 5}}));
-        assert_eq!(spec.unwrap().process.grace_period, Duration::from_secs(5));
+        assert_eq!(spec.unwrap().process.unwrap().grace_period, Duration::from_secs(5));
     }
 
     #[test]
@@ -1833,8 +2065,83 @@ maintenance-during-deploy = true
         let error = parse_toml("name = \"hello\"\nlisten = \"127.0.0.1:8080\"\n").unwrap_err();
         assert_eq!(
             error.hint.as_deref(),
-            Some("add a [process] table with command = \"path/to/program\"")
+            Some("add a [process] table with command = \"path/to/program\", or a [container] table with image = \"…\"")
         );
+    }
+
+    const CONTAINER: &str =
+        "name = \"shop\"\nlisten = \"127.0.0.1:8080\"\n[container]\nimage = \"ghcr.io/acme/shop:2\"\n";
+
+    #[test]
+    fn a_container_spec_reads_with_its_defaults() {
+        let spec = parse_toml(&format!(
+            "{CONTAINER}port = 8080\nmemory = \"512MiB\"\ncpus = 1.5\nvolumes = [\"/srv:/data:ro\"]\npull = \"never\"\n"
+        ))
+        .unwrap();
+        let container = spec.container.as_ref().unwrap();
+        assert!(spec.process.is_none());
+        assert_eq!(container.network, ContainerNetwork::Bridge);
+        assert_eq!(container.pull, PullPolicy::Never);
+        assert_eq!(bytes(container.memory.as_deref().unwrap()), Ok(512 << 20));
+        assert_eq!(container.grace_period, Duration::from_secs(30));
+        // The spec reads back as written, through JSON too.
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(parse_json(json).unwrap(), spec);
+        let host = parse_toml(&format!("{CONTAINER}network = \"host\"\n")).unwrap();
+        assert_eq!(host.container.unwrap().network, ContainerNetwork::Host);
+    }
+
+    #[test]
+    fn container_mistakes_are_named_with_a_hint() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "container.port", "say which port the app listens on"),
+            ("network = \"host\"\nport = 80\n", "container.port", "remove port"),
+            ("port = 80\nmemory = \"lots\"\n", "container.memory", "512MiB"),
+            ("port = 80\nmemory = \"0MiB\"\n", "container.memory", "512MiB"),
+            ("port = 80\ncpus = 0\n", "container.cpus", "above 0"),
+            (
+                "port = 80\nvolumes = [\"/srv\"]\n",
+                "container.volumes[0]",
+                "SOURCE:TARGET",
+            ),
+            (
+                "port = 80\nvolumes = [\"/srv:data\"]\n",
+                "container.volumes[0]",
+                "absolute path",
+            ),
+            (
+                "port = 80\nenv = { PORT = \"1\" }\n",
+                "container.env.PORT",
+                "remove PORT from [container] env",
+            ),
+            ("port = 80\ncommand = []\n", "container.command", "entrypoint"),
+            ("port = 80\npull = \"sometimes\"\n", "container.pull", ""),
+            ("port = 80\nnetwork = \"overlay\"\n", "container.network", ""),
+        ];
+        for (extra, field, hint) in cases {
+            let error = parse_toml(&format!("{CONTAINER}{extra}")).unwrap_err();
+            let shown = error.to_string();
+            assert_eq!(&error.field, field, "{extra:?}: {shown}");
+            assert!(shown.contains(hint), "{extra:?}: {shown}");
+            assert!(error.location.is_some(), "{extra:?}: {shown}");
+        }
+        let error = parse_toml(&format!("{CONTAINER}port = 80\n[process]\ncommand = \"x\"\n")).unwrap_err();
+        assert!(
+            error.to_string().contains("both a [process] and a [container]"),
+            "{error}"
+        );
+        let error = parse_toml(&CONTAINER.replace("ghcr.io/acme/shop:2", "shop v2")).unwrap_err();
+        assert!(error.to_string().contains("not an image reference"), "{error}");
+    }
+
+    #[test]
+    fn sizes_read_in_the_units_people_write() {
+        assert_eq!(bytes("1048576"), Ok(1 << 20));
+        assert_eq!(bytes("64m"), Ok(64 << 20));
+        assert_eq!(bytes("2GiB"), Ok(2 << 30));
+        assert!(bytes("2 TiB").is_err());
+        assert!(bytes("-1").is_err());
+        assert!(bytes("99999999999999GiB").is_err());
     }
 
     #[test]
@@ -2010,7 +2317,7 @@ maintenance-during-deploy = true
         assert!(shown.ends_with(" (hint: did you mean `replicas`?)"), "{shown}");
 
         let mut spec = parse_toml(MINIMAL).unwrap();
-        spec.process.env.insert("PORT".into(), "1".into());
+        spec.process.as_mut().unwrap().env.insert("PORT".into(), "1".into());
         let shown = validate(&spec).unwrap_err().to_string();
         assert!(shown.starts_with("process.env.PORT: `PORT` is reserved"), "{shown}");
     }
@@ -2102,9 +2409,14 @@ maintenance-during-deploy = true
     fn merge_patch_changes_only_what_it_names() {
         let base = parse_toml(FULL).unwrap();
         let patched = merge_patch(&base, &json!({"process": {"env": {"VERSION": "v2"}}})).unwrap();
-        assert_eq!(patched.process.env["VERSION"], "v2");
+        assert_eq!(patched.process.as_ref().unwrap().env["VERSION"], "v2");
         let mut expected = base.clone();
-        expected.process.env.insert("VERSION".into(), "v2".into());
+        expected
+            .process
+            .as_mut()
+            .unwrap()
+            .env
+            .insert("VERSION".into(), "v2".into());
         assert_eq!(patched, expected);
 
         // `null` removes a key: a defaulted field goes back to its default.

@@ -5,6 +5,7 @@
 //! on first use; the Python example needs `componentize-py` (installed by `.ci/run`).
 
 mod cli;
+mod containers;
 mod dataplane;
 mod deploy;
 mod examples;

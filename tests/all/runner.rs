@@ -337,6 +337,10 @@ pub struct HelloSpec<'a> {
     pub deadline: &'a str,
     /// Extra tables (hooks).
     pub tables: &'a str,
+    /// Runs hello as containers of this image instead of processes.
+    pub image: Option<&'a str>,
+    /// With `image`: "bridge" (port 8080 published) or "host".
+    pub network: &'a str,
 }
 
 impl Default for HelloSpec<'_> {
@@ -351,6 +355,8 @@ impl Default for HelloSpec<'_> {
             soak: "0s",
             deadline: "120s",
             tables: "",
+            image: None,
+            network: "bridge",
         }
     }
 }
@@ -362,9 +368,7 @@ impl HelloSpec<'_> {
 replicas = 3
 listen = "{listen}"
 
-[process]
-command = "{command}"
-env = {{ VERSION = "{version}"{extra_env} }}
+{runs}
 grace-period = "10s"
 
 [probe]
@@ -385,16 +389,31 @@ soak = "{soak}"
 {tables}
 "#,
             listen = self.listen,
-            version = self.version,
-            extra_env = self.extra_env,
             strategy = self.strategy,
             params = self.params,
             lifecycle = self.lifecycle,
             soak = self.soak,
             deadline = self.deadline,
             tables = self.tables,
-            command = hello().display()
+            runs = self.runs(),
         )
+    }
+
+    /// The `[process]` or `[container]` table, without its grace period.
+    fn runs(&self) -> String {
+        let (version, extra_env) = (self.version, self.extra_env);
+        match (self.image, self.network) {
+            (None, _) => format!(
+                "[process]\ncommand = \"{}\"\nenv = {{ VERSION = \"{version}\"{extra_env} }}",
+                hello().display()
+            ),
+            (Some(image), "host") => format!(
+                "[container]\nimage = \"{image}\"\nnetwork = \"host\"\nenv = {{ VERSION = \"{version}\"{extra_env} }}"
+            ),
+            (Some(image), _) => format!(
+                "[container]\nimage = \"{image}\"\nport = 8080\nenv = {{ VERSION = \"{version}\", HOST = \"0.0.0.0\"{extra_env} }}"
+            ),
+        }
     }
 }
 

@@ -15,6 +15,8 @@
 //! Environment:
 //!
 //! - `PORT` (required): the port to listen on, on 127.0.0.1. Slipway sets it for each replica.
+//! - `HOST`: the address to listen on instead of 127.0.0.1, e.g. `0.0.0.0` in a container whose
+//!   port is published from a bridge network.
 //! - `VERSION` (default `v1`): named in every answer to `GET /`.
 //! - `HELLO_START_DELAY_MS`: wait this long before listening, like a slow start.
 //! - `HELLO_NEVER_READY=1`: `/healthz` answers 503 forever; `/` still works.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
 
 /// Settings read once from the environment.
 struct Config {
+    host: Ipv4Addr,
     port: u16,
     version: String,
     start_delay: Duration,
@@ -113,7 +116,15 @@ impl Config {
                 "VERSION must be non-empty visible ASCII (it goes into a header), not {version:?}"
             ));
         }
+        let host = match std::env::var("HOST") {
+            Ok(text) => text
+                .trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("HOST must be an IPv4 address such as 0.0.0.0, not {text:?}"))?,
+            Err(_) => Ipv4Addr::LOCALHOST,
+        };
         Ok(Config {
+            host,
             port,
             version,
             start_delay: millis("HELLO_START_DELAY_MS")?,
@@ -190,9 +201,9 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     }
 
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
+    let listener = TcpListener::bind((config.host, config.port))
         .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::protocol::{Answer, AppState, Envelope, Message, Observed, PROTOCOL, PlaneError, Request};
 use super::{LOG_FILE, SOCKET};
-use crate::driver::compute::process::ProcessConfig;
+use crate::driver::compute::instances::Workload;
 use crate::driver::{Compute, Counts, DriverError, DriverEvent, HttpResult, ProbeResult, Router};
 
 /// How long a data plane just started has to open its socket.
@@ -43,6 +43,8 @@ pub struct PlaneClient {
     lost: watch::Sender<bool>,
     /// What the data plane ran when this connection began.
     adopted: BTreeMap<String, AppState>,
+    /// What the data plane can do beyond protocol 1 (see [`super::protocol::FEATURES`]).
+    features: Vec<String>,
 }
 
 /// What the runner knows of one app between requests.
@@ -128,6 +130,7 @@ impl PlaneClient {
             apps: Mutex::new(HashMap::new()),
             lost,
             adopted: BTreeMap::new(),
+            features: Vec::new(),
         };
         // The welcome comes before anything else on the connection.
         let mut lines = BufReader::new(read).lines();
@@ -136,16 +139,16 @@ impl PlaneClient {
             request: Request::Hello { protocol: PROTOCOL },
         };
         client.send_line(&hello)?;
-        let apps = loop {
+        let (apps, features) = loop {
             let line = lines
                 .next_line()
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("the data plane closed the connection before answering"))?;
             match serde_json::from_str::<Message>(&line)? {
                 Message::Reply {
-                    result: Ok(Answer::Welcome { apps, .. }),
+                    result: Ok(Answer::Welcome { apps, features, .. }),
                     ..
-                } => break apps,
+                } => break (apps, features),
                 Message::Reply { result: Err(error), .. } => {
                     anyhow::bail!("the data plane refused the runner: {error}")
                 }
@@ -159,6 +162,7 @@ impl PlaneClient {
             client.apps.get_mut().unwrap().insert(name.clone(), Arc::new(cache));
         }
         client.adopted = apps;
+        client.features = features;
         let client = Arc::new(client);
         let reader = client.clone();
         tokio::spawn(async move {
@@ -279,13 +283,19 @@ pub struct RemoteApp {
 
 impl RemoteApp {
     /// How to run `revision`. Idempotent.
-    pub async fn define(&self, revision: u32, config: ProcessConfig) -> Result<(), DriverError> {
-        let request = Request::Define {
-            app: self.name.clone(),
-            revision,
-            config,
-        };
-        self.act(request).await
+    pub async fn define(&self, revision: u32, workload: Workload) -> Result<(), DriverError> {
+        if matches!(workload, Workload::Container(_))
+            && !self
+                .client
+                .features
+                .iter()
+                .any(|f| f == super::protocol::FEATURE_CONTAINERS)
+        {
+            return Err(DriverError::Invalid(
+                "the data plane was started by an older Slipway that cannot run containers; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
+            ));
+        }
+        self.act(super::protocol::define(&self.name, revision, workload)).await
     }
 
     /// Stops the app's instances and router. A new app of the same name starts afresh.

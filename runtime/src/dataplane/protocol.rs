@@ -12,11 +12,19 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::driver::compute::container::ContainerConfig;
+use crate::driver::compute::instances::Workload;
 use crate::driver::compute::process::ProcessConfig;
 use crate::driver::{Counts, DriverError, DriverEvent, HttpResult, ProbeResult};
 
 /// The protocol's version. A runner refuses a data plane that speaks another one.
 pub const PROTOCOL: u32 = 1;
+
+/// What this data plane can do beyond protocol 1 as first released; a runner asks only for
+/// what the data plane it talks to lists, so a new runner works with an older data plane.
+pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS];
+/// Revisions that run as containers ([`Request::DefineContainer`]).
+pub const FEATURE_CONTAINERS: &str = "containers";
 
 /// A request with its id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,11 +49,18 @@ pub enum Request {
         app: String,
         listen: SocketAddr,
     },
-    /// How to run `revision` of `app`.
+    /// How to run `revision` of `app` as processes.
     Define {
         app: String,
         revision: u32,
         config: ProcessConfig,
+    },
+    /// How to run `revision` of `app` as containers; running containers of it that an earlier
+    /// data plane started are adopted. Needs [`FEATURE_CONTAINERS`].
+    DefineContainer {
+        app: String,
+        revision: u32,
+        config: ContainerConfig,
     },
     Scale {
         app: String,
@@ -102,6 +117,9 @@ pub enum Answer {
     Welcome {
         protocol: u32,
         apps: BTreeMap<String, AppState>,
+        /// Empty from a data plane older than features.
+        #[serde(default)]
+        features: Vec<String>,
     },
     /// Done; the app's instances right after.
     Done {
@@ -133,9 +151,28 @@ pub struct AppState {
     pub weights: Vec<(u32, u32)>,
     pub maintenance: bool,
     pub revisions: BTreeMap<u32, ProcessConfig>,
+    /// Revisions that run as containers.
+    #[serde(default)]
+    pub containers: BTreeMap<u32, ContainerConfig>,
     pub observed: Observed,
     /// Running instances: (revision, instance, pid), so an adopting runner can say which.
     pub instances: Vec<(u32, String, Option<u32>)>,
+}
+
+impl AppState {
+    /// Whether the data plane runs `revision` (has it defined), as processes or containers.
+    pub fn runs(&self, revision: u32) -> bool {
+        self.revisions.contains_key(&revision) || self.containers.contains_key(&revision)
+    }
+}
+
+/// The request that defines `revision` of `app` to run `workload`.
+pub fn define(app: &str, revision: u32, workload: Workload) -> Request {
+    let app = app.to_string();
+    match workload {
+        Workload::Process(config) => Request::Define { app, revision, config },
+        Workload::Container(config) => Request::DefineContainer { app, revision, config },
+    }
 }
 
 /// Why a request failed, as the runner's drivers report it.
@@ -240,7 +277,7 @@ mod define_tests {
             request: Request::Define {
                 app: "a".into(),
                 revision: 1,
-                config: crate::runner::process_config(&spec),
+                config: crate::runner::process_config(spec.process.as_ref().unwrap(), &spec),
             },
         };
         let line = serde_json::to_string(&request).unwrap();

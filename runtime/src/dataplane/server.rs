@@ -11,10 +11,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use super::protocol::{Answer, AppState, Envelope, Message, Observed, PROTOCOL, PlaneError, Request};
+use super::protocol::{Answer, AppState, Envelope, FEATURES, Message, Observed, PROTOCOL, PlaneError, Request};
 use super::{PID_FILE, SOCKET};
+use crate::driver::compute::container::Containers;
+use crate::driver::compute::instances::{InstanceDriver, Workload};
 use crate::driver::compute::output::OutputFiles;
-use crate::driver::compute::process::ProcessDriver;
 use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics};
 use crate::driver::router::local::LocalRouter;
 use crate::driver::{Compute, Router, validate_weights};
@@ -25,7 +26,7 @@ const ROUTER_GRACE: Duration = Duration::from_secs(30);
 /// One app in the data plane.
 struct PlaneApp {
     router: Arc<LocalRouter>,
-    driver: Arc<ProcessDriver>,
+    driver: Arc<InstanceDriver>,
     /// Forwards the driver's events to the connected runner.
     forwarder: tokio::task::JoinHandle<()>,
 }
@@ -34,6 +35,8 @@ struct PlaneApp {
 struct Plane {
     data_dir: PathBuf,
     apps: tokio::sync::Mutex<BTreeMap<String, PlaneApp>>,
+    /// The container engine, shared by every app (connected on first use).
+    containers: Arc<Containers>,
     /// Where events go: the connected runner's outgoing queue, if one is connected.
     runner: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>>,
     shutdown: tokio::sync::Notify,
@@ -58,6 +61,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<()> {
     let plane = Arc::new(Plane {
         data_dir: data_dir.to_path_buf(),
         apps: tokio::sync::Mutex::new(BTreeMap::new()),
+        containers: Arc::new(Containers::new(data_dir)),
         runner: Arc::new(Mutex::new(None)),
         shutdown: tokio::sync::Notify::new(),
     });
@@ -154,6 +158,7 @@ impl Plane {
                 Ok(Answer::Welcome {
                     protocol: PROTOCOL,
                     apps: self.state().await,
+                    features: FEATURES.iter().map(|f| f.to_string()).collect(),
                 })
             }
             Request::App { app, listen } => {
@@ -161,7 +166,17 @@ impl Plane {
                 self.done(&app).await
             }
             Request::Define { app, revision, config } => {
-                self.with_app(&app, |a| a.driver.define(revision, config)).await?;
+                self.with_app(&app, |a| a.driver.define(revision, Workload::Process(config)))
+                    .await?;
+                self.done(&app).await
+            }
+            Request::DefineContainer { app, revision, config } => {
+                let driver = self.with_app(&app, |a| a.driver.clone()).await?;
+                driver.define(revision, Workload::Container(config));
+                let adopted = driver.adopt(revision).await?;
+                if adopted > 0 {
+                    tracing::info!(%app, revision, adopted, "adopted running containers");
+                }
                 self.done(&app).await
             }
             Request::Scale {
@@ -240,10 +255,19 @@ impl Plane {
         apps.iter()
             .map(|(name, app)| {
                 let (generation, counts) = app.driver.observed();
-                let revisions = counts
-                    .keys()
-                    .filter_map(|r| Some((*r, app.driver.config(*r)?)))
-                    .collect();
+                let mut revisions = BTreeMap::new();
+                let mut containers = BTreeMap::new();
+                for revision in counts.keys() {
+                    match app.driver.config(*revision) {
+                        Some(Workload::Process(config)) => {
+                            revisions.insert(*revision, config);
+                        }
+                        Some(Workload::Container(config)) => {
+                            containers.insert(*revision, config);
+                        }
+                        None => {}
+                    }
+                }
                 let instances = app
                     .driver
                     .instances()
@@ -255,6 +279,7 @@ impl Plane {
                     weights: app.router.weights(),
                     maintenance: app.router.maintenance(),
                     revisions,
+                    containers,
                     observed: Observed { generation, counts },
                     instances,
                 };
@@ -295,7 +320,7 @@ impl Plane {
         let output = OutputFiles::new(self.data_dir.join("output").join(app)).map_err(|e| PlaneError::Failed {
             message: format!("cannot create the output directory of {app}: {e}"),
         })?;
-        let driver = ProcessDriver::new(app, router.clone(), output);
+        let driver = InstanceDriver::new(app, router.clone(), output, self.containers.clone());
         let forwarder = tokio::spawn(forward(app.to_string(), driver.events(), self.runner.clone()));
         apps.insert(
             app.to_string(),

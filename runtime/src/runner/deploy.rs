@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::{AppHandle, Claim, DeployAccepted, DeployError, LiveRollout, Numbered, Runner, process_config};
+use super::{AppHandle, Claim, DeployAccepted, DeployError, LiveRollout, Numbered, Runner, workload};
 use crate::bindings::Revision;
 use crate::driver::{Cluster, wait_until};
 use crate::events::{Event, EventKind, RolloutOutcome, Timeline};
@@ -87,7 +87,7 @@ impl Runner {
 
     /// Refuses a spec whose secrets cannot be read now, before anything starts.
     pub(super) fn check_secrets(&self, spec: &Spec) -> Result<(), DeployError> {
-        crate::secrets::check(&super::process_config(spec).secret_env).map_err(DeployError::InvalidSpec)
+        crate::secrets::check(workload(spec).env().1).map_err(DeployError::InvalidSpec)
     }
 
     pub(super) async fn start_new_revision(
@@ -177,7 +177,7 @@ impl Runner {
         } = job;
         let app = spec.name.clone();
         let cluster = claim.handle.cluster.clone();
-        if let Err(error) = claim.handle.plane.define(number, process_config(&spec)).await {
+        if let Err(error) = claim.handle.plane.define(number, workload(&spec)).await {
             let summary = format!("the data plane could not take revision {number}: {error}");
             tracing::error!(%app, %summary);
             self.finish(Ending {

@@ -5,6 +5,7 @@
 //! [`crate::modules::ModuleLoader`]) reads it from there. So any number of uploads in parallel cost a chunk
 //! each, and only the one being compiled costs more.
 
+use crate::driver::compute::instances::Workload;
 use std::path::PathBuf;
 
 use cap_std::fs::OpenOptionsExt;
@@ -177,11 +178,15 @@ impl Runner {
             for text in &hook.grants {
                 match spec::grant(text).map_err(|e| DeployError::InvalidSpec(format!("hooks.{point}.grants: {e}")))? {
                     spec::Grant::Exec => {
-                        let process = super::process_config(spec);
+                        let workload = super::workload(spec);
+                        let (env, secret_env) = workload.env();
                         grants.exec = Some(ExecEnv {
-                            env: process.env,
-                            secret_env: process.secret_env,
-                            workdir: process.workdir,
+                            env: env.clone(),
+                            secret_env: secret_env.clone(),
+                            workdir: match &workload {
+                                Workload::Process(process) => process.workdir.clone(),
+                                Workload::Container(_) => None,
+                            },
                         })
                     }
                     spec::Grant::Http { host } => grants.http_hosts.push(host),

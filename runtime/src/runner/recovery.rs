@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use super::deploy::RolloutJob;
-use super::{AppHandle, DeployError, Runner, process_config, route_of};
+use super::{AppHandle, DeployError, Runner, route_of, workload};
 use crate::dataplane::protocol::AppState;
 use crate::driver::MAX_WEIGHT;
 use crate::events::{Event, EventKind, HookOutcome};
@@ -118,7 +118,7 @@ impl Runner {
         let mut problems = Vec::new();
         for revision in revisions {
             let active = app.active_revision == Some(revision.number);
-            let running = state.revisions.contains_key(&revision.number);
+            let running = state.runs(revision.number);
             if active && !running {
                 problems.push(format!(
                     "the data plane does not run its active revision {}; redeploy it",
@@ -174,7 +174,7 @@ impl Runner {
                 self.log_store(done);
                 continue;
             }
-            if let Err(error) = handle.plane.define(revision.number, process_config(&spec)).await {
+            if let Err(error) = handle.plane.define(revision.number, workload(&spec)).await {
                 problems.push(format!("revision {} could not be defined ({error})", revision.number));
                 continue;
             }

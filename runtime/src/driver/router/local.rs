@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::builtin::{Backend, BuiltinRouter, RouteTable, RoutedRevision};
-use crate::driver::compute::process::Backends;
+use crate::driver::compute::instances::Backends;
 use crate::driver::{DriverError, Endpoint, Router};
 
 /// The built-in router of one app, driven.
