@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Scope, Tokens};
+use crate::driver::compute::output;
 use crate::protocol::{
     AppList, DeployAccepted, ErrorBody, History, MaintenanceRequest, ModuleList, RedeployRequest, RollbackRequest,
     RolloutEvents, RouteRequest, ScaleRequest, Steer,
@@ -56,6 +57,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/apps/{app}/scale", put(scale))
         .route("/v1/apps/{app}/route", put(route))
         .route("/v1/apps/{app}/maintenance", put(maintenance))
+        .route("/v1/apps/{app}/logs", get(logs))
         .route("/v1/rollouts/{id}", get(get_rollout))
         .route("/v1/rollouts/{id}/pause", post(pause))
         .route("/v1/rollouts/{id}/resume", post(resume))
@@ -472,6 +474,105 @@ fn sse(seq: u64, event: &serde_json::Value) -> Result<SseEvent, Infallible> {
         .id(seq.to_string())
         .event("rollout")
         .data(event.to_string()))
+}
+
+/// How often a followed log looks for new output.
+const LOG_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Lines shown per instance unless `tail` says otherwise.
+const DEFAULT_TAIL: usize = 100;
+
+/// Instances' output, each line prefixed with its instance: `?revision=N` or `?instance=ID`
+/// to choose, `tail=N` lines from each (default 100), `follow=true` to stream new lines until
+/// the client goes away. Kept for instances that have stopped too, until pruned.
+async fn logs(
+    _: Auth<Read>,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    state
+        .runner
+        .store()
+        .app_including_deleted(&app)?
+        .ok_or_else(|| DeployError::UnknownApp(app.clone()))?;
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "revision" | "instance" | "tail" | "follow"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {unknown:?}: logs take revision, instance, tail and follow"
+        )));
+    }
+    let number = |name: &str| -> Result<Option<usize>, ApiError> {
+        query
+            .get(name)
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number, not {v:?}")))
+            })
+            .transpose()
+    };
+    let revision = number("revision")?;
+    let tail = number("tail")?.unwrap_or(DEFAULT_TAIL);
+    let follow = match query.get("follow").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("follow is true or false, not {other:?}"))),
+    };
+    let instance = query.get("instance").cloned();
+    let revision_prefix = revision.map(|r| format!("{app}-r{r}-"));
+    let keep = move |name: &str| {
+        instance.as_deref().is_none_or(|i| i == name) && revision_prefix.as_deref().is_none_or(|p| name.starts_with(p))
+    };
+    let dir = state.runner.output_dir(&app);
+    let files = output::instances(&dir, &keep);
+    if files.is_empty()
+        && let Some(instance) = query.get("instance")
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-instance",
+            format!("{app} has no output from an instance {instance:?}; `slipway logs {app}` shows every instance's"),
+        ));
+    }
+    let mut followers = std::collections::BTreeMap::new();
+    let mut text = String::new();
+    for (instance, path) in files {
+        let (follower, lines) = output::Follower::new(path, tail);
+        for line in lines {
+            text.push_str(&format!("{instance} | {line}\n"));
+        }
+        followers.insert(instance, follower);
+    }
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !follow {
+        return Ok((headers, text).into_response());
+    }
+    let first = stream::once(async move { Ok::<_, Infallible>(bytes::Bytes::from(text)) });
+    let live = stream::unfold(followers, move |mut followers| {
+        let (dir, keep) = (dir.clone(), keep.clone());
+        async move {
+            loop {
+                tokio::time::sleep(LOG_POLL).await;
+                // Instances started since are followed from their first line.
+                for (instance, path) in output::instances(&dir, &keep) {
+                    followers
+                        .entry(instance)
+                        .or_insert_with(|| output::Follower::new(path, 0).0.from_start());
+                }
+                let mut text = String::new();
+                for (instance, follower) in followers.iter_mut() {
+                    for line in follower.read() {
+                        text.push_str(&format!("{instance} | {line}\n"));
+                    }
+                }
+                if !text.is_empty() {
+                    return Some((Ok(bytes::Bytes::from(text)), followers));
+                }
+            }
+        }
+    });
+    Ok((headers, Body::from_stream(first.chain(live))).into_response())
 }
 
 #[derive(Deserialize)]

@@ -66,6 +66,8 @@ enum Command {
     Maintenance(MaintenanceArgs),
     /// Delete an app: stop its instances and its route. Its history stays readable.
     Delete(DeleteArgs),
+    /// Show instances' output (processes and containers alike), each line after its instance.
+    Logs(LogsArgs),
     /// Upload or list strategy and hook modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -203,6 +205,25 @@ struct MaintenanceArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct LogsArgs {
+    app: String,
+    /// Only this revision's instances.
+    #[arg(long)]
+    revision: Option<u32>,
+    /// Only this instance (e.g. hello-r2-7).
+    #[arg(long)]
+    instance: Option<String>,
+    /// Lines shown from each instance's end.
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+    /// Keep showing new output until interrupted.
+    #[arg(long, short)]
+    follow: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
 struct DeleteArgs {
     app: String,
     #[command(flatten)]
@@ -312,6 +333,7 @@ pub async fn main() -> ExitCode {
         Command::Route(args) => route(args).await,
         Command::Maintenance(args) => maintenance(args).await,
         Command::Delete(args) => delete(args).await,
+        Command::Logs(args) => logs(args).await,
         Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
     };
@@ -577,6 +599,33 @@ async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         answer.stopped,
         answer.app
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/apps/{}/logs?tail={}", args.app, args.tail);
+    if let Some(revision) = args.revision {
+        path.push_str(&format!("&revision={revision}"));
+    }
+    if let Some(instance) = &args.instance {
+        path.push_str(&format!("&instance={instance}"));
+    }
+    if args.follow {
+        path.push_str("&follow=true");
+    }
+    let mut out = std::io::stdout().lock();
+    args.remote
+        .client()
+        .stream(&path, |chunk| {
+            use std::io::Write;
+            // A closed pipe (`| head`) ends the output, not the program with a panic.
+            let written = out.write_all(chunk).and_then(|()| out.flush()).is_ok();
+            if !written {
+                STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            written
+        })
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -150,6 +150,7 @@ struct AppHandle {
     /// Both, as rollouts and operations act on them.
     cluster: Cluster,
     listen: Mutex<SocketAddr>,
+    router: Mutex<crate::driver::router::RouterKind>,
     /// The running rollout's id, set by a [`Claim`].
     rollout: Mutex<Option<String>>,
 }
@@ -207,6 +208,11 @@ impl Runner {
         &self.store
     }
 
+    /// Where `app`'s instances' output files are.
+    pub fn output_dir(&self, app: &str) -> PathBuf {
+        crate::driver::compute::output::app_dir(&self.data_dir, app)
+    }
+
     pub fn loader(&self) -> &ModuleLoader {
         &self.loader
     }
@@ -241,18 +247,20 @@ impl Runner {
         let existing = self.apps.lock().unwrap().get(&spec.name).cloned();
         if let Some(handle) = existing {
             let listen = *handle.listen.lock().unwrap();
-            if listen != spec.listen {
+            let router = *handle.router.lock().unwrap();
+            if listen != spec.listen || router != spec.router.kind {
                 self.plane
-                    .app(&spec.name, spec.listen)
+                    .app(&spec.name, spec.listen, spec.router.kind)
                     .await
                     .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
                 *handle.listen.lock().unwrap() = spec.listen;
+                *handle.router.lock().unwrap() = spec.router.kind;
             }
             return Ok(handle);
         }
         let plane = self
             .plane
-            .app(&spec.name, spec.listen)
+            .app(&spec.name, spec.listen, spec.router.kind)
             .await
             .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
         let handle = Arc::new(AppHandle {
@@ -260,6 +268,7 @@ impl Runner {
             cluster: Cluster::new(plane.clone(), plane.clone(), Arc::new(WallClock)),
             plane,
             listen: Mutex::new(spec.listen),
+            router: Mutex::new(spec.router.kind),
             rollout: Mutex::new(None),
         });
         let mut apps = self.apps.lock().unwrap();

@@ -29,6 +29,9 @@
 //! pull = "missing"                # missing | always | never
 //! grace-period = "30s"
 //!
+//! [router]
+//! kind = "builtin"                # or "haproxy": HAProxy, driven through its runtime API
+//!
 //! [probe]                         # default: a TCP connect
 //! http = "/healthz"               # or `tcp = true`, not both
 //! status = 200
@@ -115,6 +118,9 @@ pub struct Spec {
     /// The strategy that moves capacity and traffic (default `builtin:rolling`).
     #[serde(default)]
     pub strategy: Strategy,
+    /// Which router carries the app's traffic (default: the built-in one).
+    #[serde(default, skip_serializing_if = "RouterSpec::is_default")]
+    pub router: RouterSpec,
     /// Lifecycle hooks, by point.
     #[serde(default)]
     pub hooks: Hooks,
@@ -184,6 +190,20 @@ pub struct Container {
     /// How long a replica has between SIGTERM and SIGKILL (default 30 s).
     #[serde(default = "default_grace_period", with = "duration")]
     pub grace_period: Duration,
+}
+
+/// The `[router]` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RouterSpec {
+    /// `"builtin"` (default) or `"haproxy"`.
+    pub kind: crate::driver::router::RouterKind,
+}
+
+impl RouterSpec {
+    fn is_default(&self) -> bool {
+        *self == RouterSpec::default()
+    }
 }
 
 /// How a container's port is reached.
@@ -1530,7 +1550,7 @@ fn shape_hint(path: &[Segment], message: &str, format: Format) -> Option<String>
         (_, "policy") => "policy is \"abort\", \"retry\" or \"ignore\"",
         (
             _,
-            "process" | "container" | "probe" | "strategy" | "hooks" | "lifecycle" | "pre" | "mid" | "post"
+            "process" | "container" | "router" | "probe" | "strategy" | "hooks" | "lifecycle" | "pre" | "mid" | "post"
             | "rollback",
         ) => match format {
             Format::Toml => "this is a table: write it as a [header] with keys below it",
@@ -1542,6 +1562,7 @@ fn shape_hint(path: &[Segment], message: &str, format: Format) -> Option<String>
             _ => "write it as a string in double quotes",
         },
         (_, "network") => "network is \"bridge\" or \"host\"",
+        ("router", "kind") => "kind is \"builtin\" or \"haproxy\"",
         (_, "pull") => "pull is \"missing\", \"always\" or \"never\"",
         (_, "port") => "port is a whole number from 1 to 65535, without quotes",
         (_, "cpus") => "cpus is a number of cores, e.g. 0.5, without quotes",
@@ -1793,6 +1814,7 @@ maintenance-during-deploy = true
                     grace_period: Duration::from_secs(30),
                 }),
                 container: None,
+                router: RouterSpec::default(),
                 probe: Probe::default(),
                 strategy: Strategy::default(),
                 hooks: Hooks::default(),

@@ -16,7 +16,7 @@ use crate::runner::{HelloSpec, Server, hello, unique_dir};
 use crate::support::exclusive;
 
 /// The engine's socket, as DOCKER_HOST; started here if no service runs.
-fn engine() -> &'static str {
+pub(crate) fn engine() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
         let podman = Command::new("podman").arg("--version").output();
@@ -62,7 +62,7 @@ fn answers(socket: &str) -> bool {
 }
 
 /// An image holding `hello` as `/hello`, built once per build of `hello`.
-fn image() -> &'static str {
+pub(crate) fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         engine();
@@ -123,7 +123,7 @@ fn containers(app: &str) -> Vec<(String, String)> {
 }
 
 /// Every container of `app`, running or not, as `(id, revision)`.
-fn listed(app: &str, all: bool) -> Vec<(String, String)> {
+pub(crate) fn listed(app: &str, all: bool) -> Vec<(String, String)> {
     let mut command = Command::new("podman");
     command.args(["ps", "--no-trunc"]);
     if all {
@@ -196,9 +196,11 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
         (0, 0),
         "requests failed during a container rollout: {tally:?}"
     );
-    let running = containers("hello");
-    assert_eq!(running.len(), 3, "{running:?}");
-    assert!(running.iter().all(|(_, revision)| revision == "2"), "{running:?}");
+    // The last instance of revision 1 may still be draining as the deploy returns.
+    wait_for("revision 1's containers gone", || {
+        let running = containers("hello");
+        running.len() == 3 && running.iter().all(|(_, revision)| revision == "2")
+    });
     let after = sample(web);
     assert_eq!(after.by_version.keys().collect::<Vec<_>>(), ["v2"], "{after:?}");
 
@@ -209,6 +211,13 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
         .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
         .collect::<String>();
     assert!(logs.contains("hello v2 listening on"), "{logs}");
+    let shown = server.cli(&["logs", "hello", "--revision", "2"]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert_eq!(
+        shown.lines().filter(|l| l.contains("hello v2 listening on")).count(),
+        3,
+        "{shown}"
+    );
 
     // Stopping the runner on purpose stops and removes every container.
     assert!(server.stop().success());

@@ -72,9 +72,11 @@ fn the_example_specs_are_valid() {
         if path.extension().is_some_and(|e| e == "toml") && path.file_name().is_some_and(|n| n != "Cargo.toml") {
             let text = std::fs::read_to_string(&path).unwrap();
             let spec = slipway::spec::parse_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(spec.name, "hello");
+            let container = path.file_name().is_some_and(|n| n == "slipway-container.toml");
+            assert_eq!(spec.name, if container { "hello-container" } else { "hello" });
+            assert_eq!(spec.container.is_some(), container, "{}", path.display());
             checked += 1;
         }
     }
-    assert_eq!(checked, 3);
+    assert_eq!(checked, 4);
 }

@@ -134,6 +134,38 @@ impl Client {
         self.call_raw(method, path, "application/json", bytes.into()).await
     }
 
+    /// GETs `path` and hands each piece of its body to `on_chunk` as it arrives (for answers
+    /// that stream, such as followed logs) until it returns false, or returns the API's error.
+    pub async fn stream(&self, path: &str, mut on_chunk: impl FnMut(&[u8]) -> bool) -> Result<(), ClientError> {
+        let response = self.send(Method::GET, path, &[], Bytes::new()).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(error) => ClientError::Api {
+                    status,
+                    code: error.code,
+                    message: error.message,
+                },
+                Err(_) => ClientError::Api {
+                    status,
+                    code: "error".into(),
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            });
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
+            if let Some(data) = frame.data_ref()
+                && !on_chunk(data)
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call_raw(Method::GET, path, "application/json", Bytes::new()).await
     }

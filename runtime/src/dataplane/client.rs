@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::protocol::{Answer, AppState, Envelope, Message, Observed, PROTOCOL, PlaneError, Request};
 use super::{LOG_FILE, SOCKET};
 use crate::driver::compute::instances::Workload;
+use crate::driver::router::RouterKind;
 use crate::driver::{Compute, Counts, DriverError, DriverEvent, HttpResult, ProbeResult, Router};
 
 /// How long a data plane just started has to open its socket.
@@ -234,11 +235,22 @@ impl PlaneClient {
     }
 
     /// The app `name`, its router listening on `listen` (created, or moved there).
-    pub async fn app(self: &Arc<Self>, name: &str, listen: SocketAddr) -> Result<Arc<RemoteApp>, DriverError> {
+    pub async fn app(
+        self: &Arc<Self>,
+        name: &str,
+        listen: SocketAddr,
+        router: RouterKind,
+    ) -> Result<Arc<RemoteApp>, DriverError> {
+        if router == RouterKind::Haproxy && !self.features.iter().any(|f| f == super::protocol::FEATURE_HAPROXY) {
+            return Err(DriverError::Invalid(
+                "router.kind: the data plane was started by an older Slipway that cannot drive HAProxy; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
+            ));
+        }
         let answer = self
             .request(Request::App {
                 app: name.to_string(),
                 listen,
+                router,
             })
             .await?;
         let cache = self

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::driver::compute::container::ContainerConfig;
 use crate::driver::compute::instances::Workload;
 use crate::driver::compute::process::ProcessConfig;
+use crate::driver::router::RouterKind;
 use crate::driver::{Counts, DriverError, DriverEvent, HttpResult, ProbeResult};
 
 /// The protocol's version. A runner refuses a data plane that speaks another one.
@@ -22,9 +23,11 @@ pub const PROTOCOL: u32 = 1;
 
 /// What this data plane can do beyond protocol 1 as first released; a runner asks only for
 /// what the data plane it talks to lists, so a new runner works with an older data plane.
-pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS];
+pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS, FEATURE_HAPROXY];
 /// Revisions that run as containers ([`Request::DefineContainer`]).
 pub const FEATURE_CONTAINERS: &str = "containers";
+/// Apps routed by HAProxy (`router` in [`Request::App`]).
+pub const FEATURE_HAPROXY: &str = "haproxy";
 
 /// A request with its id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +51,9 @@ pub enum Request {
     App {
         app: String,
         listen: SocketAddr,
+        /// Which router; a data plane without [`FEATURE_HAPROXY`] does not read it.
+        #[serde(default)]
+        router: RouterKind,
     },
     /// How to run `revision` of `app` as processes.
     Define {
@@ -148,6 +154,8 @@ pub struct Observed {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AppState {
     pub listen: SocketAddr,
+    #[serde(default)]
+    pub router: RouterKind,
     pub weights: Vec<(u32, u32)>,
     pub maintenance: bool,
     pub revisions: BTreeMap<u32, ProcessConfig>,

@@ -14,18 +14,58 @@ use tokio::sync::mpsc;
 use super::protocol::{Answer, AppState, Envelope, FEATURES, Message, Observed, PROTOCOL, PlaneError, Request};
 use super::{PID_FILE, SOCKET};
 use crate::driver::compute::container::Containers;
+use crate::driver::compute::instances::Backends;
 use crate::driver::compute::instances::{InstanceDriver, Workload};
 use crate::driver::compute::output::OutputFiles;
+use crate::driver::router::RouterKind;
 use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics};
+use crate::driver::router::haproxy::{Haproxy, HaproxyRouter};
 use crate::driver::router::local::LocalRouter;
 use crate::driver::{Compute, Router, validate_weights};
 
 /// How long stopping a router waits for requests in flight.
 const ROUTER_GRACE: Duration = Duration::from_secs(30);
 
+/// An app's router.
+#[derive(Clone)]
+enum AppRouter {
+    Builtin(Arc<LocalRouter>),
+    Haproxy(Arc<HaproxyRouter>),
+}
+
+impl AppRouter {
+    fn kind(&self) -> RouterKind {
+        match self {
+            AppRouter::Builtin(_) => RouterKind::Builtin,
+            AppRouter::Haproxy(_) => RouterKind::Haproxy,
+        }
+    }
+
+    fn driver(&self) -> Arc<dyn Router> {
+        match self {
+            AppRouter::Builtin(router) => router.clone(),
+            AppRouter::Haproxy(router) => router.clone(),
+        }
+    }
+
+    fn backends(&self) -> Arc<dyn Backends> {
+        match self {
+            AppRouter::Builtin(router) => router.clone(),
+            AppRouter::Haproxy(router) => router.clone(),
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            AppRouter::Builtin(router) => router.router().local_addr(),
+            AppRouter::Haproxy(router) => router.local_addr(),
+        }
+    }
+}
+
 /// One app in the data plane.
 struct PlaneApp {
-    router: Arc<LocalRouter>,
+    router: AppRouter,
     driver: Arc<InstanceDriver>,
     /// Forwards the driver's events to the connected runner.
     forwarder: tokio::task::JoinHandle<()>,
@@ -37,6 +77,8 @@ struct Plane {
     apps: tokio::sync::Mutex<BTreeMap<String, PlaneApp>>,
     /// The container engine, shared by every app (connected on first use).
     containers: Arc<Containers>,
+    /// HAProxy, shared by the apps it routes (started on first use).
+    haproxy: Arc<Haproxy>,
     /// Where events go: the connected runner's outgoing queue, if one is connected.
     runner: Arc<Mutex<Option<mpsc::UnboundedSender<Message>>>>,
     shutdown: tokio::sync::Notify,
@@ -62,6 +104,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<()> {
         data_dir: data_dir.to_path_buf(),
         apps: tokio::sync::Mutex::new(BTreeMap::new()),
         containers: Arc::new(Containers::new(data_dir)),
+        haproxy: Haproxy::new(data_dir),
         runner: Arc::new(Mutex::new(None)),
         shutdown: tokio::sync::Notify::new(),
     });
@@ -161,8 +204,8 @@ impl Plane {
                     features: FEATURES.iter().map(|f| f.to_string()).collect(),
                 })
             }
-            Request::App { app, listen } => {
-                self.ensure_app(&app, listen).await?;
+            Request::App { app, listen, router } => {
+                self.ensure_app(&app, listen, router).await?;
                 self.done(&app).await
             }
             Request::Define { app, revision, config } => {
@@ -190,12 +233,12 @@ impl Plane {
             }
             Request::Weights { app, weights } => {
                 validate_weights(&weights)?;
-                let router = self.with_app(&app, |a| a.router.clone()).await?;
+                let router = self.with_app(&app, |a| a.router.driver()).await?;
                 router.set_weights(&weights).await?;
                 self.done(&app).await
             }
             Request::Maintenance { app, on } => {
-                let router = self.with_app(&app, |a| a.router.clone()).await?;
+                let router = self.with_app(&app, |a| a.router.driver()).await?;
                 router.set_maintenance(on).await?;
                 self.done(&app).await
             }
@@ -231,13 +274,42 @@ impl Plane {
                 let apps = self.apps.lock().await;
                 let metrics: Vec<(String, Arc<RouterMetrics>)> = apps
                     .iter()
-                    .map(|(name, app)| (name.clone(), app.router.router().metrics()))
+                    .filter_map(|(name, app)| match &app.router {
+                        AppRouter::Builtin(router) => Some((name.clone(), router.router().metrics())),
+                        AppRouter::Haproxy(_) => None,
+                    })
+                    .collect();
+                let haproxied: Vec<Arc<HaproxyRouter>> = apps
+                    .values()
+                    .filter_map(|app| match &app.router {
+                        AppRouter::Haproxy(router) => Some(router.clone()),
+                        AppRouter::Builtin(_) => None,
+                    })
                     .collect();
                 drop(apps);
                 let borrowed: Vec<(&str, &RouterMetrics)> =
                     metrics.iter().map(|(a, m)| (a.as_str(), m.as_ref())).collect();
                 let mut text = String::new();
                 RouterMetrics::render_all(&borrowed, &mut text);
+                if !haproxied.is_empty() {
+                    text.push_str("# HELP slipway_haproxy_requests_total Requests HAProxy sent to a revision's instances.\n# TYPE slipway_haproxy_requests_total counter\n");
+                    let mut errors = String::new();
+                    for router in &haproxied {
+                        let mut lines = String::new();
+                        router.render_metrics(&mut lines).await;
+                        for line in lines.lines() {
+                            if line.starts_with("slipway_haproxy_requests_total") {
+                                text.push_str(line);
+                                text.push('\n');
+                            } else {
+                                errors.push_str(line);
+                                errors.push('\n');
+                            }
+                        }
+                    }
+                    text.push_str("# HELP slipway_haproxy_errors_total Answers with a 5xx status from a revision's backend in HAProxy.\n# TYPE slipway_haproxy_errors_total counter\n");
+                    text.push_str(&errors);
+                }
                 Ok(Answer::Metrics { text })
             }
             Request::Shutdown => {
@@ -274,10 +346,12 @@ impl Plane {
                     .into_iter()
                     .map(|(revision, id, pid, _, _)| (revision, id, pid))
                     .collect();
+                let router = app.router.driver();
                 let state = AppState {
-                    listen: app.router.router().local_addr(),
-                    weights: app.router.weights(),
-                    maintenance: app.router.maintenance(),
+                    listen: app.router.local_addr(),
+                    router: app.router.kind(),
+                    weights: router.weights(),
+                    maintenance: router.maintenance(),
                     revisions,
                     containers,
                     observed: Observed { generation, counts },
@@ -305,22 +379,40 @@ impl Plane {
 
     /// Creates the app, or moves its router to `listen`: the new address is bound and serving
     /// before the old one is let go.
-    async fn ensure_app(self: &Arc<Self>, app: &str, listen: SocketAddr) -> Result<(), PlaneError> {
+    async fn ensure_app(self: &Arc<Self>, app: &str, listen: SocketAddr, kind: RouterKind) -> Result<(), PlaneError> {
         let mut apps = self.apps.lock().await;
         if let Some(existing) = apps.get(app) {
-            if existing.router.router().local_addr() == listen {
+            if existing.router.kind() != kind {
+                return Err(PlaneError::Invalid {
+                    message: format!(
+                        "router.kind: {app} is routed by {:?} and cannot move to {kind:?} in place; delete the app and deploy it again, or deploy it under a new name",
+                        existing.router.kind()
+                    ),
+                });
+            }
+            if existing.router.local_addr() == listen {
                 return Ok(());
             }
-            let router = bind(app, listen).await?;
-            let old = existing.router.move_to(router);
-            tokio::spawn(async move { old.stop(ROUTER_GRACE).await });
+            match &existing.router {
+                AppRouter::Builtin(local) => {
+                    let router = bind(app, listen).await?;
+                    let old = local.move_to(router);
+                    tokio::spawn(async move { old.stop(ROUTER_GRACE).await });
+                }
+                AppRouter::Haproxy(router) => router.move_to(listen).await?,
+            }
             return Ok(());
         }
-        let router = LocalRouter::new(bind(app, listen).await?);
-        let output = OutputFiles::new(self.data_dir.join("output").join(app)).map_err(|e| PlaneError::Failed {
-            message: format!("cannot create the output directory of {app}: {e}"),
+        let router = match kind {
+            RouterKind::Builtin => AppRouter::Builtin(LocalRouter::new(bind(app, listen).await?)),
+            RouterKind::Haproxy => AppRouter::Haproxy(HaproxyRouter::new(app, listen, self.haproxy.clone()).await?),
+        };
+        let output = OutputFiles::new(crate::driver::compute::output::app_dir(&self.data_dir, app)).map_err(|e| {
+            PlaneError::Failed {
+                message: format!("cannot create the output directory of {app}: {e}"),
+            }
         })?;
-        let driver = InstanceDriver::new(app, router.clone(), output, self.containers.clone());
+        let driver = InstanceDriver::new(app, router.backends(), output, self.containers.clone());
         let forwarder = tokio::spawn(forward(app.to_string(), driver.events(), self.runner.clone()));
         apps.insert(
             app.to_string(),
@@ -371,9 +463,18 @@ async fn forward(
 async fn stop_app(app: PlaneApp) {
     app.driver.stop_all().await;
     app.forwarder.abort();
+    if let AppRouter::Haproxy(router) = &app.router {
+        router.stop().await;
+    }
 }
 
 async fn stop_everything(plane: &Plane) {
     let apps: Vec<PlaneApp> = std::mem::take(&mut *plane.apps.lock().await).into_values().collect();
-    futures_util::future::join_all(apps.into_iter().map(stop_app)).await;
+    futures_util::future::join_all(apps.iter().map(|app| async {
+        app.driver.stop_all().await;
+        app.forwarder.abort();
+    }))
+    .await;
+    // HAProxy goes last and whole, rather than app by app with a reload each.
+    plane.haproxy.stop().await;
 }

@@ -1,4 +1,16 @@
 //! Router drivers: how requests reach the ready instances of each revision.
 
 pub mod builtin;
+pub mod haproxy;
 pub mod local;
+
+/// Which router carries an app's traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterKind {
+    /// The built-in router, in the data plane.
+    #[default]
+    Builtin,
+    /// HAProxy, driven through its runtime API (see [`haproxy`]).
+    Haproxy,
+}

@@ -25,6 +25,11 @@ pub const MAX_FILES: usize = 64;
 /// The most read at a time.
 const CHUNK: usize = 16 << 10;
 
+/// The directory of `app`'s output files in the data directory `data_dir`.
+pub fn app_dir(data_dir: &Path, app: &str) -> PathBuf {
+    data_dir.join("output").join(app)
+}
+
 /// Where an app's instances write their output.
 #[derive(Clone, Debug)]
 pub struct OutputFiles {
@@ -90,6 +95,122 @@ impl OutputFiles {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The output files in an app's output directory `dir`, as `(instance, path)`, the oldest
+/// written first; only instances `keep` accepts.
+pub fn instances(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(std::time::SystemTime, String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let instance = name.strip_suffix(".log")?.to_string();
+            let modified = entry.metadata().ok()?.modified().ok()?;
+            keep(&instance).then(|| (modified, instance, entry.path()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, instance, path)| (instance, path)).collect()
+}
+
+/// Reads an output file as it grows, a whole line at a time, across rotations.
+pub struct Follower {
+    path: PathBuf,
+    /// The file read from, by inode: a rotation moves it to `.1` and starts a new one.
+    inode: u64,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Follower {
+    /// Follows `path`, starting at its end once its last `tail` lines are returned by the
+    /// first [`Follower::read`].
+    pub fn new(path: PathBuf, tail: usize) -> (Follower, Vec<String>) {
+        use std::os::unix::fs::MetadataExt;
+        let (inode, length) = std::fs::metadata(&path).map(|m| (m.ino(), m.len())).unwrap_or((0, 0));
+        let mut lines = Vec::new();
+        if tail > 0 {
+            let mut older = path.clone().into_os_string();
+            older.push(".1");
+            let mut text = std::fs::read(&older).unwrap_or_default();
+            text.extend(std::fs::read(&path).unwrap_or_default());
+            let all: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+            // The piece after the last newline is a line still being written.
+            let complete = &all[..all.len().saturating_sub(1)];
+            lines = complete[complete.len().saturating_sub(tail)..]
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect();
+        }
+        // A line still being written is read whole, once it ends.
+        let current = std::fs::read(&path).unwrap_or_default();
+        let complete = current
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |end| end as u64 + 1);
+        let follower = Follower {
+            path,
+            inode,
+            offset: complete.min(length),
+            partial: Vec::new(),
+        };
+        (follower, lines)
+    }
+
+    /// Reads the file from its first byte on: for a file that appeared while following.
+    pub fn from_start(mut self) -> Follower {
+        self.inode = 0;
+        self.offset = 0;
+        self
+    }
+
+    /// The complete lines written since the last call.
+    pub fn read(&mut self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(metadata) = std::fs::metadata(&self.path) else {
+            return Vec::new();
+        };
+        let length = metadata.len();
+        let mut fresh = Vec::new();
+        if metadata.ino() != self.inode {
+            // Rotated (or created since): the rest of what was read from is the older file.
+            let mut older = self.path.clone().into_os_string();
+            older.push(".1");
+            if self.inode != 0 {
+                fresh.extend(read_from(Path::new(&older), self.offset));
+            }
+            self.inode = metadata.ino();
+            self.offset = 0;
+        }
+        if length > self.offset {
+            fresh.extend(read_from(&self.path, self.offset));
+            self.offset = length;
+        }
+        self.partial.extend(fresh);
+        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(end + 1);
+        let complete = std::mem::replace(&mut self.partial, rest);
+        complete[..end]
+            .split(|b| *b == b'\n')
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path)
+        && file.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        // At most one file's worth: that is all a rotation keeps.
+        let _ = file.take(MAX_FILE_BYTES).read_to_end(&mut bytes);
+    }
+    bytes
 }
 
 /// The last `n` lines of `path` (it is read from its end).
@@ -214,6 +335,34 @@ mod tests {
         assert!(size <= MAX_FILE_BYTES, "{size}");
         assert!(dir.join("app-r1-1.log.1").exists(), "the older part is kept once");
         assert_eq!(last_lines(&path, 1), vec!["the last line".to_string()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_follower_reads_whole_lines_across_a_rotation() {
+        let dir = std::env::temp_dir().join(format!("slipway-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = OutputFiles::new(dir.clone()).unwrap();
+        let path = output.path("app-r1-1");
+        let mut file = Rotating::open(path.clone()).unwrap();
+        file.write(b"one\ntwo\nthr").unwrap();
+        let (mut follower, tail) = Follower::new(path.clone(), 5);
+        assert_eq!(tail, ["one", "two"]);
+        assert!(follower.read().is_empty());
+        file.write(b"ee\n").unwrap();
+        assert_eq!(follower.read(), ["three"]);
+        let line = vec![b'x'; 1023];
+        for _ in 0..1100 {
+            file.write(&line).unwrap();
+            file.write(b"\n").unwrap();
+        }
+        file.write(b"last\n").unwrap();
+        let read = follower.read();
+        assert_eq!(read.last().map(String::as_str), Some("last"));
+        assert!(read.len() > 1, "lines before the rotation are not skipped");
+        let listed = instances(&dir, |i| i.contains("-r1-"));
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, "app-r1-1");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

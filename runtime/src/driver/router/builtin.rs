@@ -41,6 +41,7 @@ mod listener;
 mod metrics;
 mod pool;
 mod response;
+pub(crate) use response::{MAINTENANCE_PAGE, NO_READY_INSTANCES};
 mod table;
 #[cfg(test)]
 mod tests;
@@ -76,6 +77,9 @@ use self::response::{
 };
 use self::table::{Choice, Pick, Routes, random_u64};
 use self::upstream::{Connection, Deadline, ProxyError, SendError, send};
+
+/// Tries a body-less request gets on different instances when they fail before answering.
+const MAX_ATTEMPTS: usize = 3;
 
 /// How long a backend may take to start answering a request (connecting, retrying and
 /// receiving the response head) before the client gets a 504.
@@ -332,8 +336,9 @@ impl Shared {
         }
     }
 
-    /// Sends the request to the picked backend, and once more elsewhere if that is safe.
-    /// On return `pick` is the backend that answered or failed last.
+    /// Sends the request to the picked backend, and again elsewhere (up to
+    /// [`MAX_ATTEMPTS`] in all) while that is safe. On return `pick` is the backend that
+    /// answered or failed last.
     #[allow(clippy::manual_async_fn)]
     fn exchange<'a>(
         &'a self,
@@ -345,7 +350,7 @@ impl Shared {
         // An `async` block, not an `async fn`, for the reason given at `proxy`.
         async move {
             let bodyless = body.is_none();
-            let (error, reused) = match send(pick.backend(), head, &mut body, true, deadline).await {
+            let (mut error, mut reused) = match send(pick.backend(), head, &mut body, true, deadline).await {
                 Ok(answer) => return Ok(answer),
                 Err(SendError::Final(error)) => return Err(error),
                 // Nothing was sent, so even a request with a body can go elsewhere intact.
@@ -355,24 +360,36 @@ impl Shared {
                 Err(SendError::Lost { error, reused }) if bodyless => (error, reused),
                 Err(SendError::Lost { error, .. }) => return Err(error),
             };
-            debug!(app = %self.app, instance = pick.backend().instance(), %error, "retrying on another instance");
-            let (retry, use_pool) = match self.choose(Some(pick.backend())) {
-                Choice::Routed(other) => (other, true),
-                // The only instance failed on a kept-alive connection, which the app may just
-                // have closed as idle: a new connection to it is the best remaining chance.
-                _ if reused => match self.choose(None) {
-                    Choice::Routed(same) => (same, false),
+            // Instances of a version that crashes tend to go together: the next one tried may
+            // be on its way out too, so a request gets a few tries while the table catches up.
+            for _ in 1..MAX_ATTEMPTS {
+                debug!(app = %self.app, instance = pick.backend().instance(), %error, "retrying on another instance");
+                let (retry, use_pool) = match self.choose(Some(pick.backend())) {
+                    Choice::Routed(other) => (other, true),
+                    // The only instance failed on a kept-alive connection, which the app may
+                    // just have closed as idle: a new connection to it is the best remaining
+                    // chance.
+                    _ if reused => match self.choose(None) {
+                        Choice::Routed(same) => (same, false),
+                        _ => return Err(error),
+                    },
                     _ => return Err(error),
-                },
-                _ => return Err(error),
-            };
-            *pick = retry;
-            // The retry is rare and its future is large; boxing it keeps every request's
-            // future small, which hyper moves into place once per request.
-            match Box::pin(send(pick.backend(), head, &mut body, use_pool, deadline)).await {
-                Ok(answer) => Ok(answer),
-                Err(SendError::Unsent(error) | SendError::Lost { error, .. } | SendError::Final(error)) => Err(error),
+                };
+                *pick = retry;
+                // The retry is rare and its future is large; boxing it keeps every request's
+                // future small, which hyper moves into place once per request.
+                match Box::pin(send(pick.backend(), head, &mut body, use_pool, deadline)).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(SendError::Final(last)) => return Err(last),
+                    Err(SendError::Unsent(last)) => (error, reused) = (last, false),
+                    Err(SendError::Lost {
+                        error: last,
+                        reused: was,
+                    }) if bodyless => (error, reused) = (last, was),
+                    Err(SendError::Lost { error: last, .. }) => return Err(last),
+                }
             }
+            Err(error)
         }
     }
 

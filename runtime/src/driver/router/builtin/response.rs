@@ -20,13 +20,13 @@ use super::upstream::{BackendBody, Connection, ProxyError};
 pub(super) const X_SLIPWAY_REVISION: HeaderName = HeaderName::from_static("x-slipway-revision");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-const MAINTENANCE_PAGE: &[u8] = b"<!doctype html>\n\
+pub(crate) const MAINTENANCE_PAGE: &[u8] = b"<!doctype html>\n\
 <meta charset=\"utf-8\">\n\
 <meta http-equiv=\"refresh\" content=\"5\">\n\
 <title>Down for maintenance</title>\n\
 <h1>Down for maintenance</h1>\n\
 <p>This site is being updated and will be back shortly. This page reloads by itself.</p>\n";
-const NO_READY_INSTANCES: &[u8] = b"no ready instances of this app\n";
+pub(crate) const NO_READY_INSTANCES: &[u8] = b"no ready instances of this app\n";
 pub(super) const BAD_GATEWAY: &[u8] = b"an instance of this app failed to answer this request\n";
 pub(super) const GATEWAY_TIMEOUT: &[u8] = b"an instance of this app did not answer in time\n";
 

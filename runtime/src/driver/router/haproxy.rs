@@ -1,0 +1,885 @@
+//! HAProxy as a router driver: one HAProxy (master-worker) per data directory, with a frontend
+//! per app, started from a generated configuration and from then on changed only through its
+//! runtime API on the admin socket, so a rollout never reloads it.
+//!
+//! ```text
+//! frontend APP       bind LISTEN; picks a slot by weight from APP.map, or maintenance
+//! backend APP_s0..7  one slot per routed revision: its ready instances as servers
+//! backend APP_maintenance, APP_unavailable   the built-in router's 503 pages
+//! ```
+//!
+//! Weights keep the host API's 0–256 scale exactly: the frontend draws a number below the sum
+//! of the weights and walks the slots' cumulative weights, all read from the app's map, which
+//! changes atomically (`prepare map` / `commit map`). Instances become servers with
+//! `add server` and leave with `set server … state drain`, a wait until they carry no
+//! request, then `del server`. The configuration is rewritten from the applied state, and
+//! HAProxy reloaded seamlessly (`expose-fd listeners`), only when an app is added, moved or
+//! removed.
+//!
+//! HAProxy runs in a process group of its own and outlives the data plane: a data plane that
+//! starts again reads its apps, weights and servers back (`apps.json`, `show map`,
+//! `show servers state`) and goes on from there.
+//!
+//! **Invariant:** a slot is routed (weight above 0 in the map) only once its servers are
+//! added, and its servers are removed only after the map stops routing to it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::builtin::{MAINTENANCE_PAGE, NO_READY_INSTANCES};
+use crate::driver::compute::instances::Backends;
+use crate::driver::{DriverError, Endpoint, Router};
+
+/// Backends per app that revisions take turns in: the four that may carry traffic, and room
+/// for revisions whose instances are still draining.
+const SLOTS: usize = 8;
+/// How long a command on the admin socket may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a leaving server is checked for requests in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long a drained server may keep idle connections before deletion is given up on.
+const DELETE_PATIENCE: Duration = Duration::from_secs(10);
+const DRIVER: &str = "haproxy";
+
+/// One HAProxy, shared by the apps of a data directory that route through it.
+pub struct Haproxy {
+    dir: PathBuf,
+    applied: tokio::sync::Mutex<Applied>,
+}
+
+/// What HAProxy has now, as far as this driver applied or read it back.
+#[derive(Default)]
+struct Applied {
+    /// Whether HAProxy was found running or started.
+    running: bool,
+    apps: BTreeMap<String, AppApplied>,
+    /// HAProxy, when this data plane started it (to reap it).
+    child: Option<tokio::process::Child>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct AppApplied {
+    listen: Option<SocketAddr>,
+    maintenance: bool,
+    slots: [Slot; SLOTS],
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    revision: Option<u32>,
+    weight: u32,
+    /// Servers by instance name: those serving, and those leaving (drained, to be deleted).
+    servers: BTreeMap<String, SocketAddr>,
+    leaving: BTreeMap<String, SocketAddr>,
+}
+
+impl Haproxy {
+    /// HAProxy for the data directory `data_dir` (its files in `data_dir/haproxy`); nothing
+    /// starts until an app asks for it.
+    pub fn new(data_dir: &Path) -> Arc<Haproxy> {
+        Arc::new(Haproxy {
+            dir: data_dir.join("haproxy"),
+            applied: tokio::sync::Mutex::new(Applied::default()),
+        })
+    }
+
+    fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    fn map_file(&self, app: &str) -> PathBuf {
+        self.dir.join(format!("{app}.map"))
+    }
+
+    /// Sends one command (or several, `;`-separated) to the admin socket; returns the answer.
+    async fn command(&self, command: &str) -> Result<String, DriverError> {
+        let run = async {
+            let mut stream = UnixStream::connect(self.admin_socket()).await?;
+            stream.write_all(format!("{command}\n").as_bytes()).await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(DriverError::infrastructure(
+                DRIVER,
+                format!(
+                    "the admin socket {} did not take {command:?}: {error}",
+                    self.admin_socket().display()
+                ),
+                error,
+            )),
+            Err(_) => Err(infrastructure(format!(
+                "the admin socket did not answer {command:?} in time"
+            ))),
+        }
+    }
+
+    /// Like [`Haproxy::command`], failing when HAProxy's answer says it failed.
+    async fn must(&self, command: &str) -> Result<String, DriverError> {
+        let answer = self.command(command).await?;
+        let failed = answer.lines().any(|line| {
+            let line = line.trim_start();
+            [
+                "No such", "Unknown", "Require", "failed", "cannot", "Error", "error", "invalid", "Invalid",
+            ]
+            .iter()
+            .any(|marker| line.starts_with(marker) || line.contains(&format!(": {marker}")))
+        });
+        if failed {
+            return Err(infrastructure(format!("{command:?}: {}", answer.trim())));
+        }
+        Ok(answer)
+    }
+
+    /// Makes sure HAProxy runs with `app`'s frontend listening on `listen`: adopted if it
+    /// already runs, started if not, reloaded if the app is new or moved.
+    pub async fn ensure_app(&self, app: &str, listen: SocketAddr) -> Result<(), DriverError> {
+        let mut applied = self.applied.lock().await;
+        self.ensure_running(&mut applied).await?;
+        let entry = applied.apps.entry(app.to_string()).or_default();
+        if entry.listen == Some(listen) {
+            return Ok(());
+        }
+        entry.listen = Some(listen);
+        self.write_files(&applied)?;
+        self.reload().await?;
+        wait_listening(listen).await
+    }
+
+    /// Takes `app`'s frontend and backends out of HAProxy.
+    pub async fn remove_app(&self, app: &str) -> Result<(), DriverError> {
+        let mut applied = self.applied.lock().await;
+        if applied.apps.remove(app).is_none() {
+            return Ok(());
+        }
+        self.write_files(&applied)?;
+        let _ = std::fs::remove_file(self.map_file(app));
+        self.reload().await
+    }
+
+    /// What HAProxy has for `app`: weights by revision, maintenance, and servers by revision.
+    async fn adopted(&self, app: &str) -> Option<(BTreeMap<u32, u32>, bool, BTreeMap<u32, Vec<Endpoint>>)> {
+        let applied = self.applied.lock().await;
+        let entry = applied.apps.get(app)?;
+        let mut weights = BTreeMap::new();
+        let mut endpoints: BTreeMap<u32, Vec<Endpoint>> = BTreeMap::new();
+        for slot in &entry.slots {
+            let Some(revision) = slot.revision else { continue };
+            if slot.weight > 0 {
+                weights.insert(revision, slot.weight);
+            }
+            endpoints
+                .entry(revision)
+                .or_default()
+                .extend(slot.servers.iter().map(|(instance, addr)| Endpoint {
+                    instance: instance.clone(),
+                    addr: *addr,
+                }));
+        }
+        Some((weights, entry.maintenance, endpoints))
+    }
+
+    async fn ensure_running(&self, applied: &mut Applied) -> Result<(), DriverError> {
+        if applied.running {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot create {}", self.dir.display()), e))?;
+        std::fs::write(self.dir.join("maintenance.html"), MAINTENANCE_PAGE)
+            .and_then(|()| std::fs::write(self.dir.join("no-ready-instances.txt"), NO_READY_INSTANCES))
+            .map_err(|e| DriverError::infrastructure(DRIVER, "cannot write the 503 pages", e))?;
+        if self.command("show info").await.is_ok() {
+            self.read_back(applied).await?;
+            tracing::info!(dir = %self.dir.display(), apps = applied.apps.len(), "adopted the running HAProxy");
+            applied.running = true;
+            return Ok(());
+        }
+        self.write_files(applied)?;
+        let log = std::fs::File::create(self.dir.join("haproxy.log"))
+            .map_err(|e| DriverError::infrastructure(DRIVER, "cannot create haproxy.log", e))?;
+        let child = tokio::process::Command::new(program())
+            .arg("-W")
+            .arg("-S")
+            .arg(format!("{},mode,600", self.dir.join("master.sock").display()))
+            .arg("-f")
+            .arg(self.dir.join("haproxy.cfg"))
+            .arg("-p")
+            .arg(self.dir.join("haproxy.pid"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| DriverError::infrastructure(DRIVER, "haproxy.log", e))?)
+            .stderr(log)
+            // Its own process group: HAProxy outlives the data plane, and a Ctrl-C meant for
+            // the runner does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                DriverError::infrastructure(
+                    DRIVER,
+                    "cannot start haproxy (is it installed? apt-get install haproxy, or set SLIPWAY_HAPROXY to its path)",
+                    e,
+                )
+            })?;
+        applied.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.command("show info").await.is_err() {
+            if let Some(child) = applied.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(infrastructure(format!(
+                    "haproxy exited at start ({status}): {}",
+                    last_log_lines(&self.dir.join("haproxy.log"))
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(infrastructure(
+                    "haproxy did not open its admin socket within 10 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        applied.running = true;
+        Ok(())
+    }
+
+    /// Reads the apps of a running HAProxy back: the app list from `apps.json`, weights and
+    /// maintenance from each app's map, servers from `show servers state`.
+    async fn read_back(&self, applied: &mut Applied) -> Result<(), DriverError> {
+        let listed: BTreeMap<String, SocketAddr> = std::fs::read(self.dir.join("apps.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        for (app, listen) in listed {
+            let mut entry = AppApplied {
+                listen: Some(listen),
+                ..AppApplied::default()
+            };
+            let map = self
+                .command(&format!("show map {}", self.map_file(&app).display()))
+                .await?;
+            let values: BTreeMap<String, String> = map
+                .lines()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace().skip(1);
+                    Some((words.next()?.to_string(), words.next()?.to_string()))
+                })
+                .collect();
+            entry.maintenance = values.get("maintenance").is_some_and(|v| v == "1");
+            for (index, slot) in entry.slots.iter_mut().enumerate() {
+                slot.revision = values
+                    .get(&format!("r{index}"))
+                    .and_then(|r| r.parse().ok())
+                    .filter(|r| *r > 0);
+                slot.weight = values
+                    .get(&format!("w{index}"))
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(0);
+                let state = self.command(&format!("show servers state {app}_s{index}")).await?;
+                for line in state.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+                    // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ...
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (Some(name), Some(addr), Some(admin)) = (fields.get(3), fields.get(4), fields.get(6)) else {
+                        continue;
+                    };
+                    let port = fields.get(18).and_then(|p| p.parse::<u16>().ok());
+                    let Some(addr) = port.and_then(|p| Some(SocketAddr::new(addr.parse().ok()?, p))) else {
+                        continue;
+                    };
+                    // Admin state 0 is ready; drain (8) or maintenance means it was leaving.
+                    if *admin == "0" {
+                        slot.servers.insert(name.to_string(), addr);
+                    } else {
+                        slot.leaving.insert(name.to_string(), addr);
+                    }
+                }
+            }
+            applied.apps.insert(app, entry);
+        }
+        Ok(())
+    }
+
+    /// Writes the configuration, every app's map and `apps.json` from the applied state.
+    fn write_files(&self, applied: &Applied) -> Result<(), DriverError> {
+        let write = |name: &str, text: String| {
+            std::fs::write(self.dir.join(name), text)
+                .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot write {name}"), e))
+        };
+        for (app, entry) in &applied.apps {
+            write(&format!("{app}.map"), map_text(entry))?;
+        }
+        let listed: BTreeMap<&String, SocketAddr> = applied
+            .apps
+            .iter()
+            .filter_map(|(app, entry)| Some((app, entry.listen?)))
+            .collect();
+        write("apps.json", serde_json::to_string(&listed).expect("plain map"))?;
+        write("haproxy.cfg", self.config(applied))
+    }
+
+    fn config(&self, applied: &Applied) -> String {
+        let dir = self.dir.display();
+        let mut text = format!(
+            "# Written by Slipway's data plane, changed at run time through the admin socket: do not edit.
+global
+    master-worker
+    stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners
+    # Room to keep an app connection per client connection instead of closing most of them.
+    tune.pool-high-fd-ratio 90
+    tune.pool-low-fd-ratio 80
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    # A request whose instance went away before answering is sent to another one.
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response
+"
+        );
+        for (app, entry) in &applied.apps {
+            let Some(listen) = entry.listen else { continue };
+            let map = self.map_file(app);
+            let map = map.display();
+            text.push_str(&format!("\nfrontend {app}\n    bind {listen}\n"));
+            for index in 0..SLOTS {
+                let previous = if index == 0 {
+                    String::new()
+                } else {
+                    format!(",add(txn.c{})", index - 1)
+                };
+                text.push_str(&format!(
+                    "    http-request set-var(txn.c{index}) str(w{index}),map_str_int({map},0){previous}\n"
+                ));
+            }
+            text.push_str(&format!(
+                "    http-request set-var(txn.pick) rand(256),mul(txn.c{last}),div(256)\n    use_backend {app}_maintenance if {{ str(maintenance),map_str_int({map},0) -m int eq 1 }}\n",
+                last = SLOTS - 1
+            ));
+            for index in 0..SLOTS {
+                text.push_str(&format!(
+                    "    use_backend {app}_s{index} if {{ var(txn.pick),sub(txn.c{index}) -m int lt 0 }}\n"
+                ));
+            }
+            text.push_str(&format!("    default_backend {app}_unavailable\n"));
+            for (index, slot) in entry.slots.iter().enumerate() {
+                text.push_str(&format!(
+                    "\nbackend {app}_s{index}\n    balance roundrobin\n    http-response set-header X-Slipway-Revision %[str(r{index}),map({map},0)]\n"
+                ));
+                for (name, addr) in &slot.servers {
+                    text.push_str(&format!("    server {name} {addr}\n"));
+                }
+                for (name, addr) in &slot.leaving {
+                    text.push_str(&format!("    server {name} {addr} disabled\n"));
+                }
+            }
+            text.push_str(&format!(
+                "\nbackend {app}_maintenance\n    http-request return status 503 content-type \"text/html\" file {dir}/maintenance.html hdr Retry-After 5 hdr Cache-Control no-store\n\nbackend {app}_unavailable\n    http-request return status 503 content-type \"text/plain; charset=utf-8\" file {dir}/no-ready-instances.txt hdr Cache-Control no-store\n"
+            ));
+        }
+        text
+    }
+
+    /// Reloads HAProxy from the configuration on disk, keeping its listeners.
+    async fn reload(&self) -> Result<(), DriverError> {
+        let master = self.dir.join("master.sock");
+        let run = async {
+            // Right after HAProxy starts, its master socket may not be listening yet.
+            let mut tries = 0;
+            let mut stream = loop {
+                match UnixStream::connect(&master).await {
+                    Ok(stream) => break stream,
+                    Err(error) if tries < 250 => {
+                        tracing::debug!(%error, "the master socket is not listening yet");
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
+            stream.write_all(b"reload\n").await?;
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer).await;
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, run)
+            .await
+            .map_err(|_| infrastructure("the master socket did not take the reload in time".into()))?
+            .map_err(|e| {
+                let message = format!("cannot reload through {}: {e}", master.display());
+                DriverError::infrastructure(DRIVER, message, e)
+            })?;
+        // The new worker answers on the admin socket once it has the new configuration.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.command("show info").await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(infrastructure(format!(
+                    "haproxy did not come back from a reload: {}",
+                    last_log_lines(&self.dir.join("haproxy.log"))
+                )));
+            }
+        }
+    }
+
+    /// Applies `app`'s wanted weights, maintenance and endpoints: servers first, then the
+    /// map, then servers that leave are drained and deleted in the background.
+    async fn sync(self: &Arc<Self>, app: &str, wanted: &Wanted) -> Result<(), DriverError> {
+        let mut applied = self.applied.lock().await;
+        let Some(entry) = applied.apps.get_mut(app) else {
+            return Err(infrastructure(format!("{app} has no frontend in haproxy")));
+        };
+        let mut next = entry.clone();
+        next.maintenance = wanted.maintenance;
+        // Revisions keep their slot; new ones take a slot that is empty.
+        for slot in next.slots.iter_mut() {
+            if slot.revision.is_some_and(|r| !wanted.serving(r)) {
+                slot.weight = 0;
+                if slot.servers.is_empty() && slot.leaving.is_empty() {
+                    slot.revision = None;
+                }
+            }
+        }
+        for revision in wanted.weights.keys() {
+            if next.slots.iter().any(|s| s.revision == Some(*revision)) {
+                continue;
+            }
+            let free =
+                next.slots.iter_mut().find(|s| s.revision.is_none()).ok_or_else(|| {
+                    infrastructure(format!("no free slot in haproxy for revision {revision} of {app}"))
+                })?;
+            free.revision = Some(*revision);
+        }
+        let map = self.map_file(app);
+        let map = map.display().to_string();
+        let mut commands = Vec::new();
+        let mut leaving = Vec::new();
+        for (index, slot) in next.slots.iter_mut().enumerate() {
+            let backend = format!("{app}_s{index}");
+            let Some(revision) = slot.revision else { continue };
+            let routed = wanted.weights.get(&revision).copied().unwrap_or(0);
+            let endpoints: BTreeMap<String, SocketAddr> = if routed > 0 {
+                wanted
+                    .endpoints
+                    .get(&revision)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (e.instance.clone(), e.addr))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            for (name, addr) in &endpoints {
+                if slot.servers.get(name) != Some(addr) {
+                    if slot.servers.remove(name).is_some() || slot.leaving.remove(name).is_some() {
+                        // Same instance, moved: replace it at once (it is not serving there).
+                        commands.push(format!("set server {backend}/{name} state maint"));
+                        commands.push(format!("del server {backend}/{name}"));
+                    }
+                    commands.push(format!("add server {backend}/{name} {addr}"));
+                    commands.push(format!("enable server {backend}/{name}"));
+                    slot.servers.insert(name.clone(), *addr);
+                }
+            }
+            let gone: Vec<String> = slot
+                .servers
+                .keys()
+                .filter(|name| !endpoints.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in gone {
+                let addr = slot.servers.remove(&name).expect("listed");
+                slot.leaving.insert(name.clone(), addr);
+                leaving.push((backend.clone(), name));
+            }
+            slot.weight = routed;
+        }
+        // Servers in: every slot that will carry traffic has its servers before the map says so.
+        for command in &commands {
+            self.must(command).await?;
+        }
+        let version = self.must(&format!("prepare map {map}")).await?;
+        let version = version
+            .split_whitespace()
+            .last()
+            .ok_or_else(|| infrastructure(format!("prepare map answered {version:?}")))?
+            .to_string();
+        let mut batch: Vec<String> = map_entries(&next)
+            .into_iter()
+            .map(|(key, value)| format!("add map @{version} {map} {key} {value}"))
+            .collect();
+        batch.push(format!("commit map @{version} {map}"));
+        self.must(&batch.join("; ")).await?;
+        // Then out: leaving servers take no new request, and go once idle.
+        for (backend, name) in &leaving {
+            self.must(&format!("set server {backend}/{name} state drain")).await?;
+        }
+        *entry = next;
+        drop(applied);
+        for (backend, name) in leaving {
+            let this = self.clone();
+            let app = app.to_string();
+            tokio::spawn(async move { this.retire(&app, &backend, &name).await });
+        }
+        Ok(())
+    }
+
+    /// Waits until a leaving server carries no request, then deletes it.
+    async fn retire(&self, app: &str, backend: &str, name: &str) {
+        let started = Instant::now();
+        loop {
+            match self.in_flight(backend, name).await {
+                Some(0) | None => break,
+                Some(_) if started.elapsed() > Duration::from_secs(3600) => break,
+                Some(_) => tokio::time::sleep(DRAIN_POLL).await,
+            }
+        }
+        let _ = self.command(&format!("set server {backend}/{name} state maint")).await;
+        let deadline = Instant::now() + DELETE_PATIENCE;
+        loop {
+            let mut applied = self.applied.lock().await;
+            let still_leaving = applied
+                .apps
+                .get(app)
+                .is_some_and(|entry| entry.slots.iter().any(|slot| slot.leaving.contains_key(name)));
+            if !still_leaving {
+                return;
+            }
+            let deleted = self.must(&format!("del server {backend}/{name}")).await.is_ok();
+            if deleted || Instant::now() > deadline {
+                if let Some(entry) = applied.apps.get_mut(app) {
+                    for slot in entry.slots.iter_mut() {
+                        slot.leaving.remove(name);
+                        if slot.weight == 0 && slot.servers.is_empty() && slot.leaving.is_empty() {
+                            slot.revision = None;
+                        }
+                    }
+                }
+                if !deleted {
+                    tracing::warn!(%backend, server = name, "haproxy kept connections to a drained server; it stays disabled");
+                }
+                return;
+            }
+            drop(applied);
+            // Idle connections to it are closed by HAProxy shortly after maintenance.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Requests in flight to a server, from `show stat`; None if it is not there.
+    async fn in_flight(&self, backend: &str, name: &str) -> Option<u64> {
+        let stat = self.command(&format!("show stat {backend} 4 -1")).await.ok()?;
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+        let name_at = header.iter().position(|h| *h == "svname")?;
+        let current_at = header.iter().position(|h| *h == "scur")?;
+        lines.find_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (fields.get(name_at) == Some(&name)).then(|| fields.get(current_at)?.parse().ok())?
+        })
+    }
+
+    /// Whether the server for `instance` of `app` is gone (deleted after draining).
+    async fn gone(&self, app: &str, instance: &str) -> bool {
+        let applied = self.applied.lock().await;
+        !applied.apps.get(app).is_some_and(|entry| {
+            entry
+                .slots
+                .iter()
+                .any(|slot| slot.leaving.contains_key(instance) || slot.servers.contains_key(instance))
+        })
+    }
+
+    /// Per-revision counters of `app` from `show stat`: (revision, requests, 5xx answers).
+    async fn stats(&self, app: &str) -> Vec<(u32, u64, u64)> {
+        let revisions: Vec<(usize, u32)> = {
+            let applied = self.applied.lock().await;
+            let Some(entry) = applied.apps.get(app) else {
+                return Vec::new();
+            };
+            entry
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(index, slot)| Some((index, slot.revision?)))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (index, revision) in revisions {
+            let Ok(stat) = self.command(&format!("show stat {app}_s{index} 2 -1")).await else {
+                continue;
+            };
+            let mut lines = stat.lines();
+            let Some(header) = lines.next() else { continue };
+            let header: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+            let (Some(total_at), Some(errors_at)) = (
+                header.iter().position(|h| *h == "req_tot"),
+                header.iter().position(|h| *h == "hrsp_5xx"),
+            ) else {
+                continue;
+            };
+            if let Some(fields) = lines.next().map(|l| l.split(',').collect::<Vec<_>>()) {
+                let number = |at: usize| fields.get(at).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                out.push((revision, number(total_at), number(errors_at)));
+            }
+        }
+        out
+    }
+
+    /// Stops HAProxy gracefully (it finishes requests in flight), for a data plane that stops
+    /// on purpose.
+    pub async fn stop(&self) {
+        let mut applied = self.applied.lock().await;
+        if !applied.running {
+            return;
+        }
+        let pid = std::fs::read_to_string(self.dir.join("haproxy.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1);
+        }
+        if let Some(mut child) = applied.child.take() {
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        } else if let Some(pid) = pid {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        applied.running = false;
+        applied.apps.clear();
+    }
+}
+
+/// The HAProxy binary: `SLIPWAY_HAPROXY`, else `haproxy` on `PATH`, else where Debian puts it
+/// (`/usr/sbin`, which is not on every user's `PATH`).
+fn program() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLIPWAY_HAPROXY") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("haproxy"))
+        .find(|candidate| candidate.is_file());
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"))
+}
+
+fn infrastructure(message: String) -> DriverError {
+    DriverError::Infrastructure {
+        driver: DRIVER,
+        message,
+        source: None,
+    }
+}
+
+fn map_entries(entry: &AppApplied) -> Vec<(String, String)> {
+    let mut entries = vec![("maintenance".to_string(), u32::from(entry.maintenance).to_string())];
+    for (index, slot) in entry.slots.iter().enumerate() {
+        entries.push((format!("r{index}"), slot.revision.unwrap_or(0).to_string()));
+        entries.push((format!("w{index}"), slot.weight.to_string()));
+    }
+    entries
+}
+
+fn map_text(entry: &AppApplied) -> String {
+    map_entries(entry)
+        .into_iter()
+        .map(|(key, value)| format!("{key} {value}\n"))
+        .collect()
+}
+
+/// Waits until something accepts connections on `listen` (HAProxy's new worker).
+async fn wait_listening(listen: SocketAddr) -> Result<(), DriverError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(DriverError::Invalid(format!(
+                "listen: haproxy could not listen on {listen} (is the address in use, or not this machine's?)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn last_log_lines(path: &Path) -> String {
+    crate::driver::compute::output::last_lines(path, 5).join(" / ")
+}
+
+/// What the compute driver and the runner want for one app.
+#[derive(Default)]
+struct Wanted {
+    weights: BTreeMap<u32, u32>,
+    maintenance: bool,
+    endpoints: BTreeMap<u32, Vec<Endpoint>>,
+}
+
+impl Wanted {
+    fn serving(&self, revision: u32) -> bool {
+        self.weights.get(&revision).is_some_and(|w| *w > 0)
+    }
+}
+
+/// One app's routing through HAProxy.
+pub struct HaproxyRouter {
+    app: String,
+    haproxy: Arc<Haproxy>,
+    wanted: Mutex<Wanted>,
+    /// Serializes applying: each sync applies the newest wanted state.
+    syncing: tokio::sync::Mutex<()>,
+    listen: Mutex<SocketAddr>,
+    this: std::sync::Weak<HaproxyRouter>,
+}
+
+impl HaproxyRouter {
+    /// `app` routed by `haproxy` on `listen`: its frontend is added (or adopted) now.
+    pub async fn new(app: &str, listen: SocketAddr, haproxy: Arc<Haproxy>) -> Result<Arc<HaproxyRouter>, DriverError> {
+        haproxy.ensure_app(app, listen).await?;
+        let mut wanted = Wanted::default();
+        if let Some((weights, maintenance, endpoints)) = haproxy.adopted(app).await {
+            wanted = Wanted {
+                weights,
+                maintenance,
+                endpoints,
+            };
+        }
+        Ok(Arc::new_cyclic(|this| HaproxyRouter {
+            app: app.to_string(),
+            haproxy,
+            wanted: Mutex::new(wanted),
+            syncing: tokio::sync::Mutex::new(()),
+            listen: Mutex::new(listen),
+            this: this.clone(),
+        }))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        *self.listen.lock().unwrap()
+    }
+
+    /// Moves the app's frontend to `listen` (a reload: the old address is let go as the new
+    /// one is bound).
+    pub async fn move_to(&self, listen: SocketAddr) -> Result<(), DriverError> {
+        self.haproxy.ensure_app(&self.app, listen).await?;
+        *self.listen.lock().unwrap() = listen;
+        Ok(())
+    }
+
+    /// Takes the app out of HAProxy.
+    pub async fn stop(&self) {
+        if let Err(error) = self.haproxy.remove_app(&self.app).await {
+            tracing::warn!(app = %self.app, %error, "removing the app from haproxy failed");
+        }
+    }
+
+    /// Applies the wanted state; a sync already under way is followed by one more.
+    async fn sync(&self) -> Result<(), DriverError> {
+        let _one_at_a_time = self.syncing.lock().await;
+        let wanted = {
+            let wanted = self.wanted.lock().unwrap();
+            Wanted {
+                weights: wanted.weights.clone(),
+                maintenance: wanted.maintenance,
+                endpoints: wanted.endpoints.clone(),
+            }
+        };
+        let result = self.haproxy.sync(&self.app, &wanted).await;
+        if let Err(error) = &result {
+            tracing::warn!(app = %self.app, %error, "applying routes to haproxy failed");
+        }
+        result
+    }
+
+    /// Per-revision counters in Prometheus text format: `slipway_haproxy_requests_total` and
+    /// `slipway_haproxy_errors_total`, by app and revision.
+    pub async fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (revision, requests, errors) in self.haproxy.stats(&self.app).await {
+            let app = &self.app;
+            let _ = writeln!(
+                out,
+                "slipway_haproxy_requests_total{{app=\"{app}\",revision=\"{revision}\"}} {requests}"
+            );
+            let _ = writeln!(
+                out,
+                "slipway_haproxy_errors_total{{app=\"{app}\",revision=\"{revision}\"}} {errors}"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Backends for HaproxyRouter {
+    fn set_endpoints(&self, revision: u32, endpoints: Vec<Endpoint>) {
+        self.wanted.lock().unwrap().endpoints.insert(revision, endpoints);
+        // Applied in order by the sync lock; a failure is logged, and the next change (or a
+        // drain, which syncs first) applies everything again.
+        if let Some(this) = self.this.upgrade() {
+            tokio::spawn(async move {
+                let _ = this.sync().await;
+            });
+        }
+    }
+
+    async fn drain(&self, instance: &str, timeout: Duration) -> bool {
+        // The endpoints change that took it out may still be applying.
+        let _ = self.sync().await;
+        let deadline = Instant::now() + timeout;
+        while !self.haproxy.gone(&self.app, instance).await {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        true
+    }
+}
+
+#[async_trait]
+impl Router for HaproxyRouter {
+    async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
+        self.wanted.lock().unwrap().weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
+        self.sync().await
+    }
+
+    fn weights(&self) -> Vec<(u32, u32)> {
+        self.wanted
+            .lock()
+            .unwrap()
+            .weights
+            .iter()
+            .map(|(r, w)| (*r, *w))
+            .collect()
+    }
+
+    async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
+        self.wanted.lock().unwrap().maintenance = on;
+        self.sync().await
+    }
+
+    fn maintenance(&self) -> bool {
+        self.wanted.lock().unwrap().maintenance
+    }
+}

@@ -1,0 +1,160 @@
+//! The same strategies, unchanged, on every engine: local processes or containers (Podman),
+//! behind the built-in router or HAProxy. Each rolls v1 → v2 under keep-alive load, and no
+//! request may fail (recreate aside, whose gap is its maintenance page by design).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::containers::{engine, image, listed};
+use crate::lifecycle::{deploy, listen, push, runtime, sample, text};
+use crate::load::Load;
+use crate::runner::{HelloSpec, Server, free_port, unique_dir};
+use crate::support::exclusive;
+
+const HAPROXY: &str = "[router]\nkind = \"haproxy\"\n";
+
+/// The four built-ins and the Rust example strategy, with the parameters a user would give.
+const STRATEGIES: &[(&str, &str)] = &[
+    ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }"),
+    ("builtin:blue-green", "{ verify-path = \"/healthz\" }"),
+    ("builtin:canary", "{ steps = [50, 100], pause-seconds = 0 }"),
+    ("builtin:recreate", "{}"),
+    ("waves", "{ wave-size = 2 }"),
+];
+
+/// Rolls every strategy on one engine; each app is new, on its own address.
+fn every_strategy(container: bool, tables: &str) {
+    let _serial = exclusive();
+    let server = if container {
+        Server::start_with(&unique_dir("data"), free_port(), &[("DOCKER_HOST", engine())])
+    } else {
+        Server::start()
+    };
+    push(&server, "example-strategy-waves", "waves");
+    let image = container.then(image);
+    for (index, (strategy, params)) in STRATEGIES.iter().enumerate() {
+        let name = format!("engine-{index}");
+        let web = listen();
+        let v1 = HelloSpec {
+            listen: web,
+            strategy,
+            params,
+            image,
+            tables,
+            ..HelloSpec::default()
+        };
+        let named = |spec: &HelloSpec| {
+            spec.toml()
+                .replacen("name = \"hello\"", &format!("name = \"{name}\""), 1)
+        };
+        let first = server.cli(&["deploy", crate::runner::write_spec(&named(&v1)).to_str().unwrap()]);
+        assert!(first.status.success(), "{strategy}: {}", text(&first));
+        let runtime = runtime();
+        let load = runtime.block_on(async { Load::start(web, "/", 4, Duration::from_millis(2)) });
+        std::thread::sleep(Duration::from_millis(300));
+        let v2 = HelloSpec { version: "v2", ..v1 };
+        let second = server.cli(&["deploy", crate::runner::write_spec(&named(&v2)).to_str().unwrap()]);
+        assert!(second.status.success(), "{strategy}: {}", text(&second));
+        std::thread::sleep(Duration::from_millis(300));
+        let tally = runtime.block_on(load.stop());
+        assert!(tally.ok > 50, "{strategy}: {tally:?}");
+        assert_eq!(tally.failed, 0, "{strategy}: requests failed: {tally:?}");
+        if *strategy != "builtin:recreate" {
+            assert_eq!(tally.unavailable, 0, "{strategy}: 503s: {tally:?}");
+        }
+        let after = sample(web);
+        assert_eq!(
+            after.by_version.keys().collect::<Vec<_>>(),
+            ["v2"],
+            "{strategy}: {after:?}"
+        );
+        // Done with it: its instances (and containers) go, the next app starts clean.
+        let deleted = server.cli(&["delete", &name]);
+        assert!(deleted.status.success(), "{}", text(&deleted));
+    }
+    if container {
+        for index in 0..STRATEGIES.len() {
+            assert!(listed(&format!("engine-{index}"), true).is_empty());
+        }
+    }
+}
+
+#[test]
+fn every_strategy_on_processes_and_the_builtin_router() {
+    every_strategy(false, "");
+}
+
+#[test]
+fn every_strategy_on_processes_and_haproxy() {
+    every_strategy(false, HAPROXY);
+}
+
+#[test]
+fn every_strategy_on_containers_and_the_builtin_router() {
+    every_strategy(true, "");
+}
+
+#[test]
+fn every_strategy_on_containers_and_haproxy() {
+    every_strategy(true, HAPROXY);
+}
+
+/// HAProxy processes started for `data`.
+fn haproxies(data: &std::path::Path) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("{}/haproxy/haproxy.cfg", data.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn haproxy_serves_through_a_runner_kill_and_stops_with_the_runner() {
+    let _serial = exclusive();
+    let mut server = Server::start();
+    let web = listen();
+    let spec = HelloSpec {
+        listen: web,
+        tables: HAPROXY,
+        ..HelloSpec::default()
+    };
+    let output = deploy(&server, &spec);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!haproxies(&server.data).is_empty(), "HAProxy runs for the app");
+    let metrics = server.request("GET", "/metrics", None, "", b"").1;
+    assert!(
+        metrics.contains("slipway_haproxy_requests_total{app=\"hello\",revision=\"1\"}"),
+        "{metrics}"
+    );
+    // Maintenance answers the built-in router's page.
+    let on = server.cli(&["maintenance", "hello", "on"]);
+    assert!(on.status.success(), "{}", text(&on));
+    let during = sample(web);
+    assert!(during.ok == 0 && during.unavailable > 0, "{during:?}");
+    let off = server.cli(&["maintenance", "hello", "off"]);
+    assert!(off.status.success(), "{}", text(&off));
+
+    let runtime = runtime();
+    let load = runtime.block_on(async { Load::start(web, "/", 4, Duration::from_millis(2)) });
+    std::thread::sleep(Duration::from_millis(300));
+    let data = server.data.clone();
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let server = Server::start_in(&data);
+    std::thread::sleep(Duration::from_millis(500));
+    let tally = runtime.block_on(load.stop());
+    assert!(tally.ok > 50, "{tally:?}");
+    assert_eq!((tally.failed, tally.unavailable), (0, 0), "{tally:?}");
+    drop(server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !haproxies(&data).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy outlived a runner stopped on purpose"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
