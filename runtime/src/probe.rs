@@ -104,6 +104,13 @@ impl Thresholds {
         }
     }
 
+    /// Thresholds for an instance already known to be ready (adopted after a probe passed):
+    /// it stays ready until `failure` probes in a row fail.
+    pub fn already_ready(mut self) -> Self {
+        self.ready = true;
+        self
+    }
+
     /// Records one result; returns the readiness after it.
     pub fn record(&mut self, passed: bool) -> bool {
         if passed {

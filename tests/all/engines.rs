@@ -158,3 +158,59 @@ fn haproxy_serves_through_a_runner_kill_and_stops_with_the_runner() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn haproxy_and_containers_serve_while_the_whole_of_slipway_is_down() {
+    let _serial = exclusive();
+    let data = unique_dir("data");
+    let start = || Server::start_with(&data, free_port(), &[("DOCKER_HOST", engine())]);
+    let mut server = start();
+    let web = listen();
+    let spec = HelloSpec {
+        listen: web,
+        image: Some(image()),
+        tables: HAPROXY,
+        ..HelloSpec::default()
+    };
+    let output = deploy(&server, &spec);
+    assert!(output.status.success(), "{}", text(&output));
+    let haproxy = haproxies(&data);
+    assert!(!haproxy.is_empty());
+
+    let runtime = runtime();
+    let load = runtime.block_on(async { Load::start(web, "/", 4, Duration::from_millis(2)) });
+    std::thread::sleep(Duration::from_millis(300));
+    // Runner and data plane die; HAProxy and the containers do not.
+    let plane = server.plane_pid().expect("a data plane runs");
+    server.kill();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(plane as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let while_down = load.snapshot();
+    assert!(while_down.ok > 0, "{while_down:?}");
+    drop(server);
+    // A new runner and data plane adopt HAProxy, its routes and the containers as they are.
+    let mut server = start();
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = runtime.block_on(load.stop());
+    assert!(tally.ok > 100, "{tally:?}");
+    assert_eq!((tally.failed, tally.unavailable), (0, 0), "{tally:?}");
+    assert_eq!(haproxies(&data), haproxy, "the same HAProxy serves on");
+    // And it still takes changes: a rollout on the adopted HAProxy loses nothing.
+    let load = runtime.block_on(async { Load::start(web, "/", 4, Duration::from_millis(2)) });
+    let v2 = HelloSpec { version: "v2", ..spec };
+    let output = deploy(&server, &v2);
+    assert!(output.status.success(), "{}", text(&output));
+    let tally = runtime.block_on(load.stop());
+    assert_eq!((tally.failed, tally.unavailable), (0, 0), "{tally:?}");
+    assert_eq!(sample(web).by_version.keys().collect::<Vec<_>>(), ["v2"]);
+    assert!(server.stop().success());
+    assert!(
+        listed("hello", true).is_empty() || {
+            std::thread::sleep(Duration::from_secs(5));
+            listed("hello", true).is_empty()
+        }
+    );
+}

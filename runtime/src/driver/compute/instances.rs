@@ -526,14 +526,24 @@ impl InstanceDriver {
                 message,
                 source: None,
             })?;
+        // Probed first, all together, so that the router is told once, with every instance
+        // that serves: a router that kept routing to them (HAProxy) loses none meanwhile.
+        let supervision = config.supervision().clone();
+        let probes = found
+            .iter()
+            .map(|f| probe_once(&supervision.probe, f.addr, supervision.probe_timeout));
+        let passed = futures_util::future::join_all(probes).await;
         let config = Arc::new(config);
         let mut adopted = 0;
-        for Found {
-            id,
-            instance,
-            seq,
-            addr,
-        } in found
+        for (
+            Found {
+                id,
+                instance,
+                seq,
+                addr,
+            },
+            passed,
+        ) in found.into_iter().zip(passed)
         {
             let known = {
                 let mut state = self.state.lock().unwrap();
@@ -549,6 +559,15 @@ impl InstanceDriver {
             }
             let adopted_instance =
                 self.add_instance(&instance, seq, revision, addr, Some(Handle::Container(id.clone())));
+            if passed.is_ok() {
+                adopted_instance.ready.store(true, Ordering::SeqCst);
+                self.emit(
+                    revision,
+                    Happened::Ready {
+                        instance: instance.clone(),
+                    },
+                );
+            }
             // Output from now on: what came before is in the file already.
             let now = (crate::store::now_ms() / 1000) as i64;
             self.supervise_container(adopted_instance.clone(), id, now);
@@ -556,6 +575,9 @@ impl InstanceDriver {
             let config = config.clone();
             tokio::spawn(async move { this.probe_loop(adopted_instance, config).await });
             adopted += 1;
+        }
+        if adopted > 0 {
+            self.publish(revision);
         }
         Ok(adopted)
     }
@@ -608,6 +630,9 @@ impl InstanceDriver {
     async fn probe_loop(&self, instance: Arc<Instance>, workload: Arc<Workload>) {
         let config = workload.supervision();
         let mut thresholds = Thresholds::new(config.success_threshold, config.failure_threshold);
+        if instance.ready.load(Ordering::SeqCst) {
+            thresholds = thresholds.already_ready();
+        }
         let mut exited = instance.exited.subscribe();
         let started = Instant::now();
         let mut delay = QUICK_PROBE_INTERVAL;
