@@ -163,18 +163,35 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A runner with hello's revision 1 deployed as three containers; `extra_env` is added to
+/// hello's environment.
+fn deployed(extra_env: &'static str) -> (Server, std::net::SocketAddr) {
+    let server = server();
+    let web = listen();
+    let spec = HelloSpec {
+        listen: web,
+        image: Some(image()),
+        extra_env,
+        ..HelloSpec::default()
+    };
+    let output = deploy(&server, &spec);
+    assert!(output.status.success(), "{}", text(&output));
+    (server, web)
+}
+
+/// Everything the app's instances wrote, from their output files.
+fn output_of(server: &Server) -> String {
+    std::fs::read_dir(server.data.join("output/hello"))
+        .unwrap()
+        .flatten()
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+        .collect()
+}
+
 #[test]
 fn containers_roll_out_and_stop_with_no_failed_request() {
     let _serial = exclusive();
-    let mut server = server();
-    let web = listen();
-    let v1 = HelloSpec {
-        listen: web,
-        image: Some(image()),
-        ..HelloSpec::default()
-    };
-    let output = deploy(&server, &v1);
-    assert!(output.status.success(), "{}", text(&output));
+    let (mut server, web) = deployed("");
     assert_eq!(containers("hello").len(), 3, "three containers of revision 1");
     let before = sample(web);
     assert!(before.ok > 0 && before.failed == 0, "{before:?}");
@@ -183,9 +200,11 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
     let runtime = runtime();
     let load = runtime.block_on(async { Load::start(web, "/", 4, Duration::from_millis(2)) });
     let v2 = HelloSpec {
+        listen: web,
+        image: Some(image()),
         version: "v2",
         network: "host",
-        ..v1
+        ..HelloSpec::default()
     };
     let output = deploy(&server, &v2);
     assert!(output.status.success(), "{}", text(&output));
@@ -205,11 +224,7 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
     assert_eq!(after.by_version.keys().collect::<Vec<_>>(), ["v2"], "{after:?}");
 
     // Their output reached the instance's output files, from the engine.
-    let logs = std::fs::read_dir(server.data.join("output/hello"))
-        .unwrap()
-        .flatten()
-        .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
-        .collect::<String>();
+    let logs = output_of(&server);
     assert!(logs.contains("hello v2 listening on"), "{logs}");
     let shown = server.cli(&["logs", "hello", "--revision", "2"]);
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
@@ -227,15 +242,7 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
 #[test]
 fn a_data_plane_that_died_adopts_its_running_containers() {
     let _serial = exclusive();
-    let mut server = server();
-    let web = listen();
-    let spec = HelloSpec {
-        listen: web,
-        image: Some(image()),
-        ..HelloSpec::default()
-    };
-    let output = deploy(&server, &spec);
-    assert!(output.status.success(), "{}", text(&output));
+    let (mut server, web) = deployed("");
     let mut before: Vec<String> = containers("hello").into_iter().map(|(id, _)| id).collect();
     before.sort();
     assert_eq!(before.len(), 3);
@@ -295,17 +302,8 @@ fn an_image_the_engine_lacks_fails_the_rollout_with_the_reason() {
 #[test]
 fn a_container_that_crashes_is_replaced() {
     let _serial = exclusive();
-    let mut server = server();
-    let web = listen();
-    let spec = HelloSpec {
-        listen: web,
-        image: Some(image()),
-        // Each container exits 3 s after it starts listening, like a version that dies soon.
-        extra_env: ", HELLO_CRASH_AFTER_MS = \"3000\"",
-        ..HelloSpec::default()
-    };
-    let output = deploy(&server, &spec);
-    assert!(output.status.success(), "{}", text(&output));
+    // Each container exits 3 s after it starts listening, like a version that dies soon.
+    let (mut server, _) = deployed(", HELLO_CRASH_AFTER_MS = \"3000\"");
     let first: Vec<String> = containers("hello").into_iter().map(|(id, _)| id).collect();
     assert_eq!(first.len(), 3);
     wait_for("a crashed container replaced", || {
@@ -314,11 +312,7 @@ fn a_container_that_crashes_is_replaced() {
     // Desired holds, and the crash is in the instance's output, read from the engine.
     let status = server.get_json("/v1/apps/hello");
     assert_eq!(status["instances"]["revisions"]["1"]["desired"], 3, "{status}");
-    let logs = std::fs::read_dir(server.data.join("output/hello"))
-        .unwrap()
-        .flatten()
-        .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
-        .collect::<String>();
+    let logs = output_of(&server);
     assert!(logs.contains("crashing 3000 ms after starting"), "{logs}");
     assert!(server.stop().success());
     all_removed("hello");

@@ -109,18 +109,7 @@ impl Client {
                 ))
             });
         }
-        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(error) => ClientError::Api {
-                status,
-                code: error.code,
-                message: error.message,
-            },
-            Err(_) => ClientError::Api {
-                status,
-                code: "error".into(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            },
-        })
+        Err(api_error(status, &bytes))
     }
 
     /// Sends `body` as JSON and reads the typed answer.
@@ -142,18 +131,7 @@ impl Client {
         let mut body = response.into_body();
         if !status.is_success() {
             let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(error) => ClientError::Api {
-                    status,
-                    code: error.code,
-                    message: error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status,
-                    code: "error".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
@@ -291,4 +269,20 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The API's `{code, message}` answer for a failed request, or its body as the message.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(error) => ClientError::Api {
+            status,
+            code: error.code,
+            message: error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "error".into(),
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        },
+    }
 }

@@ -10,7 +10,8 @@
 //!
 //! Weights keep the host API's 0–256 scale exactly: the frontend draws a number below the sum
 //! of the weights and walks the slots' cumulative weights, all read from the app's map, which
-//! changes atomically (`prepare map` / `commit map`). Instances become servers with
+//! changes atomically (`prepare map` / `commit map`). As in the built-in router, a revision
+//! without a ready instance takes no share. Instances become servers with
 //! `add server` and leave with `set server … state drain`, a wait until they carry no
 //! request, then `del server`. The configuration is rewritten from the applied state, and
 //! HAProxy reloaded seamlessly (`expose-fd listeners`), only when an app is added, moved or
@@ -144,6 +145,12 @@ impl Haproxy {
     /// already runs, started if not, reloaded if the app is new or moved.
     pub async fn ensure_app(&self, app: &str, listen: SocketAddr) -> Result<(), DriverError> {
         let mut applied = self.applied.lock().await;
+        if !applied.running && self.command("show info").await.is_err() {
+            // HAProxy starts with this app in its configuration: no reload.
+            applied.apps.entry(app.to_string()).or_default().listen = Some(listen);
+            self.ensure_running(&mut applied).await?;
+            return wait_listening(listen).await;
+        }
         self.ensure_running(&mut applied).await?;
         let entry = applied.apps.entry(app.to_string()).or_default();
         if entry.listen == Some(listen) {
@@ -392,8 +399,8 @@ defaults
         text
     }
 
-    /// Reloads HAProxy from the configuration on disk, keeping its listeners.
-    async fn reload(&self) -> Result<(), DriverError> {
+    /// Sends one command to the master socket; returns what it answered within a moment.
+    async fn master(&self, command: &str) -> Result<String, DriverError> {
         let master = self.dir.join("master.sock");
         let run = async {
             // Right after HAProxy starts, its master socket may not be listening yet.
@@ -409,32 +416,62 @@ defaults
                     Err(error) => return Err(error),
                 }
             };
-            stream.write_all(b"reload\n").await?;
-            let mut answer = String::new();
-            let _ = stream.read_to_string(&mut answer).await;
-            Ok::<_, std::io::Error>(())
+            stream.write_all(format!("{command}\n").as_bytes()).await?;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
         };
         tokio::time::timeout(COMMAND_TIMEOUT, run)
             .await
-            .map_err(|_| infrastructure("the master socket did not take the reload in time".into()))?
+            .map_err(|_| infrastructure(format!("the master socket did not take {command:?} in time")))?
             .map_err(|e| {
-                let message = format!("cannot reload through {}: {e}", master.display());
+                let message = format!("cannot reach {}: {e}", master.display());
                 DriverError::infrastructure(DRIVER, message, e)
-            })?;
-        // The new worker answers on the admin socket once it has the new configuration.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if self.command("show info").await.is_ok() {
-                return Ok(());
+            })
+    }
+
+    /// How many times the master has reloaded, from `show proc`.
+    async fn reloads(&self) -> Option<u64> {
+        let answer = self.master("show proc").await.ok()?;
+        answer
+            .lines()
+            .find(|line| line.split_whitespace().nth(1) == Some("master"))?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    }
+
+    /// Reloads HAProxy from the configuration on disk, keeping its listeners, and waits
+    /// until the master says it did (a reload asked for at the wrong moment is asked again).
+    async fn reload(&self) -> Result<(), DriverError> {
+        for _ in 0..3 {
+            let before = self.reloads().await;
+            self.master("reload").await?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match (before, self.reloads().await) {
+                    (Some(before), Some(now)) if now > before => {
+                        // The new worker answers on the admin socket once it has the new
+                        // configuration.
+                        while self.command("show info").await.is_err() {
+                            if Instant::now() > deadline {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        return Ok(());
+                    }
+                    _ => {}
+                }
             }
-            if Instant::now() > deadline {
-                return Err(infrastructure(format!(
-                    "haproxy did not come back from a reload: {}",
-                    last_log_lines(&self.dir.join("haproxy.log"))
-                )));
-            }
+            tracing::debug!("haproxy did not reload; asking again");
         }
+        Err(infrastructure(format!(
+            "haproxy did not reload: {}",
+            last_log_lines(&self.dir.join("haproxy.log"))
+        )))
     }
 
     /// Applies `app`'s wanted weights, maintenance and endpoints: servers first, then the
@@ -507,7 +544,9 @@ defaults
                 slot.leaving.insert(name.clone(), addr);
                 leaving.push((backend.clone(), name));
             }
-            slot.weight = routed;
+            // As in the built-in router, a revision without a ready instance takes no share:
+            // its weight goes to the others rather than to a 503.
+            slot.weight = if endpoints.is_empty() { 0 } else { routed };
         }
         // Servers in: every slot that will carry traffic has its servers before the map says so.
         for command in &commands {
