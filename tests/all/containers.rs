@@ -5,7 +5,7 @@
 //! Needs `podman` (and `runc`); `.ci/run` installs them and starts the API service on
 //! /run/podman/podman.sock. Without that service, the tests start one of their own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -118,12 +118,12 @@ fn server() -> Server {
 }
 
 /// The ids of running containers of `app` (any revision), and their revisions.
-fn containers(app: &str) -> Vec<(String, String)> {
-    listed(app, false)
+fn containers(data: &Path, app: &str) -> Vec<(String, String)> {
+    listed(data, app, false)
 }
 
 /// Every container of `app`, running or not, as `(id, revision)`.
-pub(crate) fn listed(app: &str, all: bool) -> Vec<(String, String)> {
+pub(crate) fn listed(data: &Path, app: &str, all: bool) -> Vec<(String, String)> {
     let mut command = Command::new("podman");
     command.args(["ps", "--no-trunc"]);
     if all {
@@ -132,6 +132,11 @@ pub(crate) fn listed(app: &str, all: bool) -> Vec<(String, String)> {
     let listed = command
         .arg("--filter")
         .arg(format!("label=io.slipway.app={app}"))
+        .arg("--filter")
+        .arg(format!(
+            "label=io.slipway.owner={}",
+            slipway::driver::compute::container::owner(data)
+        ))
         .args(["--format", "{{.ID}} {{.Labels}}"])
         .output()
         .unwrap();
@@ -151,8 +156,8 @@ pub(crate) fn listed(app: &str, all: bool) -> Vec<(String, String)> {
 }
 
 /// Waits until no container of `app` is left, running or not.
-fn all_removed(app: &str) {
-    wait_for("removing every container", || listed(app, true).is_empty());
+fn all_removed(data: &Path, app: &str) {
+    wait_for("removing every container", || listed(data, app, true).is_empty());
 }
 
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
@@ -192,7 +197,11 @@ fn output_of(server: &Server) -> String {
 fn containers_roll_out_and_stop_with_no_failed_request() {
     let _serial = exclusive();
     let (mut server, web) = deployed("");
-    assert_eq!(containers("hello").len(), 3, "three containers of revision 1");
+    assert_eq!(
+        containers(&server.data, "hello").len(),
+        3,
+        "three containers of revision 1"
+    );
     let before = sample(web);
     assert!(before.ok > 0 && before.failed == 0, "{before:?}");
 
@@ -217,7 +226,7 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
     );
     // The last instance of revision 1 may still be draining as the deploy returns.
     wait_for("revision 1's containers gone", || {
-        let running = containers("hello");
+        let running = containers(&server.data, "hello");
         running.len() == 3 && running.iter().all(|(_, revision)| revision == "2")
     });
     let after = sample(web);
@@ -236,14 +245,17 @@ fn containers_roll_out_and_stop_with_no_failed_request() {
 
     // Stopping the runner on purpose stops and removes every container.
     assert!(server.stop().success());
-    all_removed("hello");
+    all_removed(&server.data, "hello");
 }
 
 #[test]
 fn a_data_plane_that_died_adopts_its_running_containers() {
     let _serial = exclusive();
     let (mut server, web) = deployed("");
-    let mut before: Vec<String> = containers("hello").into_iter().map(|(id, _)| id).collect();
+    let mut before: Vec<String> = containers(&server.data, "hello")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     before.sort();
     assert_eq!(before.len(), 3);
 
@@ -255,13 +267,20 @@ fn a_data_plane_that_died_adopts_its_running_containers() {
         nix::sys::signal::Signal::SIGKILL,
     );
     wait_for("the data plane's death", || !crate::runner::alive(plane));
-    assert_eq!(containers("hello").len(), 3, "containers outlive the data plane");
+    assert_eq!(
+        containers(&server.data, "hello").len(),
+        3,
+        "containers outlive the data plane"
+    );
 
     let data = server.data.clone();
     drop(server);
     let mut server = Server::start_with(&data, crate::runner::free_port(), &[("DOCKER_HOST", engine())]);
     wait_for("the app serving again", || sample(web).ok > 0);
-    let mut after: Vec<String> = containers("hello").into_iter().map(|(id, _)| id).collect();
+    let mut after: Vec<String> = containers(&server.data, "hello")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     after.sort();
     assert_eq!(after, before, "the running containers were adopted, none replaced");
     let status = server.get_json("/v1/apps/hello");
@@ -273,7 +292,7 @@ fn a_data_plane_that_died_adopts_its_running_containers() {
     assert_eq!((tally.failed, tally.unavailable), (0, 0), "{tally:?}");
 
     assert!(server.stop().success());
-    all_removed("hello");
+    all_removed(&server.data, "hello");
 }
 
 #[test]
@@ -296,7 +315,7 @@ fn an_image_the_engine_lacks_fails_the_rollout_with_the_reason() {
         shown.contains("localhost/slipway-no-such-image:1 is not in the container engine"),
         "{shown}"
     );
-    assert!(containers("hello").is_empty());
+    assert!(containers(&server.data, "hello").is_empty());
 }
 
 #[test]
@@ -304,10 +323,15 @@ fn a_container_that_crashes_is_replaced() {
     let _serial = exclusive();
     // Each container exits 3 s after it starts listening, like a version that dies soon.
     let (mut server, _) = deployed(", HELLO_CRASH_AFTER_MS = \"3000\"");
-    let first: Vec<String> = containers("hello").into_iter().map(|(id, _)| id).collect();
+    let first: Vec<String> = containers(&server.data, "hello")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(first.len(), 3);
     wait_for("a crashed container replaced", || {
-        containers("hello").iter().any(|(id, _)| !first.contains(id))
+        containers(&server.data, "hello")
+            .iter()
+            .any(|(id, _)| !first.contains(id))
     });
     // Desired holds, and the crash is in the instance's output, read from the engine.
     let status = server.get_json("/v1/apps/hello");
@@ -315,5 +339,5 @@ fn a_container_that_crashes_is_replaced() {
     let logs = output_of(&server);
     assert!(logs.contains("crashing 3000 ms after starting"), "{logs}");
     assert!(server.stop().success());
-    all_removed("hello");
+    all_removed(&server.data, "hello");
 }

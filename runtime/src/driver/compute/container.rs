@@ -104,11 +104,8 @@ pub struct Containers {
 impl Containers {
     /// The engine for the data plane of `data_dir`, whose containers carry its owner label.
     pub fn new(data_dir: &Path) -> Containers {
-        use sha2::Digest;
-        let canonical = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
-        let digest = sha2::Sha256::digest(canonical.to_string_lossy().as_bytes());
         Containers {
-            owner: hex::encode(&digest[..6]),
+            owner: owner(data_dir),
             engine: OnceCell::new(),
         }
     }
@@ -343,6 +340,13 @@ impl Containers {
         }
         Ok(found)
     }
+}
+
+/// The `io.slipway.owner` label of the containers that the data plane of `data_dir` starts.
+pub fn owner(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let canonical = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    hex::encode(&sha2::Sha256::digest(canonical.to_string_lossy().as_bytes())[..6])
 }
 
 /// Connects to the engine the way the Docker CLI would find it.
