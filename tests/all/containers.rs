@@ -341,3 +341,31 @@ fn a_container_that_crashes_is_replaced() {
     assert!(server.stop().success());
     all_removed(&server.data, "hello");
 }
+
+#[test]
+fn no_container_engine_fails_the_rollout_saying_how_to_start_one() {
+    let data = unique_dir("data");
+    let server = Server::start_with(
+        &data,
+        crate::runner::free_port(),
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    let spec = HelloSpec {
+        listen: listen(),
+        image: Some("localhost/slipway-hello:any"),
+        ..HelloSpec::default()
+    };
+    let output = deploy(&server, &spec);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("cannot reach the container engine at unix:///nonexistent/docker.sock"),
+        "{shown}"
+    );
+    assert!(shown.contains("podman system service"), "{shown}");
+    // The runner and its other apps are fine.
+    assert_eq!(
+        server.get_json("/v1/apps/hello")["active_revision"],
+        serde_json::Value::Null
+    );
+}

@@ -360,13 +360,14 @@ async fn connect() -> Result<Docker, String> {
         }
         Err(_) => default_socket()?,
     };
-    let engine = Docker::connect_with_unix(&socket, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| format!("cannot reach the container engine at {socket}: {e}"))?;
-    engine.negotiate_version().await.map_err(|e| {
+    let unreachable = |e: bollard::errors::Error| {
         format!(
             "cannot reach the container engine at {socket}: {e}; start Docker, or Podman's API service (`podman system service --time=0`), or set DOCKER_HOST"
         )
-    })
+    };
+    let engine =
+        Docker::connect_with_unix(&socket, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION).map_err(unreachable)?;
+    engine.negotiate_version().await.map_err(unreachable)
 }
 
 fn default_socket() -> Result<String, String> {
