@@ -216,3 +216,48 @@ fn haproxy_and_containers_serve_while_the_whole_of_slipway_is_down() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn haproxy_missing_or_a_router_change_in_place_is_refused_with_the_reason() {
+    // No HAProxy where it is said to be: the deploy fails saying how to get one.
+    let server = Server::start_with(
+        &unique_dir("data"),
+        free_port(),
+        &[("SLIPWAY_HAPROXY", "/nonexistent/haproxy")],
+    );
+    let spec = HelloSpec {
+        listen: listen(),
+        tables: HAPROXY,
+        ..HelloSpec::default()
+    };
+    let output = deploy(&server, &spec);
+    let shown = text(&output);
+    assert!(!output.status.success(), "{shown}");
+    assert!(shown.contains("cannot start haproxy"), "{shown}");
+    assert!(shown.contains("SLIPWAY_HAPROXY"), "{shown}");
+
+    // An app on the built-in router cannot move to HAProxy in place; it keeps serving.
+    let server = Server::start();
+    let web = listen();
+    let builtin = HelloSpec {
+        listen: web,
+        ..HelloSpec::default()
+    };
+    assert!(deploy(&server, &builtin).status.success());
+    let moved = deploy(
+        &server,
+        &HelloSpec {
+            tables: HAPROXY,
+            ..builtin
+        },
+    );
+    let shown = text(&moved);
+    assert!(!moved.status.success(), "{shown}");
+    assert!(
+        shown.contains("routed by builtin and cannot move to haproxy in place"),
+        "{shown}"
+    );
+    assert!(shown.contains("delete the app and deploy it again"), "{shown}");
+    let after = sample(web);
+    assert!(after.ok > 0 && after.failed == 0, "{after:?}");
+}

@@ -292,23 +292,13 @@ impl Plane {
                 let mut text = String::new();
                 RouterMetrics::render_all(&borrowed, &mut text);
                 if !haproxied.is_empty() {
-                    text.push_str("# HELP slipway_haproxy_requests_total Requests HAProxy sent to a revision's instances.\n# TYPE slipway_haproxy_requests_total counter\n");
-                    let mut errors = String::new();
+                    let mut rows = Vec::new();
                     for router in &haproxied {
-                        let mut lines = String::new();
-                        router.render_metrics(&mut lines).await;
-                        for line in lines.lines() {
-                            if line.starts_with("slipway_haproxy_requests_total") {
-                                text.push_str(line);
-                                text.push('\n');
-                            } else {
-                                errors.push_str(line);
-                                errors.push('\n');
-                            }
+                        for (revision, requests, errors) in router.counters().await {
+                            rows.push((router.app().to_string(), revision, requests, errors));
                         }
                     }
-                    text.push_str("# HELP slipway_haproxy_errors_total Answers with a 5xx status from a revision's backend in HAProxy.\n# TYPE slipway_haproxy_errors_total counter\n");
-                    text.push_str(&errors);
+                    render_haproxy_metrics(&rows, &mut text);
                 }
                 Ok(Answer::Metrics { text })
             }
@@ -385,8 +375,9 @@ impl Plane {
             if existing.router.kind() != kind {
                 return Err(PlaneError::Invalid {
                     message: format!(
-                        "router.kind: {app} is routed by {:?} and cannot move to {kind:?} in place; delete the app and deploy it again, or deploy it under a new name",
-                        existing.router.kind()
+                        "router.kind: {app} is routed by {} and cannot move to {} in place; delete the app and deploy it again, or deploy it under a new name",
+                        existing.router.kind().as_str(),
+                        kind.as_str()
                     ),
                 });
             }
@@ -433,6 +424,26 @@ async fn bind(app: &str, listen: SocketAddr) -> Result<Arc<BuiltinRouter>, Plane
         .map_err(|e| PlaneError::Invalid {
             message: format!("listen: cannot listen on {listen}: {e}"),
         })
+}
+
+/// HAProxy's per-revision counters, `(app, revision, requests, 5xx answers)`, in Prometheus
+/// text format: one family after the other, as the format wants.
+fn render_haproxy_metrics(rows: &[(String, u32, u64, u64)], out: &mut String) {
+    use std::fmt::Write;
+    out.push_str("# HELP slipway_haproxy_requests_total Requests HAProxy sent to a revision's instances.\n# TYPE slipway_haproxy_requests_total counter\n");
+    for (app, revision, requests, _) in rows {
+        let _ = writeln!(
+            out,
+            "slipway_haproxy_requests_total{{app=\"{app}\",revision=\"{revision}\"}} {requests}"
+        );
+    }
+    out.push_str("# HELP slipway_haproxy_errors_total Answers with a 5xx status from a revision's backend in HAProxy.\n# TYPE slipway_haproxy_errors_total counter\n");
+    for (app, revision, _, errors) in rows {
+        let _ = writeln!(
+            out,
+            "slipway_haproxy_errors_total{{app=\"{app}\",revision=\"{revision}\"}} {errors}"
+        );
+    }
 }
 
 /// Passes an app's driver events on to whichever runner is connected.

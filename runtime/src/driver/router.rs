@@ -14,3 +14,13 @@ pub enum RouterKind {
     /// HAProxy, driven through its runtime API (see [`haproxy`]).
     Haproxy,
 }
+
+impl RouterKind {
+    /// The name the spec uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterKind::Builtin => "builtin",
+            RouterKind::Haproxy => "haproxy",
+        }
+    }
+}

@@ -344,14 +344,19 @@ impl InstanceDriver {
             }
         }
         if let Some(delay) = retry_in {
-            let this = self.this.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                if let Some(this) = this.upgrade() {
-                    this.reconcile(revision);
-                }
-            });
+            self.reconcile_after(revision, delay);
         }
+    }
+
+    /// Reconciles `revision` again once `delay` (a crash backoff) has passed.
+    fn reconcile_after(&self, revision: u32, delay: Duration) {
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(this) = this.upgrade() {
+                this.reconcile(revision);
+            }
+        });
     }
 
     fn start_instance(&self, revision: u32) -> Result<(), String> {
@@ -476,14 +481,7 @@ impl InstanceDriver {
         let _ = instance.exited.send(true);
         self.emit(instance.revision, Happened::StartFailed { message });
         if let Some(delay) = retry_in {
-            let this = self.this.clone();
-            let revision = instance.revision;
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                if let Some(this) = this.upgrade() {
-                    this.reconcile(revision);
-                }
-            });
+            self.reconcile_after(instance.revision, delay);
         }
     }
 

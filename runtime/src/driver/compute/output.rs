@@ -130,31 +130,29 @@ impl Follower {
     /// first [`Follower::read`].
     pub fn new(path: PathBuf, tail: usize) -> (Follower, Vec<String>) {
         use std::os::unix::fs::MetadataExt;
-        let (inode, length) = std::fs::metadata(&path).map(|m| (m.ino(), m.len())).unwrap_or((0, 0));
+        let inode = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+        let current = std::fs::read(&path).unwrap_or_default();
+        // A line still being written is not shown yet: it is read whole once it ends.
+        let complete = current.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
         let mut lines = Vec::new();
         if tail > 0 {
             let mut older = path.clone().into_os_string();
             older.push(".1");
             let mut text = std::fs::read(&older).unwrap_or_default();
-            text.extend(std::fs::read(&path).unwrap_or_default());
-            let all: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-            // The piece after the last newline is a line still being written.
-            let complete = &all[..all.len().saturating_sub(1)];
-            lines = complete[complete.len().saturating_sub(tail)..]
-                .iter()
+            text.extend_from_slice(&current[..complete]);
+            lines = text
+                .split(|b| *b == b'\n')
+                .rev()
+                .skip(1)
+                .take(tail)
                 .map(|l| String::from_utf8_lossy(l).into_owned())
                 .collect();
+            lines.reverse();
         }
-        // A line still being written is read whole, once it ends.
-        let current = std::fs::read(&path).unwrap_or_default();
-        let complete = current
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |end| end as u64 + 1);
         let follower = Follower {
             path,
             inode,
-            offset: complete.min(length),
+            offset: complete as u64,
             partial: Vec::new(),
         };
         (follower, lines)

@@ -768,7 +768,7 @@ fn last_log_lines(path: &Path) -> String {
 }
 
 /// What the compute driver and the runner want for one app.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Wanted {
     weights: BTreeMap<u32, u32>,
     maintenance: bool,
@@ -818,6 +818,10 @@ impl HaproxyRouter {
         *self.listen.lock().unwrap()
     }
 
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     /// Moves the app's frontend to `listen` (a reload: the old address is let go as the new
     /// one is bound).
     pub async fn move_to(&self, listen: SocketAddr) -> Result<(), DriverError> {
@@ -836,14 +840,7 @@ impl HaproxyRouter {
     /// Applies the wanted state; a sync already under way is followed by one more.
     async fn sync(&self) -> Result<(), DriverError> {
         let _one_at_a_time = self.syncing.lock().await;
-        let wanted = {
-            let wanted = self.wanted.lock().unwrap();
-            Wanted {
-                weights: wanted.weights.clone(),
-                maintenance: wanted.maintenance,
-                endpoints: wanted.endpoints.clone(),
-            }
-        };
+        let wanted = self.wanted.lock().unwrap().clone();
         let result = self.haproxy.sync(&self.app, &wanted).await;
         if let Err(error) = &result {
             tracing::warn!(app = %self.app, %error, "applying routes to haproxy failed");
@@ -851,21 +848,9 @@ impl HaproxyRouter {
         result
     }
 
-    /// Per-revision counters in Prometheus text format: `slipway_haproxy_requests_total` and
-    /// `slipway_haproxy_errors_total`, by app and revision.
-    pub async fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        for (revision, requests, errors) in self.haproxy.stats(&self.app).await {
-            let app = &self.app;
-            let _ = writeln!(
-                out,
-                "slipway_haproxy_requests_total{{app=\"{app}\",revision=\"{revision}\"}} {requests}"
-            );
-            let _ = writeln!(
-                out,
-                "slipway_haproxy_errors_total{{app=\"{app}\",revision=\"{revision}\"}} {errors}"
-            );
-        }
+    /// The app's per-revision counters from `show stat`: (revision, requests, 5xx answers).
+    pub async fn counters(&self) -> Vec<(u32, u64, u64)> {
+        self.haproxy.stats(&self.app).await
     }
 }
 
