@@ -368,9 +368,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 }
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
-    let spec = crate::spec::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", args.file.display()))?;
+    let spec = crate::spec::load_file(&args.file)?;
     let client = args.remote.client();
     let answer: DeployAccepted = client
         .call(hyper::Method::PUT, &format!("/v1/apps/{}", spec.name), &spec)

@@ -16,6 +16,7 @@
 //! `slipway simulate` behaves the same in production.
 
 pub mod compute;
+pub mod kubernetes;
 pub mod router;
 
 use std::collections::BTreeMap;

@@ -135,7 +135,9 @@ pub struct AppStatus {
 /// An app's router and instances.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Instances {
-    pub listen: SocketAddr,
+    /// Where its router listens; none for an app the cluster routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     pub maintenance: bool,
     /// Every revision with instances or weight.
     pub revisions: BTreeMap<u32, RevisionSnapshot>,

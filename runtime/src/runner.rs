@@ -43,6 +43,7 @@ use crate::dataplane::client::{PlaneClient, RemoteApp, Start};
 use crate::driver::compute::container::{ContainerConfig, Network, Pull};
 use crate::driver::compute::instances::{Supervision, Workload};
 use crate::driver::compute::process::ProcessConfig;
+use crate::driver::kubernetes::KubeApp;
 use crate::driver::{Cluster, WallClock};
 use crate::engine::Limits;
 use crate::events::Event;
@@ -110,12 +111,15 @@ impl From<anyhow::Error> for DeployError {
 pub use crate::protocol::DeployAccepted;
 
 /// Settings of the runner itself.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunnerConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
     /// How to get a data plane when none runs for the data directory.
     pub plane: Start,
+    /// The Kubernetes client for apps with a `[kubernetes]` table; by default one is made
+    /// from the kubeconfig when the first such app needs it.
+    pub kube: Option<kube::Client>,
 }
 
 /// An event as delivered to followers, with its sequence number within the rollout.
@@ -128,6 +132,7 @@ pub struct Numbered {
 pub struct Runner {
     store: Store,
     plane: Arc<PlaneClient>,
+    kube: std::sync::OnceLock<kube::Client>,
     loader: ModuleLoader,
     data_dir: PathBuf,
     modules_dir: cap_std::fs::Dir,
@@ -145,14 +150,39 @@ struct LiveRollout {
 
 struct AppHandle {
     name: String,
-    /// Its instances and router in the data plane.
-    plane: Arc<RemoteApp>,
-    /// Both, as rollouts and operations act on them.
+    /// What runs its instances and routes its traffic.
+    engine: Engine,
+    /// The same, as rollouts and operations act on them.
     cluster: Cluster,
-    listen: Mutex<SocketAddr>,
+    /// Where its router listens (local apps only).
+    listen: Mutex<Option<SocketAddr>>,
     router: Mutex<crate::driver::router::RouterKind>,
     /// The running rollout's id, set by a [`Claim`].
     rollout: Mutex<Option<String>>,
+}
+
+/// Where an app runs: the data plane here, or a Kubernetes cluster.
+enum Engine {
+    Plane(Arc<RemoteApp>),
+    Kubernetes(Arc<KubeApp>),
+}
+
+impl Engine {
+    /// How to run `revision`, from its spec. Idempotent.
+    async fn define(&self, revision: u32, spec: &Spec) -> Result<(), crate::driver::DriverError> {
+        match self {
+            Engine::Plane(plane) => plane.define(revision, workload(spec)).await,
+            Engine::Kubernetes(kube) => kube.define(revision, spec).await,
+        }
+    }
+
+    /// Stops everything of the app: instances, router, and in a cluster every object.
+    async fn remove(&self) -> Result<(), crate::driver::DriverError> {
+        match self {
+            Engine::Plane(plane) => plane.remove().await,
+            Engine::Kubernetes(kube) => kube.remove().await,
+        }
+    }
 }
 
 /// The app's one rollout slot. Taken before anything is recorded and held for as long as
@@ -190,6 +220,7 @@ impl Runner {
         let runner = Arc::new_cyclic(|this| Runner {
             store,
             plane,
+            kube: config.kube.clone().map(std::sync::OnceLock::from).unwrap_or_default(),
             loader,
             data_dir: config.data_dir.clone(),
             modules_dir,
@@ -245,12 +276,26 @@ impl Runner {
     /// lets the old one go.
     async fn app_handle(&self, spec: &Spec) -> Result<Arc<AppHandle>, DeployError> {
         let existing = self.apps.lock().unwrap().get(&spec.name).cloned();
+        if spec.kubernetes.is_some() {
+            return self.kube_handle(existing, spec).await;
+        }
+        if let Some(handle) = &existing
+            && matches!(handle.engine, Engine::Kubernetes(_))
+        {
+            return Err(DeployError::InvalidSpec(format!(
+                "app {} runs in Kubernetes; it cannot move to this machine in place: delete it (`slipway delete {}`) and deploy it again",
+                spec.name, spec.name
+            )));
+        }
+        let Some(listen) = spec.listen else {
+            return Err(DeployError::InvalidSpec("the spec says nowhere to listen".into()));
+        };
         if let Some(handle) = existing {
-            let listen = *handle.listen.lock().unwrap();
+            let was = *handle.listen.lock().unwrap();
             let router = *handle.router.lock().unwrap();
-            if listen != spec.listen || router != spec.router.kind {
+            if was != spec.listen || router != spec.router.kind {
                 self.plane
-                    .app(&spec.name, spec.listen, spec.router.kind)
+                    .app(&spec.name, listen, spec.router.kind)
                     .await
                     .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
                 *handle.listen.lock().unwrap() = spec.listen;
@@ -260,14 +305,59 @@ impl Runner {
         }
         let plane = self
             .plane
-            .app(&spec.name, spec.listen, spec.router.kind)
+            .app(&spec.name, listen, spec.router.kind)
             .await
             .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
         let handle = Arc::new(AppHandle {
             name: spec.name.clone(),
             cluster: Cluster::new(plane.clone(), plane.clone(), Arc::new(WallClock)),
-            plane,
+            engine: Engine::Plane(plane),
             listen: Mutex::new(spec.listen),
+            router: Mutex::new(spec.router.kind),
+            rollout: Mutex::new(None),
+        });
+        let mut apps = self.apps.lock().unwrap();
+        Ok(apps.entry(spec.name.clone()).or_insert(handle).clone())
+    }
+
+    /// A Kubernetes app's handle: the cluster is its data plane, reached on first use with
+    /// the usual kubeconfig (or the pod's service account).
+    async fn kube_handle(&self, existing: Option<Arc<AppHandle>>, spec: &Spec) -> Result<Arc<AppHandle>, DeployError> {
+        let not_here = |e: crate::driver::DriverError| DeployError::NotPossible(e.to_string());
+        if let Some(handle) = existing {
+            return match &handle.engine {
+                Engine::Kubernetes(kube) => {
+                    let namespace = spec.kubernetes.as_ref().and_then(|k| k.namespace.as_deref());
+                    if namespace.is_some_and(|ns| ns != kube.namespace()) {
+                        return Err(DeployError::InvalidSpec(format!(
+                            "app {} runs in namespace {}; it cannot move namespaces in place: delete it and deploy it again",
+                            spec.name,
+                            kube.namespace()
+                        )));
+                    }
+                    kube.update(spec);
+                    *handle.router.lock().unwrap() = spec.router.kind;
+                    Ok(handle)
+                }
+                Engine::Plane(_) => Err(DeployError::InvalidSpec(format!(
+                    "app {} runs on this machine; it cannot move to Kubernetes in place: delete it (`slipway delete {}`) and deploy it again",
+                    spec.name, spec.name
+                ))),
+            };
+        }
+        let client = match self.kube.get() {
+            Some(client) => client.clone(),
+            None => {
+                let client = crate::driver::kubernetes::connect().await.map_err(not_here)?;
+                self.kube.get_or_init(|| client).clone()
+            }
+        };
+        let kube = KubeApp::open(client, spec).await.map_err(not_here)?;
+        let handle = Arc::new(AppHandle {
+            name: spec.name.clone(),
+            cluster: Cluster::new(kube.clone(), kube.clone(), Arc::new(WallClock)),
+            engine: Engine::Kubernetes(kube),
+            listen: Mutex::new(None),
             router: Mutex::new(spec.router.kind),
             rollout: Mutex::new(None),
         });

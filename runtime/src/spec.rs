@@ -82,6 +82,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
+pub mod kubernetes;
+pub use kubernetes::Kubernetes;
+
 /// The most replicas one revision may have: the one limit for specs, strategies (`scale`)
 /// and operators (`slipway scale`).
 pub const MAX_REPLICAS: u32 = 1000;
@@ -103,15 +106,19 @@ pub struct Spec {
     /// How many replicas to run, 0 to [`MAX_REPLICAS`] (default 1).
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// Where the app's built-in router listens.
-    pub listen: SocketAddr,
-    /// The program each replica runs as a local process; exactly one of `process` and
-    /// `container` is given.
+    /// Where the app's router listens (not for Kubernetes apps: the cluster routes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The program each replica runs as a local process; exactly one of `process`,
+    /// `container` and `kubernetes` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
     /// The image each replica runs as a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// The pods each replica runs as, in a Kubernetes cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
     /// How readiness is checked (default: a TCP connect).
     #[serde(default)]
     pub probe: Probe,
@@ -196,8 +203,17 @@ pub struct Container {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RouterSpec {
-    /// `"builtin"` (default) or `"haproxy"`.
+    /// `"builtin"` (default) or `"haproxy"`; for Kubernetes apps `"gateway"` or `"service"`.
     pub kind: crate::driver::router::RouterKind,
+    /// `gateway`: the Gateway the app's HTTPRoute attaches to, `NAME` or `NAMESPACE/NAME`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// `gateway`: the Gateway listener (its section name) to attach to, if not all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
+    /// `gateway`: the host names the HTTPRoute matches (default: every host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
 }
 
 impl RouterSpec {
@@ -439,6 +455,18 @@ pub struct Location {
 
 /// Parses and validates a `slipway.toml`. Errors carry the line and column of the problem.
 pub fn parse_toml(text: &str) -> Result<Spec, SpecError> {
+    parse_toml_in(text, None)
+}
+
+/// Reads, parses and validates a spec file. Files it names (a Kubernetes `pod-template`) are
+/// read relative to its directory and sent in their place, since the runner may not see them.
+pub fn load_file(path: &Path) -> anyhow::Result<Spec> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_toml_in(&text, Some(base)).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+}
+
+fn parse_toml_in(text: &str, base: Option<&Path>) -> Result<Spec, SpecError> {
     let document = toml::de::DeTable::parse(text).map_err(|error| {
         let message = error.message().trim_end().to_owned();
         let hint = syntax_hint(&message);
@@ -457,7 +485,7 @@ pub fn parse_toml(text: &str) -> Result<Spec, SpecError> {
         )
         .at(text, Some(entry.value.start)));
     }
-    let spec = Spec::deserialize(toml::de::Deserializer::from(document)).map_err(|error| {
+    let mut spec = Spec::deserialize(toml::de::Deserializer::from(document)).map_err(|error| {
         let span = error.span();
         let path = span.as_ref().map(|span| path_at(&entries, span)).unwrap_or_default();
         let at = span.map(|span| span.start);
@@ -465,6 +493,15 @@ pub fn parse_toml(text: &str) -> Result<Spec, SpecError> {
         let hint = shape_hint(&path, &message, Format::Toml);
         SpecError::new(SpecErrorKind::Shape, render_path(&path), message, hint).at(text, at)
     })?;
+    if let (Some(base), Some(kube)) = (base, spec.kubernetes.as_mut())
+        && let Some(Value::String(file)) = &kube.pod_template
+    {
+        kube.pod_template = Some(kubernetes::read_pod_template(base, file).map_err(|message| {
+            let path = keys(&["kubernetes", "pod-template"]);
+            SpecError::new(SpecErrorKind::Invalid, render_path(&path), message, None)
+                .at(text, key_position(&entries, &path))
+        })?);
+    }
     check(&spec).map_err(|problem| {
         let at = key_position(&entries, &problem.path);
         problem.into_error().at(text, at)
@@ -942,27 +979,37 @@ fn check(spec: &Spec) -> Result<(), Problem> {
             format!("ask for 0 to {MAX_REPLICAS} replicas"),
         )?;
     }
-    if spec.listen.port() == 0 {
-        problem(
-            keys(&["listen"]),
-            format!("listen address {} has no fixed port", spec.listen),
-            "give the router a port to listen on, e.g. \"127.0.0.1:8080\"",
-        )?;
-    }
-    match (&spec.process, &spec.container) {
-        (Some(process), None) => check_process(process)?,
-        (None, Some(container)) => check_container(container)?,
-        (None, None) => problem(
+    let given: Vec<&str> = [
+        ("process", spec.process.is_some()),
+        ("container", spec.container.is_some()),
+        ("kubernetes", spec.kubernetes.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(table, given)| given.then_some(table))
+    .collect();
+    match given.as_slice() {
+        [] => problem(
             Vec::new(),
             "the spec says neither what program nor what image to run",
-            "add a [process] table with command = \"path/to/program\", or a [container] table with image = \"…\"",
+            "add a [process] table with command = \"path/to/program\", a [container] table with image = \"…\", or a [kubernetes] table",
         )?,
-        (Some(_), Some(_)) => problem(
-            keys(&["container"]),
-            "the spec has both a [process] and a [container] table",
-            "keep one: replicas run either as local processes or as containers",
+        [_] => {}
+        [first, second, ..] => problem(
+            keys(&[second]),
+            format!("the spec has both a [{first}] and a [{second}] table"),
+            "keep one: replicas run as local processes, as containers or as pods in Kubernetes",
         )?,
     }
+    if let Some(process) = &spec.process {
+        check_process(process)?;
+    }
+    if let Some(container) = &spec.container {
+        check_container(container)?;
+    }
+    if let Some(kube) = &spec.kubernetes {
+        kubernetes::check(kube)?;
+    }
+    check_listen_and_router(spec)?;
     check_probe(&spec.probe)?;
     if let Err(error) = module_ref(&spec.strategy.module) {
         problem(keys(&["strategy", "module"]), error.message, error.hint)?;
@@ -989,6 +1036,118 @@ fn check(spec: &Spec) -> Result<(), Problem> {
         )?;
     }
     Ok(())
+}
+
+/// Local apps listen where the spec says; Kubernetes apps are routed by the cluster.
+fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
+    use crate::driver::router::RouterKind;
+    let router = &spec.router;
+    if spec.kubernetes.is_some() {
+        if spec.listen.is_some() {
+            problem(
+                keys(&["listen"]),
+                "listen is given for a Kubernetes app, which the cluster routes",
+                "remove listen; say how the cluster routes it in [router] (kind = \"service\" or \"gateway\")",
+            )?;
+        }
+        match router.kind {
+            RouterKind::Builtin | RouterKind::Haproxy => problem(
+                keys(&["router", "kind"]),
+                format!(
+                    "a Kubernetes app is routed by the cluster, not by the {} router",
+                    router.kind.as_str()
+                ),
+                "add [router] with kind = \"service\" (one Service across revisions: traffic follows ready pods) or kind = \"gateway\" with gateway = \"NAME\" (an HTTPRoute with exact weights)",
+            )?,
+            RouterKind::Gateway => match &router.gateway {
+                None => problem(
+                    keys(&["router", "gateway"]),
+                    "kind = \"gateway\" names no Gateway",
+                    "name the Gateway the app's HTTPRoute attaches to, e.g. gateway = \"public\" or \"infra/public\"",
+                )?,
+                Some(gateway) if !gateway_ref_valid(gateway) => problem(
+                    keys(&["router", "gateway"]),
+                    format!("{gateway:?} is not a Gateway name"),
+                    "write NAME or NAMESPACE/NAME, e.g. \"infra/public\"",
+                )?,
+                Some(_) => {}
+            },
+            RouterKind::Service => {}
+        }
+    } else {
+        match spec.listen {
+            None => problem(
+                keys(&["listen"]),
+                "the spec says nowhere to listen: listen is missing",
+                "add listen = \"127.0.0.1:8080\" at the top of the file",
+            )?,
+            Some(listen) if listen.port() == 0 => problem(
+                keys(&["listen"]),
+                format!("listen address {listen} has no fixed port"),
+                "give the router a port to listen on, e.g. \"127.0.0.1:8080\"",
+            )?,
+            Some(_) => {}
+        }
+        if matches!(router.kind, RouterKind::Gateway | RouterKind::Service) {
+            problem(
+                keys(&["router", "kind"]),
+                format!(
+                    "kind = \"{}\" routes Kubernetes apps, and this app runs here",
+                    router.kind.as_str()
+                ),
+                "use kind = \"builtin\" or \"haproxy\", or run the app in a cluster with a [kubernetes] table",
+            )?;
+        }
+    }
+    let gateway_only = [
+        ("gateway", router.gateway.is_some()),
+        ("section", router.section.is_some()),
+        ("hostnames", !router.hostnames.is_empty()),
+    ];
+    if router.kind != RouterKind::Gateway
+        && let Some((field, _)) = gateway_only.iter().find(|(_, given)| *given)
+    {
+        problem(
+            keys(&["router", field]),
+            format!("{field} is only for kind = \"gateway\""),
+            "remove it, or route the app through a Gateway with kind = \"gateway\"",
+        )?;
+    }
+    for (index, host) in router.hostnames.iter().enumerate() {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !valid {
+            let mut path = keys(&["router", "hostnames"]);
+            path.push(Segment::Index(index));
+            problem(
+                path,
+                format!("{host:?} is not a host name"),
+                "write a lowercase DNS name such as \"shop.example.com\" or \"*.example.com\"",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn gateway_ref_valid(text: &str) -> bool {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+    };
+    match text.split_once('/') {
+        Some((namespace, name)) => label(namespace) && label(name),
+        None => label(text),
+    }
 }
 
 fn check_process(process: &Process) -> Result<(), Problem> {
@@ -1550,8 +1709,8 @@ fn shape_hint(path: &[Segment], message: &str, format: Format) -> Option<String>
         (_, "policy") => "policy is \"abort\", \"retry\" or \"ignore\"",
         (
             _,
-            "process" | "container" | "router" | "probe" | "strategy" | "hooks" | "lifecycle" | "pre" | "mid" | "post"
-            | "rollback",
+            "process" | "container" | "kubernetes" | "router" | "probe" | "strategy" | "hooks" | "lifecycle" | "pre"
+            | "mid" | "post" | "rollback",
         ) => match format {
             Format::Toml => "this is a table: write it as a [header] with keys below it",
             Format::Json => "this is an object with keys of its own",
@@ -1562,7 +1721,7 @@ fn shape_hint(path: &[Segment], message: &str, format: Format) -> Option<String>
             _ => "write it as a string in double quotes",
         },
         (_, "network") => "network is \"bridge\" or \"host\"",
-        ("router", "kind") => "kind is \"builtin\" or \"haproxy\"",
+        ("router", "kind") => "kind is \"builtin\" or \"haproxy\" (here), \"gateway\" or \"service\" (Kubernetes)",
         (_, "pull") => "pull is \"missing\", \"always\" or \"never\"",
         (_, "port") => "port is a whole number from 1 to 65535, without quotes",
         (_, "cpus") => "cpus is a number of cores, e.g. 0.5, without quotes",
@@ -1804,7 +1963,7 @@ maintenance-during-deploy = true
             Spec {
                 name: "hello".into(),
                 replicas: 1,
-                listen: "127.0.0.1:8080".parse().unwrap(),
+                listen: Some("127.0.0.1:8080".parse().unwrap()),
                 process: Some(Process {
                     command: "hello".into(),
                     args: vec![],
@@ -1814,6 +1973,7 @@ maintenance-during-deploy = true
                     grace_period: Duration::from_secs(30),
                 }),
                 container: None,
+                kubernetes: None,
                 router: RouterSpec::default(),
                 probe: Probe::default(),
                 strategy: Strategy::default(),
@@ -2071,8 +2231,8 @@ maintenance-during-deploy = true
     #[test]
     fn missing_fields_say_what_to_add() {
         let error = parse_toml("name = \"hello\"\n[process]\ncommand = \"x\"\n").unwrap_err();
-        assert_eq!(error.kind, SpecErrorKind::Shape);
-        assert!(error.message.contains("missing field `listen`"), "{error}");
+        assert_eq!(error.kind, SpecErrorKind::Invalid);
+        assert!(error.message.contains("listen is missing"), "{error}");
         assert_eq!(
             error.hint.as_deref(),
             Some("add listen = \"127.0.0.1:8080\" at the top of the file")

@@ -11,6 +11,8 @@ mod deploy;
 mod engines;
 mod examples;
 mod guard;
+mod kube_fake;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod load;

@@ -29,6 +29,7 @@ async fn state() -> ApiState {
             data_dir: data,
             limits: Limits::default(),
             plane: crate::dataplane::client::Start::InProcess,
+            kube: None,
         },
         loader,
     )

@@ -63,8 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokens = load_tokens(&args)?;
     let mut specs = Vec::new();
     for file in &args.deploy {
-        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-        specs.push(crate::spec::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", file.display()))?);
+        specs.push(crate::spec::load_file(file)?);
     }
     let engine = WasmEngine::new()?;
     let loader = ModuleLoader::new(engine, Some(args.data_dir.join("cache")))?;
@@ -73,6 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             data_dir: args.data_dir.clone(),
             limits: Limits::default(),
             plane: crate::dataplane::client::Start::Process,
+            kube: None,
         },
         loader,
     )
@@ -90,15 +90,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     for spec in specs {
         let name = spec.name.clone();
-        let listen = spec.listen;
+        let listen = match spec.listen {
+            Some(listen) => format!("http://{listen}"),
+            None => format!("its {} in the cluster", spec.router.kind.as_str()),
+        };
         match runner.deploy(spec).await {
             Ok(crate::runner::DeployAccepted::Started { revision, rollout, .. }) => {
                 eprintln!(
-                    "slipway: deploying {name} revision {revision} (rollout {rollout}); it will answer on http://{listen}"
+                    "slipway: deploying {name} revision {revision} (rollout {rollout}); it will answer on {listen}"
                 )
             }
             Ok(crate::runner::DeployAccepted::Unchanged { revision, .. }) => {
-                eprintln!("slipway: {name} is already at revision {revision}; it answers on http://{listen}")
+                eprintln!("slipway: {name} is already at revision {revision}; it answers on {listen}")
             }
             Err(error) => eprintln!("slipway: could not deploy {name}: {error}"),
         }

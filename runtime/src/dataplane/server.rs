@@ -397,6 +397,11 @@ impl Plane {
         let router = match kind {
             RouterKind::Builtin => AppRouter::Builtin(LocalRouter::new(bind(app, listen).await?)),
             RouterKind::Haproxy => AppRouter::Haproxy(HaproxyRouter::new(app, listen, self.haproxy.clone()).await?),
+            RouterKind::Gateway | RouterKind::Service => {
+                return Err(PlaneError::Failed {
+                    message: format!("a {} router is Kubernetes', not the data plane's", kind.as_str()),
+                });
+            }
         };
         let output = OutputFiles::new(crate::driver::compute::output::app_dir(&self.data_dir, app)).map_err(|e| {
             PlaneError::Failed {

@@ -13,6 +13,10 @@ pub enum RouterKind {
     Builtin,
     /// HAProxy, driven through its runtime API (see [`haproxy`]).
     Haproxy,
+    /// Kubernetes: a Service per revision and a Gateway API HTTPRoute with their weights.
+    Gateway,
+    /// Kubernetes: one Service across revisions; traffic follows the ready pods.
+    Service,
 }
 
 impl RouterKind {
@@ -21,6 +25,8 @@ impl RouterKind {
         match self {
             RouterKind::Builtin => "builtin",
             RouterKind::Haproxy => "haproxy",
+            RouterKind::Gateway => "gateway",
+            RouterKind::Service => "service",
         }
     }
 }

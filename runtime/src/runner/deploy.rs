@@ -87,6 +87,10 @@ impl Runner {
 
     /// Refuses a spec whose secrets cannot be read now, before anything starts.
     pub(super) fn check_secrets(&self, spec: &Spec) -> Result<(), DeployError> {
+        if spec.kubernetes.is_some() {
+            // Its secrets are the cluster's Secrets, read by the kubelet.
+            return Ok(());
+        }
         crate::secrets::check(workload(spec).env().1).map_err(DeployError::InvalidSpec)
     }
 
@@ -177,8 +181,8 @@ impl Runner {
         } = job;
         let app = spec.name.clone();
         let cluster = claim.handle.cluster.clone();
-        if let Err(error) = claim.handle.plane.define(number, workload(&spec)).await {
-            let summary = format!("the data plane could not take revision {number}: {error}");
+        if let Err(error) = claim.handle.engine.define(number, &spec).await {
+            let summary = format!("revision {number} could not be set up to run: {error}");
             tracing::error!(%app, %summary);
             self.finish(Ending {
                 app: &app,

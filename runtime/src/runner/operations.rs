@@ -126,7 +126,7 @@ impl Runner {
             self.apps.lock().unwrap().remove(app);
             stopped = handle.cluster.snapshot().values().map(|s| s.current).sum();
             handle
-                .plane
+                .engine
                 .remove()
                 .await
                 .map_err(|e| DeployError::NotPossible(e.to_string()))?;

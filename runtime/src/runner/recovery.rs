@@ -20,8 +20,7 @@
 use std::time::Duration;
 
 use super::deploy::RolloutJob;
-use super::{AppHandle, DeployError, Runner, route_of, workload};
-use crate::dataplane::protocol::AppState;
+use super::{AppHandle, DeployError, Engine, Runner, route_of};
 use crate::driver::MAX_WEIGHT;
 use crate::events::{Event, EventKind, HookOutcome};
 use crate::modules::World;
@@ -91,6 +90,11 @@ impl Runner {
         let adopted = self.plane.adopted().get(&app.name).cloned();
         let handle = match self.app_handle(&app_spec).await {
             Ok(handle) => handle,
+            Err(error) if app_spec.kubernetes.is_some() => {
+                return vec![format!(
+                    "its cluster could not be reached ({error}); its pods and route keep running there; restart the runner once the cluster answers"
+                )];
+            }
             Err(error) => {
                 return vec![format!(
                     "its router could not start ({error}); free the address and restart the runner, or deploy it with another listen address"
@@ -101,9 +105,19 @@ impl Runner {
             Ok(revisions) => revisions,
             Err(error) => return vec![format!("its revisions cannot be read ({error})")],
         };
-        match adopted {
-            Some(state) => self.adopt(app, &handle, &revisions, &state).await,
-            None => self.recreate(app, &handle, &revisions).await,
+        match (&handle.engine, adopted) {
+            (Engine::Plane(_), Some(state)) => {
+                let running = |revision: u32| state.runs(revision);
+                self.adopt(app, &handle, &revisions, &running, state.instances.len())
+                    .await
+            }
+            // The cluster keeps a Kubernetes app running: adopted when it has the active
+            // revision's ReplicaSet (or nothing was active yet), set up again otherwise.
+            (Engine::Kubernetes(kube), _) if app.active_revision.is_none_or(|active| kube.runs(active)) => {
+                let running = |revision: u32| kube.runs(revision);
+                self.adopt(app, &handle, &revisions, &running, kube.pods()).await
+            }
+            _ => self.recreate(app, &handle, &revisions).await,
         }
     }
 
@@ -114,12 +128,13 @@ impl Runner {
         app: &AppRow,
         handle: &AppHandle,
         revisions: &[RevisionRow],
-        state: &AppState,
+        runs: &dyn Fn(u32) -> bool,
+        instances: usize,
     ) -> Vec<String> {
         let mut problems = Vec::new();
         for revision in revisions {
             let active = app.active_revision == Some(revision.number);
-            let running = state.runs(revision.number);
+            let running = runs(revision.number);
             if active && !running {
                 problems.push(format!(
                     "the data plane does not run its active revision {}; redeploy it",
@@ -142,8 +157,8 @@ impl Runner {
         }
         tracing::info!(
             app = %app.name,
-            instances = state.instances.len(),
-            "adopted the app as the data plane runs it"
+            instances,
+            "adopted the app as it runs"
         );
         problems
     }
@@ -175,7 +190,7 @@ impl Runner {
                 self.log_store(done);
                 continue;
             }
-            if let Err(error) = handle.plane.define(revision.number, workload(&spec)).await {
+            if let Err(error) = handle.engine.define(revision.number, &spec).await {
                 problems.push(format!("revision {} could not be defined ({error})", revision.number));
                 continue;
             }

@@ -1,0 +1,286 @@
+//! The same strategies, unchanged, drive a Kubernetes cluster: here the fake API server of
+//! `kube_fake.rs`, reached by the real `slipway` binary through a kubeconfig, which plays the
+//! ReplicaSet controller and the kubelet (pods become ready after a delay). A real cluster is
+//! exercised by the opt-in suite at the end (`SLIPWAY_TEST_KUBECONFIG`, `--ignored`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::kube_fake::FakeCluster;
+use crate::lifecycle::{push, text};
+use crate::runner::{Server, free_port, unique_dir, write_spec};
+use crate::support::exclusive;
+
+/// The four built-ins and the Rust example strategy, with the parameters a user would give.
+const STRATEGIES: &[(&str, &str)] = &[
+    ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }"),
+    ("builtin:blue-green", "{}"),
+    ("builtin:canary", "{ steps = [50, 100], pause-seconds = 0 }"),
+    ("builtin:recreate", "{}"),
+    ("waves", "{ wave-size = 2 }"),
+];
+
+const GATEWAY: &str = "kind = \"gateway\"\ngateway = \"infra/public\"\nhostnames = [\"shop.example.com\"]";
+const SERVICE: &str = "kind = \"service\"";
+
+fn spec(name: &str, version: &str, strategy: &str, params: &str, router: &str) -> String {
+    format!(
+        "name = \"{name}\"\nreplicas = 3\n\n[kubernetes]\nimage = \"localhost/hello:1\"\nport = 8080\nenv = {{ VERSION = \"{version}\" }}\n\n[router]\n{router}\n\n[probe]\nhttp = \"/healthz\"\n\n[strategy]\nmodule = \"{strategy}\"\nparams = {params}\n\n[lifecycle]\nsoak = \"1s\"\n"
+    )
+}
+
+fn server(cluster: &FakeCluster, data: &std::path::Path) -> Server {
+    let config = cluster.kubeconfig();
+    Server::start_with(data, free_port(), &[("KUBECONFIG", config.to_str().unwrap())])
+}
+
+fn deploy(server: &Server, toml: &str) -> std::process::Output {
+    server.cli(&["deploy", write_spec(toml).to_str().unwrap()])
+}
+
+fn replicas(cluster: &FakeCluster, name: &str) -> Option<u64> {
+    cluster.get("replicasets", "default", name)?["spec"]["replicas"].as_u64()
+}
+
+fn backends(cluster: &FakeCluster, app: &str) -> Vec<(String, u64)> {
+    let route = cluster
+        .get("httproutes", "default", app)
+        .expect("the app has an HTTPRoute");
+    route["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_u64().unwrap()))
+        .collect()
+}
+
+fn ready_pods(cluster: &FakeCluster, app: &str, revision: u32) -> usize {
+    cluster
+        .list("pods", "default")
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["slipway.dev/app"] == app)
+        .filter(|p| p["metadata"]["labels"]["slipway.dev/revision"] == revision.to_string().as_str())
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["status"]["conditions"][1]["status"] == "True")
+        .count()
+}
+
+fn of_app(cluster: &FakeCluster, plural: &str, app: &str) -> Vec<Value> {
+    cluster
+        .list(plural, "default")
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["slipway.dev/app"] == app)
+        .collect()
+}
+
+/// Whether `holds` comes true within 10 seconds.
+fn eventually(holds: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if holds() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holds()
+}
+
+fn every_strategy(router: &str) {
+    let _serial = exclusive();
+    let cluster = FakeCluster::start();
+    let server = server(&cluster, &unique_dir("data"));
+    push(&server, "example-strategy-waves", "waves");
+    for (index, (strategy, params)) in STRATEGIES.iter().enumerate() {
+        let name = format!("kube-{index}");
+        let first = deploy(&server, &spec(&name, "v1", strategy, params, router));
+        assert!(first.status.success(), "{strategy}: {}", text(&first));
+        let second = deploy(&server, &spec(&name, "v2", strategy, params, router));
+        assert!(second.status.success(), "{strategy}: {}", text(&second));
+
+        // The old revision goes once its destroy delay (0 s here) is over.
+        let old = format!("{name}-r1");
+        assert!(
+            eventually(|| replicas(&cluster, &old) == Some(0)),
+            "{strategy}: revision 1 still has {:?} replicas: {}",
+            replicas(&cluster, &old),
+            text(&second)
+        );
+        assert_eq!(replicas(&cluster, &format!("{name}-r2")), Some(3), "{strategy}");
+        assert_eq!(ready_pods(&cluster, &name, 2), 3, "{strategy}");
+        if router == GATEWAY {
+            assert_eq!(backends(&cluster, &name), [(format!("{name}-r2"), 256)], "{strategy}");
+            let route = cluster.get("httproutes", "default", &name).unwrap();
+            assert_eq!(route["spec"]["parentRefs"][0]["name"], "public");
+            assert_eq!(route["spec"]["parentRefs"][0]["namespace"], "infra");
+            assert_eq!(route["spec"]["hostnames"][0], "shop.example.com");
+            assert!(cluster.get("services", "default", &format!("{name}-r2")).is_some());
+        } else {
+            let service = cluster.get("services", "default", &name).expect("the app's Service");
+            assert_eq!(
+                service["spec"]["selector"]["slipway.dev/revision"], "2",
+                "{strategy}: {service}"
+            );
+        }
+        let status = server.cli(&["status", &name]);
+        assert!(status.status.success(), "{}", text(&status));
+
+        let deleted = server.cli(&["delete", &name]);
+        assert!(deleted.status.success(), "{}", text(&deleted));
+        for plural in [
+            "replicasets",
+            "pods",
+            "services",
+            "httproutes",
+            "deployments",
+            "configmaps",
+        ] {
+            assert!(
+                of_app(&cluster, plural, &name).is_empty(),
+                "{plural} of {name} left after delete"
+            );
+        }
+    }
+    // Replicas move through the scale subresource, never by rewriting a ReplicaSet.
+    let requests = cluster.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("PATCH") && r.contains("/replicasets/kube-0-r2/scale"))
+    );
+    assert!(!requests.iter().any(|r| r.starts_with("PUT")), "{requests:?}");
+}
+
+#[test]
+fn every_strategy_drives_a_cluster_through_a_gateway() {
+    every_strategy(GATEWAY);
+}
+
+#[test]
+fn every_strategy_drives_a_cluster_through_one_service() {
+    every_strategy(SERVICE);
+}
+
+/// The uids of the app's pods that are not on their way out.
+fn pod_uids(cluster: &FakeCluster, app: &str) -> Vec<String> {
+    let mut uids: Vec<String> = of_app(cluster, "pods", app)
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    uids.sort();
+    uids
+}
+
+#[test]
+fn a_restarted_runner_adopts_the_app_as_the_cluster_runs_it() {
+    let _serial = exclusive();
+    let cluster = FakeCluster::start();
+    let data = unique_dir("data");
+    let mut first = server(&cluster, &data);
+    let rolling = ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }");
+    for version in ["v1", "v2"] {
+        let out = deploy(&first, &spec("adopted", version, rolling.0, rolling.1, GATEWAY));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(eventually(|| replicas(&cluster, "adopted-r1") == Some(0)));
+    let pods = pod_uids(&cluster, "adopted");
+    assert_eq!(pods.len(), 3);
+
+    // The runner dies; the cluster keeps serving what it was told.
+    first.kill();
+    assert_eq!(backends(&cluster, "adopted"), [("adopted-r2".to_string(), 256)]);
+    let before = cluster.requests().len();
+
+    let second = server(&cluster, &data);
+    let status = second.cli(&["status", "adopted", "--output", "json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let status: Value = serde_json::from_slice::<Value>(&status.stdout).unwrap()[0].clone();
+    assert_eq!(status["active_revision"], 2, "{status}");
+    assert_eq!(status["instances"]["revisions"]["2"]["ready"], 3, "{status}");
+    assert_eq!(status["instances"]["revisions"]["2"]["weight"], 256, "{status}");
+    assert!(status["notice"].is_null(), "{status}");
+    // Adopted as it was: the same pods, nothing created, scaled or routed anew.
+    assert_eq!(pod_uids(&cluster, "adopted"), pods);
+    let since: Vec<String> = cluster.requests()[before..].to_vec();
+    assert!(
+        !since
+            .iter()
+            .any(|r| r.contains("/scale") || r.starts_with("POST") || r.starts_with("PATCH /apis/gateway")),
+        "{since:?}"
+    );
+
+    // And it rolls on from there.
+    let out = deploy(&second, &spec("adopted", "v3", rolling.0, rolling.1, GATEWAY));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(backends(&cluster, "adopted"), [("adopted-r3".to_string(), 256)]);
+    assert!(eventually(|| replicas(&cluster, "adopted-r2") == Some(0)));
+}
+
+#[test]
+fn api_refusals_reach_the_rollout_in_the_apis_own_words_and_the_old_revision_serves() {
+    let _serial = exclusive();
+    let cluster = FakeCluster::start();
+    let server = server(&cluster, &unique_dir("data"));
+    let rolling = ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }");
+    let out = deploy(&server, &spec("refused", "v1", rolling.0, rolling.1, GATEWAY));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let forbidden = "replicasets.apps \"refused-r2\" is forbidden: User \"system:serviceaccount:slipway:slipway\" cannot patch resource \"replicasets/scale\" in API group \"apps\" in the namespace \"default\"";
+    cluster.forbid("PATCH", "/replicasets/refused-r2/scale", forbidden);
+    let out = deploy(&server, &spec("refused", "v2", rolling.0, rolling.1, GATEWAY));
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(forbidden), "{said}");
+    assert!(said.contains("infrastructure"), "{said}");
+    assert!(said.contains("examples/kubernetes/rbac.yaml"), "{said}");
+    assert_eq!(backends(&cluster, "refused"), [("refused-r1".to_string(), 256)]);
+    assert_eq!(replicas(&cluster, "refused-r1"), Some(3));
+    cluster.allow_all();
+
+    let quota = "replicasets.apps \"refused-r3\" is forbidden: exceeded quota: compute, requested: pods=3, used: pods=3, limited: pods=4";
+    cluster.forbid("POST", "/replicasets", quota);
+    let out = deploy(&server, &spec("refused", "v3", rolling.0, rolling.1, GATEWAY));
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("exceeded quota: compute"), "{said}");
+    assert!(said.contains("a ResourceQuota refused it"), "{said}");
+    assert_eq!(backends(&cluster, "refused"), [("refused-r1".to_string(), 256)]);
+    assert_eq!(ready_pods(&cluster, "refused", 1), 3);
+    cluster.allow_all();
+
+    let out = deploy(&server, &spec("refused", "v4", rolling.0, rolling.1, GATEWAY));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_pod_that_restarts_during_the_soak_rolls_the_rollout_back() {
+    let _serial = exclusive();
+    let cluster = FakeCluster::start();
+    let server = server(&cluster, &unique_dir("data"));
+    let blue_green = ("builtin:blue-green", "{}");
+    let out = deploy(&server, &spec("crashy", "v1", blue_green.0, blue_green.1, GATEWAY));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let long_soak =
+        spec("crashy", "v2", blue_green.0, blue_green.1, GATEWAY).replace("soak = \"1s\"", "soak = \"20s\"");
+    let file = write_spec(&long_soak);
+    let deploying = std::thread::scope(|scope| {
+        let running = scope.spawn(|| server.cli(&["deploy", file.to_str().unwrap()]));
+        assert!(
+            eventually(|| backends(&cluster, "crashy") == [("crashy-r2".to_string(), 256)]),
+            "traffic never moved to revision 2"
+        );
+        let pod = of_app(&cluster, "pods", "crashy")
+            .into_iter()
+            .find(|p| p["metadata"]["labels"]["slipway.dev/revision"] == "2")
+            .unwrap();
+        cluster.crash("default", pod["metadata"]["name"].as_str().unwrap());
+        running.join().unwrap()
+    });
+    assert!(!deploying.status.success(), "{}", text(&deploying));
+    let said = text(&deploying);
+    assert!(said.contains("crash"), "{said}");
+    assert_eq!(backends(&cluster, "crashy"), [("crashy-r1".to_string(), 256)], "{said}");
+    assert_eq!(ready_pods(&cluster, "crashy", 1), 3);
+}
