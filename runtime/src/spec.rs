@@ -1007,7 +1007,7 @@ fn check(spec: &Spec) -> Result<(), Problem> {
         check_container(container)?;
     }
     if let Some(kube) = &spec.kubernetes {
-        kubernetes::check(kube)?;
+        kubernetes::check(&spec.name, kube)?;
     }
     check_listen_and_router(spec)?;
     check_probe(&spec.probe)?;
@@ -2247,7 +2247,9 @@ maintenance-during-deploy = true
         let error = parse_toml("name = \"hello\"\nlisten = \"127.0.0.1:8080\"\n").unwrap_err();
         assert_eq!(
             error.hint.as_deref(),
-            Some("add a [process] table with command = \"path/to/program\", or a [container] table with image = \"…\"")
+            Some(
+                "add a [process] table with command = \"path/to/program\", a [container] table with image = \"…\", or a [kubernetes] table"
+            )
         );
     }
 

@@ -154,6 +154,14 @@ impl KubeApp {
     /// backend, starts watching its ReplicaSets and pods, and reads back its route. Returns once
     /// the driver has a full view of the cluster.
     pub async fn open(client: kube::Client, spec: &Spec) -> Result<Arc<KubeApp>, DriverError> {
+        Self::open_within(client, spec, SYNC_TIMEOUT).await
+    }
+
+    async fn open_within(
+        client: kube::Client,
+        spec: &Spec,
+        sync_timeout: Duration,
+    ) -> Result<Arc<KubeApp>, DriverError> {
         let kube = spec
             .kubernetes
             .as_ref()
@@ -234,7 +242,7 @@ impl KubeApp {
             watching,
         });
         let synced = matches!(
-            tokio::time::timeout(SYNC_TIMEOUT, synced.wait_for(|s| *s)).await,
+            tokio::time::timeout(sync_timeout, synced.wait_for(|s| *s)).await,
             Ok(Ok(_))
         );
         if !synced {
@@ -251,7 +259,7 @@ impl KubeApp {
                     "could not watch app {}'s ReplicaSets and pods in namespace {} within {} s: {why}",
                     this.app,
                     this.namespace,
-                    SYNC_TIMEOUT.as_secs()
+                    sync_timeout.as_secs()
                 ),
                 source: None,
             });

@@ -163,8 +163,22 @@ fn dns_label(name: &str, max: usize) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
-pub(super) fn check(kube: &Kubernetes) -> Result<(), Problem> {
+/// The longest name of a Kubernetes app: its objects' names (`NAME-maintenance`,
+/// `NAME-r1234567`) must fit the 63 characters of a Service name.
+pub const MAX_NAME: usize = 47;
+
+pub(super) fn check(name: &str, kube: &Kubernetes) -> Result<(), Problem> {
     let at = |field: &str| keys(&["kubernetes", field]);
+    if name.len() > MAX_NAME {
+        problem(
+            keys(&["name"]),
+            format!(
+                "the name is {} characters long; a Kubernetes app's name has at most {MAX_NAME}",
+                name.len()
+            ),
+            "shorten it: its Services are named after it, and Service names have at most 63 characters",
+        )?;
+    }
     if let Some(namespace) = &kube.namespace
         && (!dns_label(namespace, 63) || namespace.contains('.'))
     {
@@ -361,4 +375,174 @@ fn quantity_like(text: &str) -> bool {
             suffix,
             "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SpecErrorKind, load_file, parse_json, parse_toml};
+    use serde_json::json;
+
+    const KUBE: &str = "name = \"shop\"\n[kubernetes]\nimage = \"shop:1\"\nport = 8080\n[router]\nkind = \"service\"\n";
+
+    #[track_caller]
+    fn refused(text: &str, message: &str, hint: &str) {
+        let error = parse_toml(text).expect_err("the spec should be refused");
+        assert!(
+            error.message.contains(message),
+            "message {:?} lacks {message:?}",
+            error.message
+        );
+        let actual = error.hint.clone().unwrap_or_default();
+        assert!(actual.contains(hint), "hint {actual:?} lacks {hint:?}");
+        // Where the key is written, the error points at it.
+        assert!(error.location.is_some() || !text.contains("[router]"), "{error}");
+    }
+
+    #[test]
+    fn a_kubernetes_app_is_routed_by_the_cluster() {
+        let spec = parse_toml(KUBE).unwrap();
+        assert_eq!(spec.listen, None);
+        refused(
+            &KUBE.replace("kind = \"service\"", "kind = \"builtin\""),
+            "routed by the cluster, not by the builtin router",
+            "kind = \"service\"",
+        );
+        refused(
+            &KUBE.replace("[router]\nkind = \"service\"\n", ""),
+            "not by the builtin router",
+            "kind = \"gateway\" with gateway = \"NAME\"",
+        );
+        refused(
+            &format!("listen = \"127.0.0.1:80\"\n{KUBE}"),
+            "listen is given for a Kubernetes app",
+            "remove listen",
+        );
+        refused(
+            &KUBE.replace("kind = \"service\"", "kind = \"gateway\""),
+            "names no Gateway",
+            "gateway = \"public\"",
+        );
+        refused(
+            &KUBE.replace("kind = \"service\"", "kind = \"gateway\"\ngateway = \"Infra/Public\""),
+            "is not a Gateway name",
+            "NAMESPACE/NAME",
+        );
+        refused(
+            &KUBE.replace(
+                "kind = \"service\"",
+                "kind = \"service\"\nhostnames = [\"shop.example.com\"]",
+            ),
+            "hostnames is only for kind = \"gateway\"",
+            "remove it",
+        );
+        refused(
+            "name = \"shop\"\nlisten = \"127.0.0.1:80\"\n[process]\ncommand = \"x\"\n[router]\nkind = \"gateway\"\ngateway = \"g\"\n",
+            "routes Kubernetes apps, and this app runs here",
+            "[kubernetes] table",
+        );
+        let gateway = parse_toml(&KUBE.replace(
+            "kind = \"service\"",
+            "kind = \"gateway\"\ngateway = \"infra/public\"\nsection = \"https\"\nhostnames = [\"shop.example.com\", \"*.shop.example.com\"]",
+        ))
+        .unwrap();
+        assert_eq!(gateway.router.gateway.as_deref(), Some("infra/public"));
+    }
+
+    #[test]
+    fn the_kubernetes_table_says_what_is_wrong_and_what_to_write() {
+        refused(
+            &KUBE.replace("image = \"shop:1\"\n", ""),
+            "names no image",
+            "pod-template = \"path/to/pod-template.yaml\"",
+        );
+        refused(
+            &KUBE.replace("port = 8080\n", ""),
+            "the app's port is not given",
+            "port = 8080",
+        );
+        refused(
+            &KUBE.replace("port = 8080\n", "port = 8080\nenv = { PORT = \"1\" }\n"),
+            "`PORT` is reserved",
+            "rename",
+        );
+        refused(
+            &KUBE.replace("port = 8080\n", "port = 8080\nsecret-env = { DB = \"file:/x\" }\n"),
+            "is not a reference to a Secret's key",
+            "secret:NAME/KEY",
+        );
+        refused(
+            &KUBE.replace("port = 8080\n", "port = 8080\nnamespace = \"Shop\"\n"),
+            "is not a namespace name",
+            "namespace = \"shop\"",
+        );
+        refused(
+            &KUBE.replace(
+                "port = 8080\n",
+                "port = 8080\nresources = { limits = { memory = \"lots\" } }\n",
+            ),
+            "\"lots\" is not a quantity",
+            "512Mi",
+        );
+        refused(
+            &KUBE.replace("name = \"shop\"", &format!("name = \"{}\"", "a".repeat(48))),
+            "at most 47",
+            "Service names",
+        );
+        refused(
+            &format!("{KUBE}[process]\ncommand = \"x\"\n"),
+            "both a [process] and a [kubernetes] table",
+            "keep one",
+        );
+        let error = parse_json(json!({
+            "name": "shop", "router": {"kind": "service"},
+            "kubernetes": {"pod-template": "pod.yaml", "port": 8080},
+        }))
+        .unwrap_err();
+        assert_eq!(error.kind, SpecErrorKind::Invalid);
+        assert!(error.message.contains("runner does not read your files"), "{error}");
+    }
+
+    #[test]
+    fn a_pod_template_file_is_read_beside_the_spec_and_sent_in_its_place() {
+        let dir = std::env::temp_dir().join(format!("slipway-pod-template-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("k8s")).unwrap();
+        std::fs::write(
+            dir.join("k8s/pod.yaml"),
+            "metadata:\n  labels:\n    team: shop\nspec:\n  containers:\n  - name: shop\n    image: shop:2\n    ports:\n    - containerPort: 9000\n",
+        )
+        .unwrap();
+        let spec_text =
+            "name = \"shop\"\n[kubernetes]\npod-template = \"k8s/pod.yaml\"\n[router]\nkind = \"service\"\n";
+        std::fs::write(dir.join("slipway.toml"), spec_text).unwrap();
+        let spec = load_file(&dir.join("slipway.toml")).unwrap();
+        let kube = spec.kubernetes.as_ref().unwrap();
+        assert_eq!(kube.app_port(), Some(9000), "the first container's first port");
+        assert_eq!(
+            kube.pod_template.as_ref().unwrap()["spec"]["containers"][0]["image"],
+            "shop:2"
+        );
+        // What the runner stores is the template itself, which parses again as JSON.
+        assert_eq!(parse_json(spec.to_json()).unwrap(), spec);
+
+        std::fs::write(dir.join("k8s/pod.yaml"), "spec:\n  containers: 3\n").unwrap();
+        let error = format!("{:#}", load_file(&dir.join("slipway.toml")).unwrap_err());
+        assert!(error.contains("is not a PodTemplateSpec"), "{error}");
+        assert!(error.contains("k8s/pod.yaml"), "{error}");
+        std::fs::write(
+            dir.join("slipway.toml"),
+            spec_text.replace(
+                "pod-template = \"k8s/pod.yaml\"",
+                "pod-template = \"k8s/pod.yaml\"\nimage = \"x\"",
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("k8s/pod.yaml"),
+            "spec:\n  containers:\n  - name: a\n    image: a\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", load_file(&dir.join("slipway.toml")).unwrap_err());
+        assert!(error.contains("both image and pod-template"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
