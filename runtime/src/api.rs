@@ -490,11 +490,20 @@ async fn logs(
     Path(app): Path<String>,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    state
+    let row = state
         .runner
         .store()
         .app_including_deleted(&app)?
         .ok_or_else(|| DeployError::UnknownApp(app.clone()))?;
+    if let Some(kube) = row.spec.get("kubernetes") {
+        let namespace = match kube.get("namespace").and_then(|n| n.as_str()) {
+            Some(namespace) => format!("-n {namespace} "),
+            None => String::new(),
+        };
+        return Err(ApiError::bad_request(format!(
+            "app {app} runs in Kubernetes, which keeps its pods' output: kubectl logs {namespace}-l slipway.dev/app={app} --prefix (with slipway.dev/revision=N for one revision)"
+        )));
+    }
     if let Some(unknown) = query
         .keys()
         .find(|k| !matches!(k.as_str(), "revision" | "instance" | "tail" | "follow"))

@@ -35,7 +35,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the runner: apps, rollouts and the HTTP API, with local processes and the built-in
-    /// router (in a data plane process it starts). Stops every instance on SIGTERM or SIGINT.
+    /// router (in a data plane process it starts). Stops every local instance on SIGTERM or
+    /// SIGINT; apps in Kubernetes keep running in their cluster.
     Serve(serve::ServeArgs),
     /// Run the data plane: the routers and instances of every app of a data directory.
     /// `slipway serve` starts it; it outlives a runner that is killed or upgraded.

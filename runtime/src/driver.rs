@@ -1,10 +1,11 @@
 //! What the host API drives, as two seams and a clock:
 //!
 //! - [`Compute`]: the instances of each revision of one app — define, scale, observe, wait,
-//!   probe, stop. The process driver runs them as local processes; the simulator in virtual
-//!   time; container and Kubernetes drivers plug in here.
+//!   probe, stop. The instance driver runs them as local processes or containers (in the
+//!   data plane), [`kubernetes`] as ReplicaSets in a cluster, the simulator in virtual time.
 //! - [`Router`]: how requests reach them — endpoints per revision, weights, maintenance,
-//!   drain, per-revision traffic. The built-in router; HAProxy and gateways plug in here.
+//!   drain, per-revision traffic. The built-in router or HAProxy (in the data plane), or the
+//!   cluster's Service or Gateway API route.
 //! - [`Clock`]: the rollout's time (virtual under simulation).
 //!
 //! [`Cluster`] composes one of each for the host API. Drivers speak their own types, not the

@@ -54,6 +54,8 @@ struct World {
     /// (method, path suffix) → the message a 403 carries.
     forbidden: Vec<(String, String, String)>,
     requests: Vec<String>,
+    /// The body of every PATCH, with its plural: what was applied, in order.
+    patches: Vec<(String, Value)>,
     handle: Option<tokio::runtime::Handle>,
     /// Itself, for the timers of pods becoming ready and going away.
     this: std::sync::Weak<Mutex<World>>,
@@ -78,6 +80,7 @@ impl FakeCluster {
                 stop_after: Duration::from_millis(200),
                 forbidden: Vec::new(),
                 requests: Vec::new(),
+                patches: Vec::new(),
                 handle: Some(runtime.handle().clone()),
                 this: this.clone(),
             })
@@ -157,6 +160,17 @@ impl FakeCluster {
     /// Every request so far, as `METHOD /path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.world.lock().unwrap().requests.clone()
+    }
+
+    /// The bodies of every PATCH of `plural` so far, in order.
+    pub fn patches(&self, plural: &str) -> Vec<Value> {
+        let world = self.world.lock().unwrap();
+        world
+            .patches
+            .iter()
+            .filter(|(p, _)| p == plural)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Makes a container of `pod` restart, as a crash would.
@@ -454,6 +468,9 @@ async fn handle(world: Arc<Mutex<World>>, request: Request<Incoming>) -> Respons
     let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut world_guard = world.lock().unwrap();
     let w = &mut *world_guard;
+    if method == "PATCH" {
+        w.patches.push((plural.clone(), sent.clone()));
+    }
     match (method.as_str(), name, sub.as_deref()) {
         ("GET", None, _) if query.get("watch").map(String::as_str) == Some("true") => {
             let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);

@@ -15,7 +15,7 @@ use crate::support::exclusive;
 /// The four built-ins and the Rust example strategy, with the parameters a user would give.
 const STRATEGIES: &[(&str, &str)] = &[
     ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }"),
-    ("builtin:blue-green", "{}"),
+    ("builtin:blue-green", "{ verify-path = \"/healthz\" }"),
     ("builtin:canary", "{ steps = [50, 100], pause-seconds = 0 }"),
     ("builtin:recreate", "{}"),
     ("waves", "{ wave-size = 2 }"),
@@ -76,7 +76,11 @@ fn of_app(cluster: &FakeCluster, plural: &str, app: &str) -> Vec<Value> {
 
 /// Whether `holds` comes true within 10 seconds.
 fn eventually(holds: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    eventually_within(Duration::from_secs(10), holds)
+}
+
+fn eventually_within(limit: Duration, holds: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if holds() {
             return true;
@@ -121,6 +125,27 @@ fn every_strategy(router: &str) {
                 service["spec"]["selector"]["slipway.dev/revision"], "2",
                 "{strategy}: {service}"
             );
+        }
+        if router == GATEWAY && *strategy == "builtin:canary" {
+            // The canary's 50 % step reached the HTTPRoute as exact weights.
+            let half = serde_json::json!([
+                {"name": format!("{name}-r1"), "port": 8080, "weight": 128},
+                {"name": format!("{name}-r2"), "port": 8080, "weight": 128},
+            ]);
+            let routes = cluster.patches("httproutes");
+            assert!(
+                routes.iter().any(|r| r["spec"]["rules"][0]["backendRefs"] == half),
+                "{routes:?}"
+            );
+        }
+        if *strategy == "builtin:blue-green" {
+            // Its verification went to each pod through the API server's pod proxy.
+            let proxied = cluster
+                .requests()
+                .into_iter()
+                .filter(|r| r.contains("/proxy/healthz"))
+                .count();
+            assert!(proxied >= 3, "{proxied} pod-proxy requests");
         }
         let status = server.cli(&["status", &name]);
         assert!(status.status.success(), "{}", text(&status));
@@ -215,6 +240,18 @@ fn a_restarted_runner_adopts_the_app_as_the_cluster_runs_it() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(backends(&cluster, "adopted"), [("adopted-r3".to_string(), 256)]);
     assert!(eventually(|| replicas(&cluster, "adopted-r2") == Some(0)));
+
+    // Stopped on purpose, the runner leaves the cluster's traffic alone as well.
+    let mut second = second;
+    let pods = pod_uids(&cluster, "adopted");
+    assert!(second.stop().success());
+    assert_eq!(backends(&cluster, "adopted"), [("adopted-r3".to_string(), 256)]);
+    assert_eq!(pod_uids(&cluster, "adopted"), pods);
+    let third = server(&cluster, &data);
+    let status = third.cli(&["status", "adopted", "--output", "json"]);
+    let status: Value = serde_json::from_slice::<Value>(&status.stdout).unwrap()[0].clone();
+    assert_eq!(status["instances"]["revisions"]["3"]["ready"], 3, "{status}");
+    assert_eq!(pod_uids(&cluster, "adopted"), pods);
 }
 
 #[test]
@@ -251,6 +288,15 @@ fn api_refusals_reach_the_rollout_in_the_apis_own_words_and_the_old_revision_ser
 
     let out = deploy(&server, &spec("refused", "v4", rolling.0, rolling.1, GATEWAY));
     assert!(out.status.success(), "{}", text(&out));
+
+    // The pods' output is the cluster's; the CLI says where to read it.
+    let logs = server.cli(&["logs", "refused"]);
+    assert!(!logs.status.success());
+    assert!(
+        text(&logs).contains("kubectl logs -l slipway.dev/app=refused"),
+        "{}",
+        text(&logs)
+    );
 }
 
 #[test]
@@ -283,4 +329,157 @@ fn a_pod_that_restarts_during_the_soak_rolls_the_rollout_back() {
     assert!(said.contains("crash"), "{said}");
     assert_eq!(backends(&cluster, "crashy"), [("crashy-r1".to_string(), 256)], "{said}");
     assert_eq!(ready_pods(&cluster, "crashy", 1), 3);
+}
+
+/// The opt-in suite against a real cluster (kind, k3d, or any other), run as
+/// `SLIPWAY_TEST_KUBECONFIG=… SLIPWAY_TEST_GATEWAY=NAMESPACE/NAME cargo test -p slipway --test all -- --ignored kubernetes::real_cluster`.
+/// The README's Kubernetes section says how to set one up. Optional: `SLIPWAY_TEST_IMAGE`
+/// (default `localhost/hello:1`, examples/hello as an image the cluster can run) and
+/// `SLIPWAY_TEST_NAMESPACE` (default `default`).
+mod real {
+    use std::time::Duration;
+
+    use kube::api::{Api, ApiResource, DynamicObject};
+    use serde_json::Value;
+
+    use super::{eventually_within, text};
+    use crate::runner::{Server, free_port, unique_dir, write_spec};
+
+    struct Setup {
+        kubeconfig: String,
+        gateway: String,
+        image: String,
+        namespace: String,
+    }
+
+    fn setup() -> Setup {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Setup {
+            kubeconfig: var("SLIPWAY_TEST_KUBECONFIG").expect("set SLIPWAY_TEST_KUBECONFIG to a cluster's kubeconfig"),
+            gateway: var("SLIPWAY_TEST_GATEWAY").expect("set SLIPWAY_TEST_GATEWAY to NAMESPACE/NAME of a Gateway"),
+            image: var("SLIPWAY_TEST_IMAGE").unwrap_or_else(|| "localhost/hello:1".into()),
+            namespace: var("SLIPWAY_TEST_NAMESPACE").unwrap_or_else(|| "default".into()),
+        }
+    }
+
+    fn spec(setup: &Setup, name: &str, version: &str, strategy: &str, params: &str, extra_env: &str) -> String {
+        format!(
+            "name = \"{name}\"\nreplicas = 3\n\n[kubernetes]\nnamespace = \"{}\"\nimage = \"{}\"\nport = 8080\nenv = {{ VERSION = \"{version}\", HOST = \"0.0.0.0\"{extra_env} }}\ndrain = \"2s\"\ngrace-period = \"5s\"\n\n[router]\nkind = \"gateway\"\ngateway = \"{}\"\n\n[probe]\nhttp = \"/healthz\"\n\n[strategy]\nmodule = \"{strategy}\"\nparams = {params}\n\n[lifecycle]\nprogress-deadline = \"180s\"\nsoak = \"5s\"\n",
+            setup.namespace, setup.image, setup.gateway
+        )
+    }
+
+    fn client(setup: &Setup) -> kube::Client {
+        crate::lifecycle::runtime().block_on(async {
+            let config = kube::config::Kubeconfig::read_from(&setup.kubeconfig).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+                .await
+                .unwrap();
+            kube::Client::try_from(config).unwrap()
+        })
+    }
+
+    fn backends(setup: &Setup, client: &kube::Client, app: &str) -> Vec<(String, u64)> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &setup.namespace,
+            &ApiResource {
+                group: "gateway.networking.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: "HTTPRoute".into(),
+                plural: "httproutes".into(),
+            },
+        );
+        let route = crate::lifecycle::runtime().block_on(api.get(app)).unwrap();
+        let route = serde_json::to_value(route).unwrap();
+        route["spec"]["rules"][0]["backendRefs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["name"].as_str().unwrap().to_string(),
+                    b["weight"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect()
+    }
+
+    fn pod_uids(setup: &Setup, client: &kube::Client, app: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &setup.namespace);
+        let params = kube::api::ListParams::default().labels(&format!("slipway.dev/app={app},slipway.dev/role=app"));
+        let pods = crate::lifecycle::runtime().block_on(api.list(&params)).unwrap();
+        let mut uids: Vec<String> = pods.items.into_iter().filter_map(|p| p.metadata.uid).collect();
+        uids.sort();
+        uids
+    }
+
+    fn status(server: &Server, app: &str) -> Value {
+        let out = server.cli(&["status", app, "--output", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+    }
+
+    #[test]
+    #[ignore = "needs a real cluster: SLIPWAY_TEST_KUBECONFIG and SLIPWAY_TEST_GATEWAY"]
+    fn real_cluster_rolls_readies_weights_rolls_back_and_adopts() {
+        let setup = setup();
+        let client = client(&setup);
+        let data = unique_dir("data");
+        let env = [("KUBECONFIG", setup.kubeconfig.as_str())];
+        let mut server = Server::start_with(&data, free_port(), &env);
+        let strategies = [
+            ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }"),
+            ("builtin:blue-green", "{ verify-path = \"/healthz\" }"),
+            ("builtin:canary", "{ steps = [34, 100], pause-seconds = 5 }"),
+        ];
+        for (index, (strategy, params)) in strategies.iter().enumerate() {
+            let app = format!("slipway-e2e-{index}");
+            for version in ["v1", "v2"] {
+                let out = server.cli(&[
+                    "deploy",
+                    write_spec(&spec(&setup, &app, version, strategy, params, ""))
+                        .to_str()
+                        .unwrap(),
+                ]);
+                assert!(out.status.success(), "{strategy} {version}: {}", text(&out));
+            }
+            let now = status(&server, &app);
+            assert_eq!(now["active_revision"], 2, "{now}");
+            assert_eq!(now["instances"]["revisions"]["2"]["ready"], 3, "{now}");
+            assert_eq!(backends(&setup, &client, &app), [(format!("{app}-r2"), 256)]);
+        }
+
+        // A version that cannot start is rolled back; the route stays on revision 2.
+        let app = "slipway-e2e-0";
+        let broken = spec(
+            &setup,
+            app,
+            "v3",
+            strategies[0].0,
+            strategies[0].1,
+            ", HOST = \"not-an-address\"",
+        )
+        .replace(", HOST = \"0.0.0.0\"", "");
+        let out = server.cli(&["deploy", write_spec(&broken).to_str().unwrap()]);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert_eq!(status(&server, app)["active_revision"], 2);
+        assert_eq!(backends(&setup, &client, app), [(format!("{app}-r2"), 256)]);
+
+        // A restarted runner adopts the pods as they are.
+        let pods = pod_uids(&setup, &client, app);
+        server.kill();
+        let server = Server::start_with(&data, free_port(), &env);
+        assert!(eventually_within(
+            Duration::from_secs(30),
+            || status(&server, app)["instances"]["revisions"]["2"]["ready"] == 3
+        ));
+        assert_eq!(pod_uids(&setup, &client, app), pods);
+
+        for index in 0..strategies.len() {
+            let out = server.cli(&["delete", &format!("slipway-e2e-{index}")]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+    }
 }

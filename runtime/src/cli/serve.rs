@@ -132,7 +132,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("slipway: stopped; the data plane keeps every app running (--keep-running)");
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("slipway: stopping every instance");
+    eprintln!("slipway: stopping every local instance (apps in Kubernetes keep running)");
     runner.shutdown().await;
     eprintln!("slipway: stopped");
     Ok(ExitCode::SUCCESS)
