@@ -335,8 +335,16 @@ impl Runner {
                             kube.namespace()
                         )));
                     }
+                    let kind = *handle.router.lock().unwrap();
+                    if kind != spec.router.kind {
+                        return Err(DeployError::InvalidSpec(format!(
+                            "app {} is routed by a {} in the cluster; its router kind cannot change in place: delete the app (`slipway delete {}`) and deploy it again",
+                            spec.name,
+                            kind.as_str(),
+                            spec.name
+                        )));
+                    }
                     kube.update(spec);
-                    *handle.router.lock().unwrap() = spec.router.kind;
                     Ok(handle)
                 }
                 Engine::Plane(_) => Err(DeployError::InvalidSpec(format!(

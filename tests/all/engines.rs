@@ -14,7 +14,7 @@ use crate::support::exclusive;
 const HAPROXY: &str = "[router]\nkind = \"haproxy\"\n";
 
 /// The four built-ins and the Rust example strategy, with the parameters a user would give.
-const STRATEGIES: &[(&str, &str)] = &[
+pub(crate) const STRATEGIES: &[(&str, &str)] = &[
     ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }"),
     ("builtin:blue-green", "{ verify-path = \"/healthz\" }"),
     ("builtin:canary", "{ steps = [50, 100], pause-seconds = 0 }"),

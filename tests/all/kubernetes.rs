@@ -7,19 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::engines::STRATEGIES;
 use crate::kube_fake::FakeCluster;
 use crate::lifecycle::{push, text};
 use crate::runner::{Server, free_port, unique_dir, write_spec};
 use crate::support::exclusive;
-
-/// The four built-ins and the Rust example strategy, with the parameters a user would give.
-const STRATEGIES: &[(&str, &str)] = &[
-    ("builtin:rolling", "{ max-surge = 1, max-unavailable = 0 }"),
-    ("builtin:blue-green", "{ verify-path = \"/healthz\" }"),
-    ("builtin:canary", "{ steps = [50, 100], pause-seconds = 0 }"),
-    ("builtin:recreate", "{}"),
-    ("waves", "{ wave-size = 2 }"),
-];
 
 const GATEWAY: &str = "kind = \"gateway\"\ngateway = \"infra/public\"\nhostnames = [\"shop.example.com\"]";
 const SERVICE: &str = "kind = \"service\"";
@@ -129,8 +121,8 @@ fn every_strategy(router: &str) {
         if router == GATEWAY && *strategy == "builtin:canary" {
             // The canary's 50 % step reached the HTTPRoute as exact weights.
             let half = serde_json::json!([
-                {"name": format!("{name}-r1"), "port": 8080, "weight": 128},
-                {"name": format!("{name}-r2"), "port": 8080, "weight": 128},
+                {"name": format!("{name}-r1"), "port": 80, "weight": 128},
+                {"name": format!("{name}-r2"), "port": 80, "weight": 128},
             ]);
             let routes = cluster.patches("httproutes");
             assert!(
@@ -255,6 +247,41 @@ fn a_restarted_runner_adopts_the_app_as_the_cluster_runs_it() {
 }
 
 #[test]
+fn a_rollout_interrupted_by_a_runner_kill_resumes_on_the_next_runner() {
+    let _serial = exclusive();
+    let cluster = FakeCluster::start();
+    let data = unique_dir("data");
+    let mut first = server(&cluster, &data);
+    let blue_green = ("builtin:blue-green", "{}");
+    let out = deploy(&first, &spec("resumed", "v1", blue_green.0, blue_green.1, GATEWAY));
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Killed in the soak, after the switch: the cluster goes on serving revision 2.
+    let v2 = spec("resumed", "v2", blue_green.0, blue_green.1, GATEWAY).replace("soak = \"1s\"", "soak = \"5s\"");
+    let started = first.cli(&["deploy", "--no-wait", write_spec(&v2).to_str().unwrap()]);
+    assert!(started.status.success(), "{}", text(&started));
+    assert!(eventually(
+        || backends(&cluster, "resumed") == [("resumed-r2".to_string(), 256)]
+    ));
+    first.kill();
+    assert_eq!(backends(&cluster, "resumed"), [("resumed-r2".to_string(), 256)]);
+    assert_eq!(ready_pods(&cluster, "resumed", 2), 3);
+
+    // The next runner resumes the rollout and finishes it.
+    let second = server(&cluster, &data);
+    let done = || {
+        let out = second.cli(&["status", "resumed", "--output", "json"]);
+        let status: Value = serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone();
+        status["active_revision"] == 2 && status["running_rollout"].is_null()
+    };
+    assert!(eventually_within(Duration::from_secs(30), done));
+    assert_eq!(backends(&cluster, "resumed"), [("resumed-r2".to_string(), 256)]);
+    assert!(eventually(|| replicas(&cluster, "resumed-r1") == Some(0)));
+    let history = second.cli(&["history", "resumed"]);
+    assert!(text(&history).contains("succeeded"), "{}", text(&history));
+}
+
+#[test]
 fn api_refusals_reach_the_rollout_in_the_apis_own_words_and_the_old_revision_serves() {
     let _serial = exclusive();
     let cluster = FakeCluster::start();
@@ -288,6 +315,16 @@ fn api_refusals_reach_the_rollout_in_the_apis_own_words_and_the_old_revision_ser
 
     let out = deploy(&server, &spec("refused", "v4", rolling.0, rolling.1, GATEWAY));
     assert!(out.status.success(), "{}", text(&out));
+
+    // Its routing cannot change in place.
+    let out = deploy(&server, &spec("refused", "v4", rolling.0, rolling.1, SERVICE));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("its router kind cannot change in place"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(backends(&cluster, "refused"), [("refused-r4".to_string(), 256)]);
 
     // The pods' output is the cluster's; the CLI says where to read it.
     let logs = server.cli(&["logs", "refused"]);
@@ -482,4 +519,23 @@ mod real {
             assert!(out.status.success(), "{}", text(&out));
         }
     }
+}
+
+#[test]
+fn without_a_cluster_a_kubernetes_deploy_says_how_to_reach_one() {
+    let _serial = exclusive();
+    let missing = unique_dir("kube").join("no-such-config");
+    let server = Server::start_with(
+        &unique_dir("data"),
+        free_port(),
+        &[("KUBECONFIG", missing.to_str().unwrap())],
+    );
+    let out = deploy(&server, &spec("nowhere", "v1", "builtin:rolling", "{}", SERVICE));
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("cannot reach a Kubernetes cluster"), "{said}");
+    assert!(said.contains("KUBECONFIG"), "{said}");
+    // Nothing was recorded of it.
+    let history = server.cli(&["history", "nowhere"]);
+    assert!(!history.status.success(), "{}", text(&history));
 }

@@ -145,6 +145,26 @@ fn api_error(doing: impl std::fmt::Display, error: kube::Error) -> DriverError {
     DriverError::infrastructure(DRIVER, message, error)
 }
 
+/// Makes `call` again when the API answers 409 Conflict (the object changed between read and
+/// write, as under another writer), up to three tries in all. Other errors return at once.
+async fn retry_conflicts<T, F, Fut>(mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict" && tries < 3 => {
+                tracing::debug!(message = %status.message, "conflict; trying again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn ssa() -> PatchParams {
     PatchParams::apply(objects::MANAGER).force()
 }
@@ -414,8 +434,7 @@ impl KubeApp {
         let owner = objects::owned_by(&self.root);
         match routing {
             Routing::Gateway(gateway) => {
-                let route =
-                    objects::http_route(&self.app, &self.namespace, &gateway, weights, maintenance, port, &owner);
+                let route = objects::http_route(&self.app, &self.namespace, &gateway, weights, maintenance, &owner);
                 apply_dynamic(&self.client, &self.namespace, &http_routes(), &self.app, route).await
             }
             Routing::Service => {
@@ -436,8 +455,7 @@ impl KubeApp {
                         }
                     }
                 };
-                let mut service = objects::service(&self.app, &self.namespace, &self.app, &selector, port, &owner);
-                service["spec"]["ports"][0]["targetPort"] = json!(target);
+                let service = objects::service(&self.app, &self.namespace, &self.app, &selector, target, &owner);
                 apply_dynamic(&self.client, &self.namespace, &services(), &self.app, service).await
             }
         }
@@ -510,7 +528,9 @@ async fn apply_dynamic(
     object: Value,
 ) -> Result<(), DriverError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
-    api.patch(name, &ssa(), &Patch::Apply(object))
+    let patch = Patch::Apply(object);
+    let params = ssa();
+    retry_conflicts(|| api.patch(name, &params, &patch))
         .await
         .map(|_| ())
         .map_err(|e| api_error(format!("applying {} {namespace}/{name}", resource.kind), e))
@@ -523,7 +543,8 @@ impl Compute for KubeApp {
         let name = objects::revision_name(&self.app, revision);
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.namespace);
         let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-        api.patch_scale(&name, &PatchParams::default(), &patch)
+        let params = PatchParams::default();
+        retry_conflicts(|| api.patch_scale(&name, &params, &patch))
             .await
             .map_err(|e| api_error(format!("scaling ReplicaSet {}/{name} to {replicas}", self.namespace), e))?;
         let counts = {

@@ -25,6 +25,9 @@ pub const ROLE: &str = "slipway.dev/role";
 pub const DIGEST: &str = "slipway.dev/spec-digest";
 /// The field manager of server-side apply.
 pub const MANAGER: &str = "slipway";
+/// The port every Service of the app answers on; each forwards to its pods' own port, so
+/// revisions listening on different ports are routed alike.
+pub const SERVICE_PORT: u16 = 80;
 /// The port the maintenance backend listens on.
 pub const MAINTENANCE_PORT: u16 = 8080;
 
@@ -201,13 +204,14 @@ fn readiness_probe(probe: &Probe, port: u16) -> Value {
     out
 }
 
-/// A Service named `name` over the app's pods matching `selector`.
+/// A Service named `name` over the app's pods matching `selector`, answering on
+/// [`SERVICE_PORT`] and forwarding to the pods' `target` port.
 pub fn service(
     app: &str,
     namespace: &str,
     name: &str,
     selector: &BTreeMap<String, String>,
-    port: u16,
+    target: u16,
     owner: &Value,
 ) -> Value {
     json!({
@@ -216,7 +220,7 @@ pub fn service(
         "metadata": {"name": name, "namespace": namespace, "labels": labels(app), "ownerReferences": owner},
         "spec": {
             "selector": selector,
-            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": target, "protocol": "TCP"}],
         },
     })
 }
@@ -295,16 +299,15 @@ pub fn http_route(
     gateway: &GatewayRef,
     weights: &[(u32, u32)],
     maintenance: bool,
-    port: u16,
     owner: &Value,
 ) -> Value {
     let backends: Vec<Value> = if maintenance {
-        vec![json!({"name": maintenance_name(app), "port": MAINTENANCE_PORT, "weight": 1})]
+        vec![json!({"name": maintenance_name(app), "port": SERVICE_PORT, "weight": 1})]
     } else {
         weights
             .iter()
             .filter(|(_, weight)| *weight > 0)
-            .map(|(revision, weight)| json!({"name": revision_name(app, *revision), "port": port, "weight": weight}))
+            .map(|(revision, weight)| json!({"name": revision_name(app, *revision), "port": SERVICE_PORT, "weight": weight}))
             .collect()
     };
     let mut parent = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name});

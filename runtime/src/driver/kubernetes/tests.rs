@@ -256,7 +256,7 @@ async fn opening_applies_the_root_watches_by_label_and_reads_the_route_back() {
     cluster.route = Some(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "shop", "namespace": "shop"},
-        "spec": {"rules": [{"backendRefs": [{"name": "shop-r1", "port": 8080, "weight": 200}, {"name": "shop-r2", "port": 8080, "weight": 56}]}]},
+        "spec": {"rules": [{"backendRefs": [{"name": "shop-r1", "port": 80, "weight": 200}, {"name": "shop-r2", "port": 80, "weight": 56}]}]},
     }));
     let (app, seen) = open(&spec, cluster, unexpected).await;
     let app = app.unwrap();
@@ -462,11 +462,19 @@ async fn scaling_patches_the_scale_subresource_and_a_refusal_carries_the_apis_wo
     let spec = spec(GATEWAY);
     let refuse = Arc::new(Mutex::new(false));
     let answers = refuse.clone();
+    // A write that meets another writer's change (409 Conflict) is made again.
+    let conflicts = Arc::new(Mutex::new(0));
+    let conflicting = conflicts.clone();
     let forbidden = "replicasets.apps \"shop-r1\" is forbidden: User \"system:serviceaccount:shop:slipway\" cannot patch resource \"replicasets/scale\"";
     let (app, seen) = open(&spec, Cluster::new(vec![replica_set(1, 1, "x")], vec![]), move |seen| {
         if seen.is("PATCH", "/apis/apps/v1/namespaces/shop/replicasets/shop-r1/scale") {
             if *answers.lock().unwrap() {
                 return Reply::Json(403, status(403, "Forbidden", forbidden));
+            }
+            let mut left = conflicting.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return Reply::Json(409, status(409, "Conflict", "Operation cannot be fulfilled on replicasets.apps \"shop-r1\": the object has been modified; please apply your changes to the latest version and try again"));
             }
             let replicas = seen.body["spec"]["replicas"].clone();
             return Reply::Json(200, json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
@@ -477,6 +485,7 @@ async fn scaling_patches_the_scale_subresource_and_a_refusal_carries_the_apis_wo
     .await;
     let app = app.unwrap();
     let mut events = app.events();
+    *conflicts.lock().unwrap() = 1;
     app.scale(1, 3).await.unwrap();
     assert_eq!(
         app.counts(1).unwrap().desired,
@@ -486,9 +495,12 @@ async fn scaling_patches_the_scale_subresource_and_a_refusal_carries_the_apis_wo
     assert_eq!(events.try_recv().unwrap().what, Happened::Scaled { from: 1, to: 3 });
     {
         let seen = seen.lock().unwrap();
-        let scale = seen.iter().find(|s| s.uri.contains("/scale")).unwrap();
-        assert_eq!(scale.content_type, "application/merge-patch+json");
-        assert_eq!(scale.body, json!({"spec": {"replicas": 3}}));
+        let scales: Vec<&Seen> = seen.iter().filter(|s| s.uri.contains("/scale")).collect();
+        assert_eq!(scales.len(), 2, "the conflict was answered by a second try: {scales:?}");
+        for scale in scales {
+            assert_eq!(scale.content_type, "application/merge-patch+json");
+            assert_eq!(scale.body, json!({"spec": {"replicas": 3}}));
+        }
     }
     *refuse.lock().unwrap() = true;
     let error = app.scale(1, 0).await.unwrap_err();
@@ -562,10 +574,10 @@ async fn gateway_weights_are_exact_and_maintenance_routes_to_its_backend() {
     assert_eq!(
         routes,
         [
-            json!([{"name": "shop-r1", "port": 8080, "weight": 199}, {"name": "shop-r2", "port": 8080, "weight": 57}]),
-            json!([{"name": "shop-maintenance", "port": 8080, "weight": 1}]),
-            json!([{"name": "shop-maintenance", "port": 8080, "weight": 1}]),
-            json!([{"name": "shop-r2", "port": 8080, "weight": 256}]),
+            json!([{"name": "shop-r1", "port": 80, "weight": 199}, {"name": "shop-r2", "port": 80, "weight": 57}]),
+            json!([{"name": "shop-maintenance", "port": 80, "weight": 1}]),
+            json!([{"name": "shop-maintenance", "port": 80, "weight": 1}]),
+            json!([{"name": "shop-r2", "port": 80, "weight": 256}]),
         ]
     );
 }
