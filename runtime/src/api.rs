@@ -57,6 +57,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/apps/{app}/scale", put(scale))
         .route("/v1/apps/{app}/route", put(route))
         .route("/v1/apps/{app}/maintenance", put(maintenance))
+        .route("/v1/apps/{app}/traffic", get(traffic))
         .route("/v1/apps/{app}/logs", get(logs))
         .route("/v1/rollouts/{id}", get(get_rollout))
         .route("/v1/rollouts/{id}/pause", post(pause))
@@ -335,6 +336,39 @@ async fn route(
 ) -> Result<Response, ApiError> {
     let request: RouteRequest = json_body(body, r#"{"weights": {"2": 198, "3": 2}}"#).await?;
     Ok(Json(state.runner.route(&app, &request.weights).await?).into_response())
+}
+
+async fn traffic(
+    _: Auth<Read>,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "revision" | "window")) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {unknown:?}: traffic takes revision and window"
+        )));
+    }
+    let revision = query
+        .get("revision")
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| ApiError::bad_request(format!("revision must be a revision number, not {v:?}")))
+        })
+        .transpose()?;
+    let window = match query.get("window") {
+        Some(text) => spec::duration::parse(text)
+            .ok()
+            .filter(|w| !w.is_zero() && *w <= crate::driver::router::builtin::traffic::KEPT)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "window {text:?} is not a duration from 1s to {}s, e.g. window=30s",
+                    crate::driver::router::builtin::traffic::KEPT.as_secs()
+                ))
+            })?,
+        None => std::time::Duration::from_secs(60),
+    };
+    Ok(Json(state.runner.traffic(&app, revision, window).await?).into_response())
 }
 
 async fn maintenance(

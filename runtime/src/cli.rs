@@ -69,6 +69,8 @@ enum Command {
     Delete(DeleteArgs),
     /// Show instances' output (processes and containers alike), each line after its instance.
     Logs(LogsArgs),
+    /// Show a revision's traffic as its router saw it: requests, errors, latency.
+    Traffic(TrafficArgs),
     /// Upload or list strategy and hook modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -225,6 +227,21 @@ struct LogsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct TrafficArgs {
+    app: String,
+    /// The revision (default: the active one).
+    #[arg(long)]
+    revision: Option<u32>,
+    /// How far back, up to 300s.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    window: Duration,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, clap::Args)]
 struct DeleteArgs {
     app: String,
     #[command(flatten)]
@@ -335,6 +352,7 @@ pub async fn main() -> ExitCode {
         Command::Maintenance(args) => maintenance(args).await,
         Command::Delete(args) => delete(args).await,
         Command::Logs(args) => logs(args).await,
+        Command::Traffic(args) => traffic(args).await,
         Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
     };
@@ -533,6 +551,42 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         answer.app,
         answer.revision,
         answer.replicas
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn traffic(args: TrafficArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/apps/{}/traffic?window={}s", args.app, args.window.as_secs().max(1));
+    if let Some(revision) = args.revision {
+        path.push_str(&format!("&revision={revision}"));
+    }
+    let report: crate::protocol::TrafficReport = args.remote.client().get(&path).await?;
+    if args.output == Output::Json {
+        say!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = &report.stats;
+    let ms = |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{:.1} ms", us as f64 / 1000.0));
+    say!(
+        "{} r{}, last {} s: {} requests, {:.2}% errors ({} 5xx, {} connection errors), p50 {} p90 {} p99 {}",
+        report.app,
+        report.revision,
+        s.window_ms / 1000,
+        s.requests,
+        s.error_rate() * 100.0,
+        s.by_class[4],
+        s.connection_errors,
+        ms(s.p50_us),
+        ms(s.p90_us),
+        ms(s.p99_us)
+    );
+    say!(
+        "  by status: 1xx {} · 2xx {} · 3xx {} · 4xx {} · 5xx {}",
+        s.by_class[0],
+        s.by_class[1],
+        s.by_class[2],
+        s.by_class[3],
+        s.by_class[4]
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub use self::router::builtin::traffic::TrafficStats;
 use crate::events::RevisionSnapshot;
 use crate::spec::duration;
 
@@ -207,6 +208,14 @@ pub trait Router: Send + Sync {
     async fn set_maintenance(&self, on: bool) -> Result<(), DriverError>;
     /// Whether the maintenance page is on.
     fn maintenance(&self) -> bool;
+    /// `revision`'s traffic over the last `window`, as the router saw it. A router that does
+    /// not measure traffic says so.
+    async fn traffic(&self, revision: u32, window: Duration) -> Result<TrafficStats, DriverError> {
+        let _ = (revision, window);
+        Err(DriverError::Invalid(
+            "this app's router does not measure traffic per revision".into(),
+        ))
+    }
 }
 
 /// The time rollouts are measured in.
@@ -297,6 +306,12 @@ impl Cluster {
 
     pub fn maintenance(&self) -> bool {
         self.router.maintenance()
+    }
+
+    /// `revision`'s traffic over the last `window`, after checking the revision is known.
+    pub async fn traffic(&self, revision: u32, window: Duration) -> Result<TrafficStats, DriverError> {
+        self.compute.counts(revision)?;
+        self.router.traffic(revision, window).await
     }
 
     pub async fn probe(&self, revision: u32) -> Result<ProbeResult, DriverError> {

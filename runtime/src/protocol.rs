@@ -184,3 +184,12 @@ pub struct ErrorBody {
     /// What happened and what to do, for people.
     pub message: String,
 }
+
+/// `GET /v1/apps/{app}/traffic?revision=N&window=60s`: one revision's traffic, as its router
+/// measured it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrafficReport {
+    pub app: String,
+    pub revision: u32,
+    pub stats: crate::driver::TrafficStats,
+}

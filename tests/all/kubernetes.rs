@@ -326,6 +326,15 @@ fn api_refusals_reach_the_rollout_in_the_apis_own_words_and_the_old_revision_ser
     );
     assert_eq!(backends(&cluster, "refused"), [("refused-r4".to_string(), 256)]);
 
+    // So is its traffic.
+    let traffic = server.cli(&["traffic", "refused"]);
+    assert!(!traffic.status.success());
+    assert!(
+        text(&traffic).contains("goes through the cluster's Gateway"),
+        "{}",
+        text(&traffic)
+    );
+
     // The pods' output is the cluster's; the CLI says where to read it.
     let logs = server.cli(&["logs", "refused"]);
     assert!(!logs.status.success());

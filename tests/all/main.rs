@@ -23,4 +23,5 @@ mod sandbox;
 mod strategies;
 mod support;
 mod surfaces;
+mod traffic;
 mod wit;

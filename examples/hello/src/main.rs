@@ -21,7 +21,11 @@
 //! - `HELLO_START_DELAY_MS`: wait this long before listening, like a slow start.
 //! - `HELLO_NEVER_READY=1`: `/healthz` answers 503 forever; `/` still works.
 //! - `HELLO_CRASH_ON_START=1`: print a message to stderr and exit 1 at once.
-//! - `HELLO_RESPONSE_DELAY_MS`: delay every answer to `/`, to see in-flight requests drain.
+//! - `HELLO_RESPONSE_DELAY_MS`: delay every answer to `/`, to see in-flight requests drain
+//!   (or a version that is slower than the one before).
+//! - `HELLO_ERROR_RATE`: a share from 0 to 1 of answers to `/` that are `500`s, spread evenly
+//!   (0.05: one request in twenty), while `/healthz` stays green: a version that passes its
+//!   readiness probe and fails real requests.
 //! - `HELLO_CRASH_AFTER_MS`: exit 1 this long after it started listening, like a version that
 //!   passes its readiness probe and then falls over.
 //! - `HELLO_SHOW_ENV`: comma-separated variable names that `GET /env` answers with, one
@@ -99,6 +103,7 @@ struct Config {
     response_delay: Duration,
     crash_after: Duration,
     show_env: Vec<String>,
+    error_rate: f64,
 }
 
 impl Config {
@@ -131,6 +136,16 @@ impl Config {
             never_ready: flag("HELLO_NEVER_READY")?,
             response_delay: millis("HELLO_RESPONSE_DELAY_MS")?,
             crash_after: millis("HELLO_CRASH_AFTER_MS")?,
+            error_rate: match std::env::var("HELLO_ERROR_RATE").as_deref().map(str::trim) {
+                Err(_) | Ok("") => 0.0,
+                Ok(text) => text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| {
+                        format!("HELLO_ERROR_RATE must be a share from 0 to 1 such as 0.05, not {text:?}")
+                    })?,
+            },
             show_env: std::env::var("HELLO_SHOW_ENV")
                 .unwrap_or_default()
                 .split(',')
@@ -283,6 +298,8 @@ struct App {
     never_ready: bool,
     response_delay: Duration,
     show_env: Vec<String>,
+    error_rate: f64,
+    answered: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -294,7 +311,18 @@ impl App {
             never_ready: config.never_ready,
             response_delay: config.response_delay,
             show_env: config.show_env,
+            error_rate: config.error_rate,
+            answered: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether the next answer to `/` fails: one in 1/rate, evenly.
+    fn fails_next(&self) -> bool {
+        if self.error_rate <= 0.0 {
+            return false;
+        }
+        let n = self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.error_rate).floor() > (n * self.error_rate).floor()
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -330,7 +358,14 @@ impl App {
         if !self.response_delay.is_zero() {
             tokio::time::sleep(self.response_delay).await;
         }
-        let mut response = text(StatusCode::OK, format!("hello from {}\n", self.version));
+        let mut response = if self.fails_next() {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("hello {} failed this one (HELLO_ERROR_RATE)\n", self.version),
+            )
+        } else {
+            text(StatusCode::OK, format!("hello from {}\n", self.version))
+        };
         response
             .headers_mut()
             .insert("x-hello-version", self.version_header.clone());

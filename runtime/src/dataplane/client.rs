@@ -428,6 +428,28 @@ impl Router for RemoteApp {
     fn maintenance(&self) -> bool {
         self.cache.maintenance.load(Ordering::SeqCst)
     }
+
+    async fn traffic(&self, revision: u32, window: Duration) -> Result<crate::driver::TrafficStats, DriverError> {
+        if !self
+            .client
+            .features
+            .iter()
+            .any(|f| f == super::protocol::FEATURE_TRAFFIC)
+        {
+            return Err(DriverError::Invalid(
+                "the data plane was started by an older Slipway that does not measure traffic; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
+            ));
+        }
+        let request = Request::Traffic {
+            app: self.name.clone(),
+            revision,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.client.request(request).await? {
+            Answer::Traffic { stats } => Ok(stats),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 fn lost() -> DriverError {

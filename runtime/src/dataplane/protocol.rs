@@ -23,11 +23,13 @@ pub const PROTOCOL: u32 = 1;
 
 /// What this data plane can do beyond protocol 1 as first released; a runner asks only for
 /// what the data plane it talks to lists, so a new runner works with an older data plane.
-pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS, FEATURE_HAPROXY];
+pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS, FEATURE_HAPROXY, FEATURE_TRAFFIC];
 /// Revisions that run as containers ([`Request::DefineContainer`]).
 pub const FEATURE_CONTAINERS: &str = "containers";
 /// Apps routed by HAProxy (`router` in [`Request::App`]).
 pub const FEATURE_HAPROXY: &str = "haproxy";
+/// It answers [`Request::Traffic`].
+pub const FEATURE_TRAFFIC: &str = "traffic";
 
 /// A request with its id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,6 +100,12 @@ pub enum Request {
     },
     /// The routers' counters, in Prometheus text format.
     Metrics,
+    /// A revision's traffic over the last `window_ms`. Needs [`FEATURE_TRAFFIC`].
+    Traffic {
+        app: String,
+        revision: u32,
+        window_ms: u64,
+    },
     /// Stops every instance and router, then the data plane itself.
     Shutdown,
 }
@@ -139,6 +147,9 @@ pub enum Answer {
     },
     Metrics {
         text: String,
+    },
+    Traffic {
+        stats: crate::driver::TrafficStats,
     },
 }
 

@@ -302,6 +302,19 @@ impl Plane {
                 }
                 Ok(Answer::Metrics { text })
             }
+            Request::Traffic {
+                app,
+                revision,
+                window_ms,
+            } => {
+                let router = self.with_app(&app, |a| a.router.clone()).await?;
+                let window = Duration::from_millis(window_ms);
+                let stats = match router {
+                    AppRouter::Builtin(local) => local.router().metrics().traffic(revision, window),
+                    AppRouter::Haproxy(haproxy) => haproxy.traffic(revision, window).await?,
+                };
+                Ok(Answer::Traffic { stats })
+            }
             Request::Shutdown => {
                 self.shutdown.notify_one();
                 Ok(Answer::Done {

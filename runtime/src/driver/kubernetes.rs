@@ -706,6 +706,17 @@ impl Router for KubeApp {
     fn maintenance(&self) -> bool {
         self.state.lock().unwrap().maintenance
     }
+
+    async fn traffic(&self, _revision: u32, _window: Duration) -> Result<super::TrafficStats, DriverError> {
+        Err(DriverError::Invalid(format!(
+            "app {}'s traffic goes through the cluster's {}, which Slipway does not see; measure it there (its metrics, or Prometheus)",
+            self.app,
+            match *self.routing.lock().unwrap() {
+                Routing::Gateway(_) => "Gateway",
+                Routing::Service => "Service",
+            }
+        )))
+    }
 }
 
 /// The reflectors' side: see [`observe`].

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{DeployError, Runner};
 use crate::driver::validate_weights;
-use crate::protocol::{Deleted, MaintenanceSet, Routed, Scaled, Steer, Steered};
+use crate::protocol::{Deleted, MaintenanceSet, Routed, Scaled, Steer, Steered, TrafficReport};
 use crate::spec;
 
 impl Runner {
@@ -112,6 +112,34 @@ impl Runner {
         Ok(MaintenanceSet {
             app: app.to_string(),
             maintenance: on,
+        })
+    }
+
+    /// A revision's traffic (the active one unless named) over the last `window`, as the
+    /// app's router measured it.
+    pub async fn traffic(
+        &self,
+        app: &str,
+        revision: Option<u32>,
+        window: std::time::Duration,
+    ) -> Result<TrafficReport, DeployError> {
+        let row = self.app_row(app)?;
+        let revision = revision.or(row.active_revision).ok_or_else(|| {
+            DeployError::NotPossible(format!(
+                "app {app} has no active revision yet; name one with revision=N"
+            ))
+        })?;
+        let handle = self.existing_handle(app)?;
+        let stats = handle.cluster.traffic(revision, window).await.map_err(|e| match e {
+            crate::driver::DriverError::UnknownRevision(r) => {
+                DeployError::UnknownRevision(format!("revision {r} of {app} is not running"))
+            }
+            other => DeployError::NotPossible(other.to_string()),
+        })?;
+        Ok(TrafficReport {
+            app: app.to_string(),
+            revision,
+            stats,
         })
     }
 

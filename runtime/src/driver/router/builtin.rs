@@ -45,6 +45,7 @@ pub(crate) use response::{MAINTENANCE_PAGE, NO_READY_INSTANCES};
 mod table;
 #[cfg(test)]
 mod tests;
+pub mod traffic;
 mod upstream;
 
 pub use metrics::RouterMetrics;
@@ -317,10 +318,17 @@ impl Shared {
             };
             let outcome = self.exchange(&mut pick, &mut head, body, &deadline).await;
             pick.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let now_ms = crate::store::now_ms();
             match outcome {
-                Ok((response, connection)) => proxied_response(response, connection, pick, deadline.start),
+                Ok((response, connection)) => {
+                    pick.stats
+                        .traffic
+                        .answered(now_ms, response.status.as_u16(), deadline.start.elapsed());
+                    proxied_response(response, connection, pick, deadline.start)
+                }
                 Err(error) => {
                     pick.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    pick.stats.traffic.failed(now_ms);
                     warn!(app = %self.app, instance = pick.backend().instance(), %error, "request failed");
                     if let ProxyError::Timeout { .. } = error {
                         fixed(

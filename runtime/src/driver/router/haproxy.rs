@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use super::builtin::traffic::{TrafficLog, TrafficStats};
 use super::builtin::{MAINTENANCE_PAGE, NO_READY_INSTANCES};
 use crate::driver::compute::instances::Backends;
 use crate::driver::{DriverError, Endpoint, Router};
@@ -53,6 +54,21 @@ const DRIVER: &str = "haproxy";
 pub struct Haproxy {
     dir: PathBuf,
     applied: tokio::sync::Mutex<Applied>,
+    /// Each app's revisions' traffic, from HAProxy's per-request log lines.
+    traffic: Arc<Mutex<Traffic>>,
+    /// The task reading those lines from `traffic.sock`, once bound.
+    reading: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+/// Traffic logs by app and revision.
+type Traffic = BTreeMap<String, BTreeMap<u32, Arc<TrafficLog>>>;
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.reading.get() {
+            task.abort();
+        }
+    }
 }
 
 /// What HAProxy has now, as far as this driver applied or read it back.
@@ -88,7 +104,55 @@ impl Haproxy {
         Arc::new(Haproxy {
             dir: data_dir.join("haproxy"),
             applied: tokio::sync::Mutex::new(Applied::default()),
+            traffic: Arc::default(),
+            reading: std::sync::OnceLock::new(),
         })
+    }
+
+    fn traffic_socket(&self) -> PathBuf {
+        self.dir.join("traffic.sock")
+    }
+
+    /// Binds `traffic.sock`, where HAProxy sends a line per request (`log-format` in the
+    /// configuration: frontend, revision, status, time to the answer's head in ms), and reads
+    /// them into each revision's [`TrafficLog`]. A line lost while no data plane listens is a
+    /// request not counted, nothing worse.
+    fn read_traffic(&self) -> Result<(), DriverError> {
+        if self.reading.get().is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot create {}", self.dir.display()), e))?;
+        let path = self.traffic_socket();
+        let _ = std::fs::remove_file(&path);
+        let socket = tokio::net::UnixDatagram::bind(&path)
+            .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot bind {}", path.display()), e))?;
+        let traffic = self.traffic.clone();
+        let task = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 1024];
+            while let Ok(length) = socket.recv(&mut buffer).await {
+                let Ok(line) = std::str::from_utf8(&buffer[..length]) else {
+                    continue;
+                };
+                record_traffic(&traffic, line, crate::store::now_ms());
+            }
+        });
+        if let Err(task) = self.reading.set(task) {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    /// `revision`'s traffic in `app` over the last `window`.
+    fn traffic_of(&self, app: &str, revision: u32, window: Duration) -> TrafficStats {
+        let log = self
+            .traffic
+            .lock()
+            .unwrap()
+            .get(app)
+            .and_then(|revisions| revisions.get(&revision).cloned())
+            .unwrap_or_default();
+        log.stats(crate::store::now_ms(), window)
     }
 
     fn admin_socket(&self) -> PathBuf {
@@ -144,6 +208,7 @@ impl Haproxy {
     /// Makes sure HAProxy runs with `app`'s frontend listening on `listen`: adopted if it
     /// already runs, started if not, reloaded if the app is new or moved.
     pub async fn ensure_app(&self, app: &str, listen: SocketAddr) -> Result<(), DriverError> {
+        self.read_traffic()?;
         let mut applied = self.applied.lock().await;
         if !applied.running && self.command("show info").await.is_err() {
             // HAProxy starts with this app in its configuration: no reload.
@@ -338,12 +403,16 @@ impl Haproxy {
 global
     master-worker
     stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners
+    # A line per request to the data plane, which measures each revision's traffic.
+    log {dir}/traffic.sock len 512 format raw local0 info
     # Room to keep an app connection per client connection instead of closing most of them.
     tune.pool-high-fd-ratio 90
     tune.pool-low-fd-ratio 80
 
 defaults
     mode http
+    log global
+    log-format \"%f %[var(txn.rev)] %ST %Tr\"
     option http-keep-alive
     option forwardfor
     timeout connect 5s
@@ -383,7 +452,7 @@ defaults
             text.push_str(&format!("    default_backend {app}_unavailable\n"));
             for (index, slot) in entry.slots.iter().enumerate() {
                 text.push_str(&format!(
-                    "\nbackend {app}_s{index}\n    balance roundrobin\n    http-response set-header X-Slipway-Revision %[str(r{index}),map({map},0)]\n"
+                    "\nbackend {app}_s{index}\n    balance roundrobin\n    http-request set-var(txn.rev) str(r{index}),map({map},0)\n    http-response set-header X-Slipway-Revision %[var(txn.rev)]\n"
                 ));
                 for (name, addr) in &slot.servers {
                     text.push_str(&format!("    server {name} {addr}\n"));
@@ -883,6 +952,10 @@ impl Backends for HaproxyRouter {
 
 #[async_trait]
 impl Router for HaproxyRouter {
+    async fn traffic(&self, revision: u32, window: Duration) -> Result<TrafficStats, DriverError> {
+        Ok(self.haproxy.traffic_of(&self.app, revision, window))
+    }
+
     async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
         self.wanted.lock().unwrap().weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
         self.sync().await
@@ -905,5 +978,65 @@ impl Router for HaproxyRouter {
 
     fn maintenance(&self) -> bool {
         self.wanted.lock().unwrap().maintenance
+    }
+}
+
+/// Records one of HAProxy's log lines, `FRONTEND REVISION STATUS TR_MS`. Requests no revision
+/// answered (maintenance, no ready instance: revision `-`) are not a revision's traffic; a
+/// request whose answer never came (`TR_MS` is -1: HAProxy answered 502, 503 or 504 itself)
+/// is a connection error.
+fn record_traffic(traffic: &Mutex<Traffic>, line: &str, now_ms: u64) {
+    let mut fields = line.split_whitespace();
+    let (Some(app), Some(revision), Some(status), Some(tr)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return;
+    };
+    let (Ok(revision), Ok(status), Ok(tr)) = (revision.parse::<u32>(), status.parse::<i64>(), tr.parse::<i64>()) else {
+        return;
+    };
+    let log = traffic
+        .lock()
+        .unwrap()
+        .entry(app.to_string())
+        .or_default()
+        .entry(revision)
+        .or_default()
+        .clone();
+    match (u16::try_from(status), u64::try_from(tr)) {
+        (Ok(status), Ok(ms)) => log.answered(now_ms, status, Duration::from_millis(ms)),
+        _ => log.failed(now_ms),
+    }
+}
+
+#[cfg(test)]
+mod traffic_tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_become_each_revisions_traffic() {
+        let traffic = Mutex::new(Traffic::new());
+        let now = 1_800_000_000_000;
+        for line in [
+            "shop 2 200 12",
+            "shop 2 500 30\n",
+            "shop 2 503 -1",
+            "shop 3 200 5",
+            // Maintenance or no ready instance: nobody's traffic.
+            "shop - 503 -1",
+            "garbage",
+            "",
+        ] {
+            record_traffic(&traffic, line, now);
+        }
+        let logs = traffic.lock().unwrap();
+        let two = logs["shop"][&2].stats(now, Duration::from_secs(10));
+        assert_eq!(
+            (two.requests, two.by_class, two.connection_errors),
+            (3, [0, 1, 0, 0, 1], 1)
+        );
+        assert!(two.p50_us.unwrap() >= 12_000);
+        assert_eq!(logs["shop"][&3].stats(now, Duration::from_secs(10)).requests, 1);
+        assert_eq!(logs["shop"].len(), 2);
     }
 }

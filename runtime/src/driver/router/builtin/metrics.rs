@@ -86,6 +86,14 @@ impl RouterMetrics {
         self.stats(revision).map_or(0, |s| s.errors.load(Ordering::Relaxed))
     }
 
+    /// `revision`'s traffic in the last `window` (nothing, for a revision never routed).
+    pub fn traffic(&self, revision: u32, window: std::time::Duration) -> super::traffic::TrafficStats {
+        let now = crate::store::now_ms();
+        self.stats(revision)
+            .map(|s| s.traffic.stats(now, window))
+            .unwrap_or_else(|| super::traffic::TrafficLog::default().stats(now, window))
+    }
+
     /// Requests answered 503 because of maintenance or no ready instance.
     pub fn unavailable(&self) -> u64 {
         self.unavailable.load(Ordering::Relaxed)
@@ -97,6 +105,8 @@ pub(super) struct RevisionStats {
     pub(super) header: HeaderValue,
     pub(super) requests: AtomicU64,
     pub(super) errors: AtomicU64,
+    /// The last minutes of it, for traffic analysis.
+    pub(super) traffic: super::traffic::TrafficLog,
 }
 
 impl RouterMetrics {

@@ -77,6 +77,7 @@ impl Routes {
                         header: HeaderValue::from(revision),
                         requests: AtomicU64::new(0),
                         errors: AtomicU64::new(0),
+                        traffic: Default::default(),
                     })
                 })
                 .clone()
