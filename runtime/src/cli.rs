@@ -289,6 +289,16 @@ struct SimulateArgs {
     /// Mean time for a new instance to become ready, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     start_delay_ms: u64,
+    /// Requests per second reaching the app, split by the route's weights: the traffic a
+    /// strategy's analysis sees (default: none).
+    #[arg(long, default_value_t = 0.0)]
+    traffic: f64,
+    /// A revision's share of 5xx answers, as REVISION=SHARE (repeatable), e.g. `2=0.05`.
+    #[arg(long, value_parser = revision_share)]
+    errors: Vec<(u32, f64)>,
+    /// A revision's median latency, as REVISION=DURATION (repeatable), e.g. `2=80ms`.
+    #[arg(long, value_parser = revision_latency)]
+    latency: Vec<(u32, Duration)>,
     /// Make the hook at this point fail (policy abort). Repeatable.
     #[arg(long, value_enum)]
     fail_hook: Vec<HookArg>,
@@ -873,6 +883,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         fail_readiness: args.fail_readiness,
         crash: args.crash,
         fail_http: args.fail_http,
+        traffic_rps: args.traffic,
+        error_rates: args.errors.iter().copied().collect(),
+        latencies: args.latency.iter().copied().collect(),
         ..SimConfig::default()
     };
     let sim = Arc::new(SimCluster::new(config));
@@ -937,4 +950,25 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 /// A duration argument: "30s", "500ms", "5m" or a number of seconds.
 fn duration_arg(text: &str) -> Result<Duration, String> {
     crate::spec::duration::parse(text)
+}
+
+/// `--errors 2=0.05`.
+fn revision_share(text: &str) -> Result<(u32, f64), String> {
+    let bad = || format!("{text:?} is not REVISION=SHARE, e.g. 2=0.05 (a share from 0 to 1)");
+    let (revision, share) = text.split_once('=').ok_or_else(bad)?;
+    let revision = revision.trim().parse().map_err(|_| bad())?;
+    let share: f64 = share.trim().parse().map_err(|_| bad())?;
+    if !(0.0..=1.0).contains(&share) {
+        return Err(bad());
+    }
+    Ok((revision, share))
+}
+
+/// `--latency 2=80ms`.
+fn revision_latency(text: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("{text:?} is not REVISION=DURATION, e.g. 2=80ms");
+    let (revision, latency) = text.split_once('=').ok_or_else(bad)?;
+    let revision = revision.trim().parse().map_err(|_| bad())?;
+    let latency = crate::spec::duration::parse(latency.trim()).map_err(|_| bad())?;
+    Ok((revision, latency))
 }

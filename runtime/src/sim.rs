@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::bindings::{HookPoint, HookStatus};
 use crate::driver::{
-    Clock, Cluster, Compute, Counts, DriverError, DriverEvent, Happened, HttpResult, ProbeResult, Router,
+    Clock, Cluster, Compute, Counts, DriverError, DriverEvent, Happened, HttpResult, ProbeResult, Router, TrafficStats,
 };
 use crate::events::RevisionSnapshot;
 use crate::hooks::HookRunner;
@@ -39,7 +39,16 @@ pub struct SimConfig {
     pub restart_backoff_ms: u64,
     /// Fraction of ready instances that fail an HTTP check.
     pub fail_http: f64,
+    /// Requests per second reaching the app's route (0: no traffic is modelled).
+    pub traffic_rps: f64,
+    /// Each revision's share of answers that are 5xx (default 0).
+    pub error_rates: BTreeMap<u32, f64>,
+    /// Each revision's median latency (default [`DEFAULT_SIM_LATENCY`]).
+    pub latencies: BTreeMap<u32, Duration>,
 }
+
+/// The median latency of a simulated revision unless told otherwise.
+pub const DEFAULT_SIM_LATENCY: Duration = Duration::from_millis(10);
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -51,6 +60,9 @@ impl Default for SimConfig {
             crash: 0.0,
             restart_backoff_ms: 1_000,
             fail_http: 0.0,
+            traffic_rps: 0.0,
+            error_rates: BTreeMap::new(),
+            latencies: BTreeMap::new(),
         }
     }
 }
@@ -68,6 +80,9 @@ struct SimState {
     revisions: BTreeMap<u32, SimRevision>,
     weights: BTreeMap<u32, u32>,
     maintenance: bool,
+    /// Every route change: from when, each revision's share of the traffic (none in
+    /// maintenance), for the traffic model.
+    route_history: Vec<(u64, BTreeMap<u32, f64>)>,
     /// Moves on with every event (see [`Cluster::generation`]).
     generation: u64,
 }
@@ -108,6 +123,7 @@ impl SimCluster {
                 revisions: BTreeMap::new(),
                 weights: BTreeMap::new(),
                 maintenance: false,
+                route_history: Vec::new(),
                 generation: 0,
             }),
             events: broadcast::channel(1 << 16).0,
@@ -139,6 +155,7 @@ impl SimCluster {
         if weight > 0 {
             state.weights.insert(revision, weight);
         }
+        state.note_route();
     }
 
     /// Adds a revision with no instances whose instances the failure knobs apply to.
@@ -224,6 +241,22 @@ impl SimCluster {
 }
 
 impl SimState {
+    /// Records the route now in force, for the traffic model.
+    fn note_route(&mut self) {
+        let total: u32 = self.weights.values().sum();
+        let shares = if self.maintenance || total == 0 {
+            BTreeMap::new()
+        } else {
+            self.weights
+                .iter()
+                .map(|(r, w)| (*r, f64::from(*w) / f64::from(total)))
+                .collect()
+        };
+        let now = self.now;
+        self.route_history.retain(|(since, _)| *since < now);
+        self.route_history.push((now, shares));
+    }
+
     fn random(&mut self) -> f64 {
         (splitmix64(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -416,7 +449,45 @@ impl Router for SimCluster {
     async fn set_weights(&self, weights: &[(u32, u32)]) -> Result<(), DriverError> {
         let mut state = self.state.lock().unwrap();
         state.weights = weights.iter().copied().filter(|(_, w)| *w > 0).collect();
+        state.note_route();
         Ok(())
+    }
+
+    /// Modelled, deterministic for a seed: the route's requests per second split by the
+    /// weights in force over the window, each revision's error rate applied to its share,
+    /// and a latency distribution around its median (p90 at 1.5×, p99 at 3×).
+    async fn traffic(&self, revision: u32, window: Duration) -> Result<TrafficStats, DriverError> {
+        let state = self.state.lock().unwrap();
+        let window_ms = window.as_millis().min(u128::from(state.now)) as u64;
+        let from = state.now - window_ms;
+        let mut requests = 0.0;
+        for (index, (since, shares)) in state.route_history.iter().enumerate() {
+            let until = state.route_history.get(index + 1).map_or(state.now, |(next, _)| *next);
+            let (start, end) = ((*since).max(from), until.min(state.now));
+            if end > start {
+                let share = shares.get(&revision).copied().unwrap_or(0.0);
+                requests += state.config.traffic_rps * share * (end - start) as f64 / 1000.0;
+            }
+        }
+        let requests = requests.round() as u64;
+        let rate = state.config.error_rates.get(&revision).copied().unwrap_or(0.0);
+        let errors = (requests as f64 * rate).round() as u64;
+        let median = state
+            .config
+            .latencies
+            .get(&revision)
+            .copied()
+            .unwrap_or(DEFAULT_SIM_LATENCY);
+        let us = |factor: f64| (requests > 0).then_some((median.as_micros() as f64 * factor) as u64);
+        Ok(TrafficStats {
+            window_ms,
+            requests,
+            by_class: [0, requests - errors, 0, 0, errors],
+            connection_errors: 0,
+            p50_us: us(1.0),
+            p90_us: us(1.5),
+            p99_us: us(3.0),
+        })
     }
 
     fn weights(&self) -> Vec<(u32, u32)> {
@@ -430,7 +501,9 @@ impl Router for SimCluster {
     }
 
     async fn set_maintenance(&self, on: bool) -> Result<(), DriverError> {
-        self.state.lock().unwrap().maintenance = on;
+        let mut state = self.state.lock().unwrap();
+        state.maintenance = on;
+        state.note_route();
         Ok(())
     }
 
@@ -474,6 +547,29 @@ mod tests {
         sim.add_ready_revision(1, 3, 256);
         sim.add_faulty_revision(2);
         sim.cluster()
+    }
+
+    #[tokio::test]
+    async fn traffic_follows_the_weights_in_force_and_each_revisions_error_rate() {
+        let sim = cluster(SimConfig {
+            traffic_rps: 100.0,
+            error_rates: BTreeMap::from([(2, 0.1)]),
+            latencies: BTreeMap::from([(2, Duration::from_millis(80))]),
+            ..SimConfig::default()
+        });
+        sim.sleep_ms(10_000).await;
+        sim.set_weights(&[(1, 192), (2, 64)]).await.unwrap();
+        sim.sleep_ms(10_000).await;
+        let window = Duration::from_secs(10);
+        let two = sim.traffic(2, window).await.unwrap();
+        assert_eq!((two.requests, two.by_class[4], two.window_ms), (250, 25, 10_000));
+        assert_eq!((two.p50_us, two.p99_us), (Some(80_000), Some(240_000)));
+        let one = sim.traffic(1, Duration::from_secs(20)).await.unwrap();
+        assert_eq!((one.requests, one.by_class[4]), (1000 + 750, 0));
+        assert_eq!(one.p50_us, Some(DEFAULT_SIM_LATENCY.as_micros() as u64));
+        sim.set_maintenance(true).await.unwrap();
+        sim.sleep_ms(10_000).await;
+        assert_eq!(sim.traffic(2, window).await.unwrap().requests, 0);
     }
 
     #[tokio::test]
