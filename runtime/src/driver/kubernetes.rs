@@ -31,12 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
@@ -717,28 +715,4 @@ impl Router for KubeApp {
             }
         )))
     }
-}
-
-/// The reflectors' side: see [`observe`].
-pub(crate) fn pod_api(client: &kube::Client, namespace: &str) -> Api<Pod> {
-    Api::namespaced(client.clone(), namespace)
-}
-
-pub(crate) fn watch_config(app: &str) -> watcher::Config {
-    watcher::Config::default().labels(&objects::app_selector(app))
-}
-
-pub(crate) fn reflect<K>(
-    api: Api<K>,
-    app: &str,
-) -> (
-    reflector::Store<K>,
-    impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, watch_config(app)).default_backoff()).boxed();
-    (reader, stream)
 }

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::{Value, json};
 
 use crate::spec::kubernetes::{Kubernetes, secret_key_ref};
@@ -350,9 +349,4 @@ pub fn read_http_route(app: &str, route: &Value) -> (Vec<(u32, u32)>, bool) {
         }
     }
     (weights, maintenance)
-}
-
-/// The parsed pod template of a revision, for tests and inspection.
-pub fn parse_template(value: &Value) -> Option<PodTemplateSpec> {
-    serde_json::from_value(value.clone()).ok()
 }

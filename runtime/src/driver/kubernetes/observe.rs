@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{broadcast, watch};
 
 use super::{State, objects};
@@ -247,6 +247,23 @@ pub(super) fn with_asked(observed: &Observed, asked: &BTreeMap<u32, u32>) -> BTr
     counts
 }
 
+/// A reflector over the app's objects of one kind (by label), with the watcher's backoff.
+fn reflect<K>(
+    api: Api<K>,
+    app: &str,
+) -> (
+    Store<K>,
+    impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().labels(&objects::app_selector(app));
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff()).boxed();
+    (reader, stream)
+}
+
 /// Watches the app's ReplicaSets and pods until the app is dropped, keeping `state` current
 /// and reporting every change. `synced` turns true once both reflectors have listed.
 pub(super) async fn run(
@@ -258,8 +275,8 @@ pub(super) async fn run(
     events: broadcast::Sender<DriverEvent>,
     synced: watch::Sender<bool>,
 ) {
-    let (rs_store, rs_stream) = super::reflect(Api::<ReplicaSet>::namespaced(client.clone(), &namespace), &app);
-    let (pod_store, pod_stream) = super::reflect(super::pod_api(&client, &namespace), &app);
+    let (rs_store, rs_stream) = reflect(Api::<ReplicaSet>::namespaced(client.clone(), &namespace), &app);
+    let (pod_store, pod_stream) = reflect(Api::<Pod>::namespaced(client, &namespace), &app);
     let mut listed = [false, false];
     let tagged = futures_util::stream::select(
         rs_stream.map(|item| (0usize, item.map(|event| matches!(event, watcher::Event::InitDone)))),
