@@ -104,6 +104,10 @@ pub enum GuestLimit {
     /// The progress deadline passed while the guest waited on a WASI clock.
     #[error("the rollout's progress deadline passed while the guest was waiting on a clock")]
     PastDeadline,
+    /// A parameter check called the host API; it belongs to no rollout and may only read
+    /// its parameters.
+    #[error("params-check.validate called the host API; it may only read its parameters and answer")]
+    Detached,
 }
 
 /// Why a guest was told to stop.
@@ -153,6 +157,7 @@ impl GuestLimit {
             GuestLimit::LogBytes(_) => FailureKind::LogLimit,
             GuestLimit::KeptGoing(stop) => stop.kind(),
             GuestLimit::PastDeadline => FailureKind::Deadline,
+            GuestLimit::Detached => FailureKind::InvalidCall,
         }
     }
 }
@@ -277,7 +282,7 @@ pub fn describe_api_error(error: &ApiError) -> String {
     match error {
         ApiError::NotFound(m) => format!("not found: {m}"),
         ApiError::Invalid(m) => format!("invalid: {m}"),
-        ApiError::Timeout(m) => format!("timeout: {m}"),
+        ApiError::Timeout(t) => format!("timeout: {}", t.message),
         ApiError::Denied(m) => format!("denied: {m}"),
         ApiError::Infrastructure(m) => format!("infrastructure: {m}"),
         ApiError::Aborted(m) => format!("aborted: {m}"),

@@ -21,6 +21,7 @@ use crate::bindings::{self, HookContext, Outcome, RolloutContext};
 use crate::engine::{EPOCH_TICK, Limits};
 use crate::failure::{self, FailureKind, GuestFailure, GuestLimit};
 use crate::host::RolloutEnv;
+use crate::host::Translate;
 use crate::modules::{LoadedModule, ModulePre, World};
 
 /// The store's data for one invocation.
@@ -47,6 +48,8 @@ pub(crate) struct Budget {
     pub calls_after_stop: u64,
     /// The last progress report, so a repeat is not recorded again.
     pub last_progress: Option<(u8, String)>,
+    /// The call belongs to no rollout (a parameter check): every host API call traps.
+    pub detached: bool,
 }
 
 impl WasiView for GuestState {
@@ -69,9 +72,11 @@ pub(crate) fn linkers(engine: &Engine) -> anyhow::Result<Linkers> {
     let mut strategy = Linker::new(engine);
     add_wasi(&mut strategy)?;
     bindings::strategy::Strategy::add_to_linker::<_, HasSelf<_>>(&mut strategy, |s| s)?;
+    bindings::v0_1::strategy::Strategy::add_to_linker::<_, HasSelf<_>>(&mut strategy, |s| s)?;
     let mut hook = Linker::new(engine);
     add_wasi(&mut hook)?;
     bindings::hook::Hook::add_to_linker::<_, HasSelf<_>>(&mut hook, |s| s)?;
+    bindings::v0_1::hook::Hook::add_to_linker::<_, HasSelf<_>>(&mut hook, |s| s)?;
     Ok(Linkers { strategy, hook })
 }
 
@@ -99,16 +104,30 @@ pub async fn run_strategy(
     limits: &Limits,
     wall_clock: Duration,
 ) -> Result<Outcome, GuestFailure> {
-    let ModulePre::Strategy(pre) = module.pre.as_ref() else {
+    if module.world != World::Strategy {
         return Err(wrong_world(module, World::Strategy));
-    };
-    let (mut store, stderr) = new_store(pre.engine(), env, limits);
+    }
+    let (mut store, stderr) = new_store(module.pre.engine(), env, limits);
     let call = async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        instance
-            .slipway_deploy_strategy_handler()
-            .call_run(&mut store, &ctx)
-            .await
+        match module.pre.as_ref() {
+            ModulePre::Strategy { pre, .. } => {
+                let instance = pre.instantiate_async(&mut store).await?;
+                instance
+                    .slipway_deploy_strategy_handler()
+                    .call_run(&mut store, &ctx)
+                    .await
+            }
+            ModulePre::StrategyV0_1(pre) => {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let ctx = ctx.clone().translate();
+                let result = instance
+                    .slipway_deploy_strategy_handler()
+                    .call_run(&mut store, &ctx)
+                    .await?;
+                Ok(result.translate())
+            }
+            ModulePre::Hook(_) | ModulePre::HookV0_1(_) => Err(wasmtime::Error::new(WrongWorld(World::Strategy))),
+        }
     };
     let result = tokio::time::timeout(wall_clock, call).await;
     let last_invalid = store.data().budget.last_invalid.clone();
@@ -145,13 +164,25 @@ pub async fn run_hook(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<(), HookFailure> {
-    let ModulePre::Hook(pre) = module.pre.as_ref() else {
+    if module.world != World::Hook {
         return Err(HookFailure::Guest(wrong_world(module, World::Hook)));
-    };
-    let (mut store, stderr) = new_store(pre.engine(), env, limits);
+    }
+    let (mut store, stderr) = new_store(module.pre.engine(), env, limits);
     let call = async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        instance.slipway_deploy_hook_handler().call_run(&mut store, &ctx).await
+        match module.pre.as_ref() {
+            ModulePre::Hook(pre) => {
+                let instance = pre.instantiate_async(&mut store).await?;
+                instance.slipway_deploy_hook_handler().call_run(&mut store, &ctx).await
+            }
+            ModulePre::HookV0_1(pre) => {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let ctx = ctx.clone().translate();
+                instance.slipway_deploy_hook_handler().call_run(&mut store, &ctx).await
+            }
+            ModulePre::Strategy { .. } | ModulePre::StrategyV0_1(_) => {
+                Err(wasmtime::Error::new(WrongWorld(World::Hook)))
+            }
+        }
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(HookFailure::Guest(failure(
@@ -172,13 +203,71 @@ pub async fn run_hook(
 /// Instantiates a strategy in a fresh store and drops it: the fixed cost of every
 /// invocation, measured by the benchmarks.
 pub async fn instantiate_only(module: &LoadedModule, env: Arc<RolloutEnv>, limits: &Limits) -> anyhow::Result<()> {
-    let ModulePre::Strategy(pre) = module.pre.as_ref() else {
-        anyhow::bail!("{} is not a strategy", module.name);
-    };
-    let (mut store, _stderr) = new_store(pre.engine(), env, limits);
-    pre.instantiate_async(&mut store).await?;
+    let (mut store, _stderr) = new_store(module.pre.engine(), env, limits);
+    match module.pre.as_ref() {
+        ModulePre::Strategy { pre, .. } => {
+            pre.instantiate_async(&mut store).await?;
+        }
+        ModulePre::StrategyV0_1(pre) => {
+            pre.instantiate_async(&mut store).await?;
+        }
+        _ => anyhow::bail!("{} is not a strategy", module.name),
+    }
     Ok(())
 }
+
+/// Asks a strategy that exports `params-check` whether `params` (JSON) are acceptable:
+/// `Ok(None)` when they are or the module does not check, `Ok(Some(message))` with the
+/// module's words when they are not. The call gets no host API: a `validate` that calls one
+/// fails, as does one that traps or runs out of a budget (`Err`).
+pub async fn check_params(
+    module: &LoadedModule,
+    params: &str,
+    limits: &Limits,
+) -> Result<Option<String>, GuestFailure> {
+    let ModulePre::Strategy {
+        pre,
+        params_check: Some(validate),
+    } = module.pre.as_ref()
+    else {
+        return Ok(None);
+    };
+    let env = Arc::new(RolloutEnv::detached(&module.name));
+    let (mut store, stderr) = new_store(pre.engine(), env, limits);
+    store.data_mut().budget.detached = true;
+    let call = async {
+        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+        let func = instance.get_typed_func::<(&str,), (Result<(), String>,)>(&mut store, validate)?;
+        let (answer,) = func.call_async(&mut store, (params,)).await?;
+        Ok::<_, wasmtime::Error>(answer)
+    };
+    match tokio::time::timeout(PARAMS_CHECK_TIME, call).await {
+        Err(_) => Err(failure(
+            module,
+            FailureKind::Deadline,
+            format!(
+                "params-check.validate did not answer within {} s",
+                PARAMS_CHECK_TIME.as_secs()
+            ),
+            &stderr,
+        )),
+        Ok(Err(error)) => {
+            let (kind, message) = failure::classify(&error, &stderr.tail());
+            Err(failure(module, kind, message, &stderr))
+        }
+        Ok(Ok(answer)) => Ok(answer
+            .err()
+            .map(|message| failure::cap(message, failure::MAX_GUEST_TEXT))),
+    }
+}
+
+/// How long a strategy's parameter check may take.
+const PARAMS_CHECK_TIME: Duration = Duration::from_secs(5);
+
+/// The module was asked to act as the other world.
+#[derive(Debug, thiserror::Error)]
+#[error("the module is not a {0} component")]
+struct WrongWorld(World);
 
 /// How a hook failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -45,13 +45,15 @@ pub enum FailurePolicy {
     Ignore,
 }
 
-/// Capabilities a hook may be granted, and nothing else.
+/// Capabilities a hook or strategy may be granted, and nothing else.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
     /// `exec` in the target revision's environment.
     pub exec: Option<ExecEnv>,
     /// Hosts (`HOST` or `HOST:PORT`) the hook may send HTTP requests to.
     pub http_hosts: Vec<String>,
+    /// The Prometheus a strategy may query (`prometheus:URL`): its base URL.
+    pub prometheus: Option<String>,
 }
 
 /// Where `exec` runs: the target revision's working directory and environment.

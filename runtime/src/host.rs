@@ -8,19 +8,24 @@ mod clock;
 mod hook_env;
 mod lifecycle;
 mod logging;
+mod metrics;
 mod outbound_http;
 mod routing;
 mod scaling;
+mod traffic;
 mod types;
+mod v0_1;
 mod verification;
 mod wasi_clock;
+
+pub(crate) use v0_1::Translate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use crate::bindings::{ApiError, Revision};
+use crate::bindings::{ApiError, Revision, TimedOut};
 use crate::driver::{Cluster, DriverError};
 use crate::events::{EventKind, Timeline};
 use crate::failure::{GuestLimit, Stop};
@@ -123,6 +128,28 @@ impl RolloutControl {
 }
 
 impl RolloutEnv {
+    /// An environment that belongs to no rollout, for a module's parameter check: an empty
+    /// simulated cluster behind it, which the guest cannot reach (every host call traps).
+    pub(crate) fn detached(module: &str) -> RolloutEnv {
+        let cluster = Arc::new(crate::sim::SimCluster::new(crate::sim::SimConfig::default())).cluster();
+        let now = cluster.now_ms();
+        RolloutEnv {
+            app: String::new(),
+            rollout: format!("params-check of {module}"),
+            cluster,
+            hooks: Arc::new(crate::hooks::NoHooks),
+            timeline: Timeline::default(),
+            revisions: Vec::new(),
+            started_at_ms: now,
+            deadline_ms: now,
+            seed: 0,
+            target: Revision { number: 0, replicas: 0 },
+            active: None,
+            grants: Grants::default(),
+            control: Arc::new(RolloutControl::default()),
+        }
+    }
+
     /// The same rollout, seen by a hook with `grants`.
     pub(crate) fn for_hook(&self, grants: Grants) -> RolloutEnv {
         RolloutEnv {
@@ -204,6 +231,9 @@ impl GuestState {
     /// Counts a host call against the budget; traps the guest when the budget is spent, or
     /// when it was told to stop and keeps calling.
     pub(crate) fn enter(&mut self) -> wasmtime::Result<()> {
+        if self.budget.detached {
+            return Err(wasmtime::Error::new(GuestLimit::Detached));
+        }
         self.budget.host_calls += 1;
         if let Some(stop) = self.budget.stopped {
             self.budget.calls_after_stop += 1;
@@ -275,7 +305,10 @@ impl GuestState {
                 ApiError::NotFound(format!("revision {revision} is not part of this rollout"))
             }
             DriverError::Invalid(message) => self.invalid(message),
-            DriverError::Timeout { message, .. } => ApiError::Timeout(message),
+            DriverError::Timeout { message, counts } => ApiError::Timeout(TimedOut {
+                message,
+                counts: Some(counts.into()),
+            }),
             error @ DriverError::Infrastructure { .. } => ApiError::Infrastructure(error.to_string()),
         }
     }

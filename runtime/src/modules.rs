@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 
 use crate::bindings::{self, API_PACKAGE, API_VERSION};
 use crate::engine::WasmEngine;
@@ -88,7 +88,23 @@ pub struct LoadedModule {
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
     pub world: World,
+    /// The host API version the module was built against, e.g. `0.1.0`.
+    pub api_version: String,
     pub(crate) pre: Arc<ModulePre>,
+}
+
+impl LoadedModule {
+    /// Whether the module checks its parameters when a spec is submitted (it exports
+    /// `params-check`, from host API 0.2.0 on).
+    pub fn checks_params(&self) -> bool {
+        matches!(
+            self.pre.as_ref(),
+            ModulePre::Strategy {
+                params_check: Some(_),
+                ..
+            }
+        )
+    }
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -97,14 +113,33 @@ impl std::fmt::Debug for LoadedModule {
             .field("name", &self.name)
             .field("digest", &self.digest)
             .field("world", &self.world)
+            .field("api_version", &self.api_version)
             .finish()
     }
 }
 
-/// Type-checked, import-resolved instantiation recipes, one per world.
+/// Type-checked, import-resolved instantiation recipes, one per world and minor version of
+/// the host API.
 pub(crate) enum ModulePre {
-    Strategy(bindings::strategy::StrategyPre<GuestState>),
+    Strategy {
+        pre: bindings::strategy::StrategyPre<GuestState>,
+        /// `params-check.validate`, when the module exports it.
+        params_check: Option<ComponentExportIndex>,
+    },
     Hook(bindings::hook::HookPre<GuestState>),
+    StrategyV0_1(bindings::v0_1::strategy::StrategyPre<GuestState>),
+    HookV0_1(bindings::v0_1::hook::HookPre<GuestState>),
+}
+
+impl ModulePre {
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            ModulePre::Strategy { pre, .. } => pre.engine(),
+            ModulePre::Hook(pre) => pre.engine(),
+            ModulePre::StrategyV0_1(pre) => pre.engine(),
+            ModulePre::HookV0_1(pre) => pre.engine(),
+        }
+    }
 }
 
 /// Loads components and keeps their precompiled artifacts in a cache directory.
@@ -239,7 +274,7 @@ impl ModuleLoader {
 
     fn load_blocking(&self, digest: String, bytes: Vec<u8>) -> Result<LoadedModule, LoadError> {
         let component = self.compile_cached(&digest, &bytes)?;
-        let world = world_of(&component, self.engine.engine())?;
+        let (world, api_version) = world_of(&component, self.engine.engine())?;
         let linker = match world {
             World::Strategy => &self.linkers.strategy,
             World::Hook => &self.linkers.hook,
@@ -247,18 +282,23 @@ impl ModuleLoader {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Unlinkable(format!("{e:#}")))?;
-        let pre = match world {
-            World::Strategy => ModulePre::Strategy(
-                bindings::strategy::StrategyPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
-            ),
-            World::Hook => {
-                ModulePre::Hook(bindings::hook::HookPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld(format!("{e:#}"));
+        let pre = match (world, api_version.starts_with("0.1.")) {
+            (World::Strategy, false) => ModulePre::Strategy {
+                params_check: params_check(&component),
+                pre: bindings::strategy::StrategyPre::new(pre).map_err(wrong)?,
+            },
+            (World::Hook, false) => ModulePre::Hook(bindings::hook::HookPre::new(pre).map_err(wrong)?),
+            (World::Strategy, true) => {
+                ModulePre::StrategyV0_1(bindings::v0_1::strategy::StrategyPre::new(pre).map_err(wrong)?)
             }
+            (World::Hook, true) => ModulePre::HookV0_1(bindings::v0_1::hook::HookPre::new(pre).map_err(wrong)?),
         };
         Ok(LoadedModule {
             name: String::new(),
             digest,
             world,
+            api_version,
             pre: Arc::new(pre),
         })
     }
@@ -342,8 +382,15 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Finds which of our worlds the component exports, and refuses ones built for a newer API.
-fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, LoadError> {
+/// `params-check.validate`, if the component exports it.
+fn params_check(component: &Component) -> Option<ComponentExportIndex> {
+    let interface = component.get_export_index(None, bindings::PARAMS_CHECK)?;
+    component.get_export_index(Some(&interface), "validate")
+}
+
+/// Finds which of our worlds the component exports and the API version it was built
+/// against, and refuses ones built for a newer API.
+fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<(World, String), LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
     let mut found = None;
@@ -368,7 +415,12 @@ fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<World, L
                 version: version.to_string(),
             });
         }
-        found = Some(world);
+        if !is_served(version) {
+            return Err(LoadError::Unlinkable(format!(
+                "the module targets {package}@{version}, which no released runner served; build it against a released version in sdk/wit/released"
+            )));
+        }
+        found = Some((world, version.to_string()));
     }
     found.ok_or_else(|| {
         let shown = if exports.is_empty() {
@@ -394,6 +446,12 @@ fn is_newer(version: &str) -> bool {
     (next(), next(), next()) > API_VERSION
 }
 
+/// Whether this runner serves `version`: the current minor version or 0.1, whose frozen
+/// bindings it keeps.
+fn is_served(version: &str) -> bool {
+    version.starts_with("0.1.") || version.starts_with(&format!("{}.{}.", API_VERSION.0, API_VERSION.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,8 +469,11 @@ mod tests {
     fn newer_versions_are_refused() {
         assert!(!is_newer("0.1.0"));
         assert!(!is_newer("0.1.1"));
-        assert!(is_newer("0.1.2"));
-        assert!(is_newer("0.2.0"));
+        assert!(!is_newer("0.2.0"));
+        assert!(is_newer("0.2.1"));
+        assert!(is_newer("0.3.0"));
         assert!(is_newer("1.0.0"));
+        assert!(is_served("0.1.0") && is_served("0.1.1") && is_served("0.2.0"));
+        assert!(!is_served("0.0.9"));
     }
 }

@@ -23,7 +23,7 @@ use crate::driver::{Cluster, MAX_WEIGHT};
 use crate::engine::Limits;
 use crate::events::{Event, EventKind, RolloutOutcome, Timeline};
 use crate::failure::{FailureKind, GuestFailure};
-use crate::hooks::HookRunner;
+use crate::hooks::{Grants, HookRunner};
 use crate::host::{RolloutControl, RolloutEnv};
 use crate::modules::LoadedModule;
 use crate::spec::DEFAULT_SOAK;
@@ -53,6 +53,8 @@ pub struct RolloutPlan {
     pub limits: Limits,
     /// Seeds the guest's randomness.
     pub seed: u64,
+    /// What the strategy may reach beyond the host API (`[strategy] grants`).
+    pub grants: Grants,
 }
 
 impl RolloutPlan {
@@ -72,6 +74,7 @@ impl RolloutPlan {
             soak: DEFAULT_SOAK,
             limits: Limits::default(),
             seed: 1,
+            grants: Grants::default(),
         }
     }
 }
@@ -132,7 +135,7 @@ pub async fn run_controlled(
         seed: plan.seed,
         target: plan.target,
         active: plan.active,
-        grants: Default::default(),
+        grants: plan.grants.clone(),
         control: control.clone(),
     });
     env.record(EventKind::RolloutStarted {

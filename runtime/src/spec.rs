@@ -43,6 +43,7 @@
 //! [strategy]                      # default: builtin:rolling with no params
 //! module = "builtin:rolling"      # builtin:NAME, NAME or NAME@sha256:<64 hex>
 //! params = { max-surge = "25%" }
+//! grants = ["prometheus:http://prometheus:9090"]   # the Prometheus its metrics calls query
 //!
 //! [hooks.pre]                     # points: pre, mid, post, rollback
 //! module = "migrate"
@@ -289,6 +290,10 @@ pub struct Strategy {
     pub module: String,
     /// Handed to the strategy as a JSON object.
     pub params: Map<String, Value>,
+    /// Capabilities beyond the host API: `"prometheus:http://HOST:PORT"`; see
+    /// [`strategy_grant`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
 }
 
 /// Lifecycle hooks by point. Each is optional.
@@ -615,6 +620,33 @@ pub fn grant(text: &str) -> Result<Grant, ReferenceError> {
     })
 }
 
+/// Parses a strategy grant: `prometheus:http://HOST[:PORT][/PATH]`, the Prometheus its
+/// `metrics.query-prometheus` calls go to. Returns the base URL.
+pub fn strategy_grant(text: &str) -> Result<String, ReferenceError> {
+    const FORM: &str =
+        "grant a Prometheus as \"prometheus:http://HOST:PORT\", e.g. \"prometheus:http://prometheus.monitoring:9090\"";
+    let Some(url) = text.strip_prefix("prometheus:") else {
+        return Err(ReferenceError {
+            message: format!("unknown strategy grant `{text}`"),
+            hint: FORM.into(),
+        });
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(ReferenceError {
+            message: format!("`{url}` in grant `{text}` is not an http:// URL"),
+            hint: format!("{FORM}; https is not supported yet"),
+        });
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if !valid_host(host) || url.contains(char::is_whitespace) || url.contains(['?', '#']) {
+        return Err(ReferenceError {
+            message: format!("`{url}` in grant `{text}` is not a Prometheus base URL"),
+            hint: format!("{FORM}: a lowercase host, optionally a port and a path, no query"),
+        });
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// Parses a `secret-env` value: `file:/absolute/path` or `env:NAME`.
 pub fn secret_source(text: &str) -> Result<SecretSource, ReferenceError> {
     const FORMS: &str =
@@ -722,6 +754,7 @@ impl Default for Strategy {
         Strategy {
             module: "builtin:rolling".into(),
             params: Map::new(),
+            grants: Vec::new(),
         }
     }
 }
@@ -1013,6 +1046,13 @@ fn check(spec: &Spec) -> Result<(), Problem> {
     check_probe(&spec.probe)?;
     if let Err(error) = module_ref(&spec.strategy.module) {
         problem(keys(&["strategy", "module"]), error.message, error.hint)?;
+    }
+    for (index, text) in spec.strategy.grants.iter().enumerate() {
+        if let Err(error) = strategy_grant(text) {
+            let mut path = keys(&["strategy", "grants"]);
+            path.push(Segment::Index(index));
+            problem(path, error.message, error.hint)?;
+        }
     }
     for (point, hook) in spec.hooks.iter() {
         check_hook(point, hook)?;

@@ -8,8 +8,8 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::bindings::ApiError;
 use crate::bindings::hook::slipway::deploy::outbound_http::{Host, HttpRequest, HttpResponse};
+use crate::bindings::{ApiError, TimedOut};
 use crate::events::EventKind;
 use crate::guest::GuestState;
 
@@ -102,10 +102,13 @@ impl Host for GuestState {
             Ok(Err(error)) => Err(ApiError::Infrastructure(format!(
                 "outbound-http to {host}:{port}: {error}"
             ))),
-            Err(_) => Err(ApiError::Timeout(format!(
-                "outbound-http to {host}:{port}: no answer within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(_) => Err(ApiError::Timeout(TimedOut {
+                message: format!(
+                    "outbound-http to {host}:{port}: no answer within {} ms",
+                    timeout.as_millis()
+                ),
+                counts: None,
+            })),
         };
         let outcome = match &result {
             Ok(response) => format!("answered {}", response.status),

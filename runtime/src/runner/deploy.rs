@@ -69,6 +69,7 @@ impl Runner {
         self.not_while_rolling(&spec.name)?;
         self.check_secrets(&spec)?;
         let strategy = self.resolve(&spec.strategy.module, World::Strategy).await?;
+        self.check_strategy_params(&spec, &strategy).await?;
         let hooks = self.resolve_hooks(&spec, None).await?;
         self.start_new_revision(spec, strategy, hooks, RolloutKind::Deploy, None)
             .await
@@ -83,6 +84,25 @@ impl Runner {
             return Err(DeployError::InvalidSpec(format!("name: a PATCH cannot rename {app:?}")));
         }
         self.deploy(next).await
+    }
+
+    /// Asks the strategy whether it accepts the spec's parameters, if it checks them
+    /// (`params-check`): a refusal is the spec's error, in the module's words.
+    pub(super) async fn check_strategy_params(&self, spec: &Spec, strategy: &LoadedModule) -> Result<(), DeployError> {
+        let params = serde_json::Value::Object(spec.strategy.params.clone()).to_string();
+        match crate::guest::check_params(strategy, &params, &self.limits).await {
+            Ok(None) => Ok(()),
+            Ok(Some(message)) => Err(DeployError::InvalidSpec(format!(
+                "strategy.params: {} refused them: {message}",
+                strategy.name
+            ))),
+            Err(failure) => Err(DeployError::BadModule(format!(
+                "{}: its parameter check failed ({}): {}; fix the module, or use one without params-check",
+                strategy.name,
+                failure.kind.as_str(),
+                failure.message
+            ))),
+        }
     }
 
     /// Refuses a spec whose secrets cannot be read now, before anything starts.
@@ -244,6 +264,11 @@ impl Runner {
         plan.limits = self.limits.clone();
         plan.seed = store::now_ms();
         plan.resumed = resumed;
+        plan.grants.prometheus = spec
+            .strategy
+            .grants
+            .iter()
+            .find_map(|grant| spec::strategy_grant(grant).ok());
         let hooks = WasmHooks {
             limits: self.limits.clone(),
             ..hooks

@@ -11,11 +11,12 @@ use crate::{Error, RolloutContext, RouteWeight};
 /// that a misspelt parameter fails the rollout with a message naming it, before anything
 /// changes.
 pub fn params<T: DeserializeOwned>(ctx: &RolloutContext) -> Result<T, Error> {
-    let raw = if ctx.params.trim().is_empty() {
-        "{}"
-    } else {
-        ctx.params.as_str()
-    };
+    parse_params(&ctx.params)
+}
+
+/// Parses parameters given as JSON (`params` in the context, or `validate`'s argument).
+pub fn parse_params<T: DeserializeOwned>(raw: &str) -> Result<T, Error> {
+    let raw = if raw.trim().is_empty() { "{}" } else { raw };
     let mut deserializer = serde_json::Deserializer::from_str(raw);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

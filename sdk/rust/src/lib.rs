@@ -36,7 +36,7 @@ macro_rules! describe_error {
             match error {
                 $error::NotFound(m) => format!("not found: {m}"),
                 $error::Invalid(m) => format!("invalid: {m}"),
-                $error::Timeout(m) => format!("timeout: {m}"),
+                $error::Timeout(t) => format!("timeout: {}", t.message),
                 $error::Denied(m) => format!("denied: {m}"),
                 $error::Infrastructure(m) => format!("infrastructure: {m}"),
                 $error::Aborted(m) => format!("aborted: {m}"),
@@ -46,16 +46,18 @@ macro_rules! describe_error {
     };
 }
 
+pub mod analysis;
 mod helpers;
 pub mod verify;
 
-pub use helpers::{IntOrPercent, log, params, split_weights};
+pub use helpers::{IntOrPercent, log, params, parse_params, split_weights};
 
-/// Raw bindings for the `strategy` world, generated from `sdk/wit`.
+/// Raw bindings for the `validating-strategy` world (the `strategy` world and its parameter
+/// check), generated from `sdk/wit`.
 pub mod strategy {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "strategy",
+        world: "validating-strategy",
         pub_export_macro: true,
         export_macro_name: "export_strategy",
         default_bindings_module: "slipway_sdk::strategy",
@@ -105,19 +107,44 @@ pub mod hook {
     describe_error!(Error);
 }
 
-pub use strategy::exports::slipway::deploy::strategy_handler::Guest as Strategy;
+pub use strategy::slipway::deploy::traffic::{TrafficStats, Window};
 pub use strategy::slipway::deploy::types::{
     Error, HookPoint, HookStatus, HttpCheck, HttpCheckReport, LogLevel, Outcome, ProbeReport, ReplicaCounts, Revision,
-    RolloutContext, RouteWeight,
+    RolloutContext, RouteWeight, TimedOut,
 };
-pub use strategy::slipway::deploy::{clock, lifecycle, logging, routing, scaling, verification};
+pub use strategy::slipway::deploy::{clock, lifecycle, logging, metrics, routing, scaling, traffic, verification};
 
 describe_error!(Error);
 
-/// Exports a type implementing [`Strategy`] as the component's strategy.
+/// A deployment strategy.
+pub trait Strategy {
+    /// Moves the app from `ctx.active` to `ctx.target`; see `strategy-handler.run` in the WIT.
+    fn run(ctx: RolloutContext) -> Result<Outcome, Error>;
+
+    /// Checks the parameters (`params`, JSON) when a spec naming this strategy is submitted:
+    /// an error is shown to whoever submitted it (HTTP 422) and nothing is deployed. The
+    /// default accepts anything; parse them as `run` does, e.g. with [`parse_params`].
+    fn validate(params: &str) -> Result<(), String> {
+        let _ = params;
+        Ok(())
+    }
+}
+
+/// Exports a type implementing [`Strategy`] as the component's strategy, with its parameter
+/// check.
 #[macro_export]
 macro_rules! export_strategy {
     ($ty:ident) => {
+        impl $crate::strategy::exports::slipway::deploy::strategy_handler::Guest for $ty {
+            fn run(ctx: $crate::RolloutContext) -> Result<$crate::Outcome, $crate::Error> {
+                <$ty as $crate::Strategy>::run(ctx)
+            }
+        }
+        impl $crate::strategy::exports::slipway::deploy::params_check::Guest for $ty {
+            fn validate(params: String) -> Result<(), String> {
+                <$ty as $crate::Strategy>::validate(&params)
+            }
+        }
         $crate::strategy::export_strategy!($ty with_types_in $crate::strategy);
     };
 }

@@ -1,7 +1,7 @@
 //! Waiting for and checking a revision, with errors that name the revision and the numbers:
 //! the steps blue-green and canary share, for any strategy to reuse.
 
-use crate::{Error, HttpCheck, ReplicaCounts, scaling, verification};
+use crate::{Error, HttpCheck, ReplicaCounts, TimedOut, scaling, verification};
 
 /// How many instance failures an error quotes before summarising the rest.
 const MAX_QUOTED_FAILURES: usize = 5;
@@ -13,20 +13,20 @@ const CHECK_TIMEOUT_MS: u32 = 5000;
 /// became ready and how many failed to start.
 pub fn wait_ready(revision: u32, want: u32, timeout_s: u32) -> Result<ReplicaCounts, Error> {
     scaling::wait_ready(revision, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
-        Error::Timeout(host_message) => match scaling::counts(revision) {
-            Ok(c) => {
-                let failed = if c.failed > 0 {
-                    format!(" ({} failed to start)", c.failed)
-                } else {
-                    String::new()
-                };
-                Error::Timeout(format!(
+        Error::Timeout(TimedOut { counts: Some(c), .. }) => {
+            let failed = if c.failed > 0 {
+                format!(" ({} failed to start)", c.failed)
+            } else {
+                String::new()
+            };
+            Error::Timeout(TimedOut {
+                message: format!(
                     "revision {revision}: only {} of {want} new replicas became ready within {timeout_s} s{failed}",
                     c.ready
-                ))
-            }
-            Err(_) => Error::Timeout(host_message),
-        },
+                ),
+                counts: Some(c),
+            })
+        }
         other => other,
     })
 }

@@ -31,7 +31,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, lifecycle, log, routing, scaling,
+    Error, HookPoint, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, TimedOut, lifecycle, log, routing,
+    scaling,
 };
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +65,11 @@ impl Params {
 struct Recreate;
 
 impl Strategy for Recreate {
+    fn validate(params: &str) -> Result<(), String> {
+        let params = slipway_sdk::parse_params::<Params>(params).and_then(Params::validate);
+        params.map(drop).map_err(|e| slipway_sdk::describe(&e))
+    }
+
     fn run(ctx: RolloutContext) -> Result<Outcome, Error> {
         let params = slipway_sdk::params::<Params>(&ctx)?.validate()?;
         let target = ctx.target;
@@ -141,12 +147,15 @@ fn stop(old: u32, new: u32, timeout_s: u32) -> Result<(), Error> {
     }
     match scaling::wait_stopped(old, 0, u64::from(timeout_s) * 1000) {
         Ok(_) => Ok(()),
-        Err(Error::Timeout(_)) => {
-            let left = scaling::counts(old).map(|c| c.current).unwrap_or(0);
-            Err(Error::Timeout(format!(
-                "revision {old}: {left} instances were still running {timeout_s} s after scaling \
-                 it to 0; revision {new} was not started"
-            )))
+        Err(Error::Timeout(TimedOut { counts, .. })) => {
+            let left = counts.map_or(0, |c| c.current);
+            Err(Error::Timeout(TimedOut {
+                message: format!(
+                    "revision {old}: {left} instances were still running {timeout_s} s after scaling \
+                     it to 0; revision {new} was not started"
+                ),
+                counts,
+            }))
         }
         Err(other) => Err(other),
     }
@@ -192,10 +201,12 @@ fn wait_ready(
     explain: impl FnOnce(ReplicaCounts) -> String,
 ) -> Result<ReplicaCounts, Error> {
     scaling::wait_ready(revision, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
-        Error::Timeout(host_message) => match scaling::counts(revision) {
-            Ok(counts) => Error::Timeout(explain(counts)),
-            Err(_) => Error::Timeout(host_message),
-        },
+        Error::Timeout(TimedOut {
+            counts: Some(counts), ..
+        }) => Error::Timeout(TimedOut {
+            message: explain(counts),
+            counts: Some(counts),
+        }),
         other => other,
     })
 }

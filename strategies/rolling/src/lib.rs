@@ -38,8 +38,8 @@
 
 use serde::Deserialize;
 use slipway_sdk::{
-    Error, HookPoint, IntOrPercent, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, lifecycle, log,
-    routing, scaling, split_weights,
+    Error, HookPoint, IntOrPercent, Outcome, ReplicaCounts, RolloutContext, RouteWeight, Strategy, TimedOut, lifecycle,
+    log, routing, scaling, split_weights,
 };
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +154,13 @@ fn finished(old: ReplicaCounts, new: ReplicaCounts, replicas: u32) -> bool {
 struct Rolling;
 
 impl Strategy for Rolling {
+    /// Checks the parameters' types and forms; whether the bounds leave room to move depends
+    /// on the replica count, and is checked when the rollout starts.
+    fn validate(params: &str) -> Result<(), String> {
+        let params = slipway_sdk::parse_params::<Params>(params);
+        params.map(drop).map_err(|e| slipway_sdk::describe(&e))
+    }
+
     fn run(ctx: RolloutContext) -> Result<Outcome, Error> {
         let params: Params = slipway_sdk::params(&ctx)?;
         let target = ctx.target;
@@ -309,18 +316,21 @@ fn report(new: u32, ready: u32, replicas: u32, old: Option<(u32, u32)>) {
 fn wait_next_ready(new: u32, counts: ReplicaCounts, timeout_s: u32) -> Result<ReplicaCounts, Error> {
     let want = counts.ready + 1;
     scaling::wait_ready(new, want, u64::from(timeout_s) * 1000).map_err(|error| match error {
-        Error::Timeout(_) => {
-            let now = scaling::counts(new).unwrap_or(counts);
+        Error::Timeout(TimedOut { counts: seen, .. }) => {
+            let now = seen.unwrap_or(counts);
             let failed = if now.failed > 0 {
                 format!("; {} failed", now.failed)
             } else {
                 String::new()
             };
-            Error::Timeout(format!(
-                "revision {new}: only {} of {} new replicas became ready, \
-                 and no further one within {timeout_s} s{failed}",
-                now.ready, now.desired
-            ))
+            Error::Timeout(TimedOut {
+                message: format!(
+                    "revision {new}: only {} of {} new replicas became ready, \
+                     and no further one within {timeout_s} s{failed}",
+                    now.ready, now.desired
+                ),
+                counts: Some(now),
+            })
         }
         other => other,
     })
