@@ -34,6 +34,8 @@ const TEST_GUESTS: &[&str] = &[
     "fixture-well-behaved",
     "fixture-misbehave",
     "fixture-api-0-1-0",
+    "fixture-api-0-3-0",
+    "fixture-prometheus-gate",
     "fixture-hook-ok",
     "fixture-hook-fail",
     "fixture-hook-flaky",

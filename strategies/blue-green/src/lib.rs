@@ -16,7 +16,10 @@
 //! 4. if `verify-path` is set, every target instance must answer `GET verify-path` with
 //!    `verify-status`;
 //! 5. all traffic switches to the target;
-//! 6. the `post` hook.
+//! 6. with `analysis` set, the target's live traffic right after the switch is judged (see
+//!    the canary); relative limits compare with the active revision's last window before the
+//!    switch. If it fails, traffic switches straight back and the rollout fails;
+//! 7. the `post` hook.
 //!
 //! A failed wait or check fails the rollout before any user reaches the target.
 //!
@@ -30,10 +33,13 @@
 //! | `timeout-seconds` | `600` | How long to wait for every target replica to become ready. |
 //! | `verify-path` | none | A path such as `"/healthz"` that every target instance must answer before the switch. No HTTP check without it. |
 //! | `verify-status` | `200` | The status `verify-path` must answer with. |
+//! | `analysis` | none | Judge the traffic after the switch: `{}` for the defaults, or any of `window-seconds` (30), `min-requests` (100), `max-error-rate` (`"1%"`, or `"+1%"`), `max-p99` (`"250ms"`, or `"+50%"`), `timeout-seconds` (300). See `slipway_sdk::analysis`. |
 
 use serde::Deserialize;
+use slipway_sdk::analysis::{Analysis, Baseline};
 use slipway_sdk::{
-    Error, HookPoint, Outcome, RolloutContext, RouteWeight, Strategy, lifecycle, log, routing, scaling, verify,
+    Error, HookPoint, Outcome, RolloutContext, RouteWeight, Strategy, Window, clock, lifecycle, log, routing, scaling,
+    traffic, verify,
 };
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +48,7 @@ struct Params {
     timeout_seconds: u32,
     verify_path: Option<String>,
     verify_status: u16,
+    analysis: Option<Analysis>,
 }
 
 impl Default for Params {
@@ -50,6 +57,7 @@ impl Default for Params {
             timeout_seconds: 600,
             verify_path: None,
             verify_status: 200,
+            analysis: None,
         }
     }
 }
@@ -65,6 +73,9 @@ impl Params {
         {
             return invalid(format!("verify-path {path:?} must start with '/', as in \"/healthz\""));
         }
+        if let Some(Err(message)) = self.analysis.as_ref().map(Analysis::check) {
+            return invalid(message);
+        }
         if !(100..=599).contains(&self.verify_status) {
             return invalid(format!(
                 "verify-status {} is not an HTTP status; use one from 100 to 599, such as 200",
@@ -78,6 +89,11 @@ impl Params {
 struct BlueGreen;
 
 impl Strategy for BlueGreen {
+    fn validate(params: &str) -> Result<(), String> {
+        let params = slipway_sdk::parse_params::<Params>(params).and_then(Params::validate);
+        params.map(drop).map_err(|e| slipway_sdk::describe(&e))
+    }
+
     fn run(ctx: RolloutContext) -> Result<Outcome, Error> {
         let params = slipway_sdk::params::<Params>(&ctx)?.validate()?;
         let target = ctx.target;
@@ -112,10 +128,41 @@ impl Strategy for BlueGreen {
                 active.number
             ));
         }
+        // What the active revision served just before the switch, for relative limits.
+        let before = match (active, &params.analysis) {
+            (Some(active), Some(analysis)) => Some(traffic::stats(
+                active.number,
+                Window::LastMs(u64::from(analysis.window_seconds) * 1000),
+            )?),
+            _ => None,
+        };
         routing::set_weights(&[RouteWeight {
             revision: new,
             weight: 256,
         }])?;
+        let switched = clock::now();
+        let mut verdict = None;
+        if let (Some(active), Some(analysis)) = (active, &params.analysis) {
+            lifecycle::progress(90, &format!("all traffic on revision {new}: analysing it"));
+            clock::sleep(u64::from(analysis.window_seconds) * 1000)?;
+            let baseline = before.map_or(Baseline::None, Baseline::Measured);
+            match analysis.run(new, switched, baseline) {
+                Ok(line) => verdict = Some(line),
+                Err(error) => {
+                    log::warn(&format!("switching all traffic back to revision {}", active.number));
+                    routing::set_weights(&[RouteWeight {
+                        revision: active.number,
+                        weight: 256,
+                    }])?;
+                    return Err(match error {
+                        Error::VerificationFailed(line) => {
+                            Error::VerificationFailed(format!("analysis after the switch: {line}"))
+                        }
+                        other => other,
+                    });
+                }
+            }
+        }
         lifecycle::progress(100, &format!("all traffic on revision {new}"));
         lifecycle::run_hook(HookPoint::Post)?;
 
@@ -125,6 +172,9 @@ impl Strategy for BlueGreen {
         );
         if let Some(active) = active {
             summary.push_str(&format!("; revision {} kept for rollback", active.number));
+        }
+        if let Some(line) = verdict {
+            summary.push_str(&format!("; analysis: {line}"));
         }
         Ok(Outcome { summary })
     }

@@ -12,7 +12,11 @@
 //! 2. the target gets `p`% of the route's weight, the active revision the rest;
 //! 3. unless `p` is 100: the strategy pauses for `pause-seconds` while real traffic reaches
 //!    the target, then verifies it: the readiness probe must pass on every target instance
-//!    and, if `verify-path` is set, every instance must answer it with `verify-status`.
+//!    and, if `verify-path` is set, every instance must answer it with `verify-status`;
+//! 4. with `analysis` set, the target's live traffic since its weight was set is judged, as
+//!    the router saw it: enough requests (it waits for them), an error rate and optionally a
+//!    p99 within their limits, absolute or relative to the active revision over the same
+//!    window. A step that fails its analysis fails the rollout, and Slipway rolls back.
 //!
 //! The last step is always 100: the target runs at full size and takes all traffic. The
 //! active revision keeps running at full size throughout, so each step can fall back at
@@ -31,8 +35,10 @@
 //! | `timeout-seconds` | `600` | How long to wait for a step's replicas to become ready. |
 //! | `verify-path` | none | A path such as `"/healthz"` every target instance must answer at each step. No HTTP check without it. |
 //! | `verify-status` | `200` | The status `verify-path` must answer with. |
+//! | `analysis` | none | Judge each step's live traffic: `{}` for the defaults, or any of `window-seconds` (30; the pause is at least this long), `min-requests` (100), `max-error-rate` (`"1%"`, or `"+1%"` relative to the active revision), `max-p99` (`"250ms"`, or `"+50%"`), `timeout-seconds` (300, to wait for enough requests). See `slipway_sdk::analysis`. |
 
 use serde::Deserialize;
+use slipway_sdk::analysis::{Analysis, Baseline};
 use slipway_sdk::{
     Error, HookPoint, Outcome, RolloutContext, RouteWeight, Strategy, clock, lifecycle, log, routing, scaling, verify,
 };
@@ -45,6 +51,7 @@ struct Params {
     timeout_seconds: u32,
     verify_path: Option<String>,
     verify_status: u16,
+    analysis: Option<Analysis>,
 }
 
 impl Default for Params {
@@ -55,6 +62,7 @@ impl Default for Params {
             timeout_seconds: 600,
             verify_path: None,
             verify_status: 200,
+            analysis: None,
         }
     }
 }
@@ -88,6 +96,9 @@ impl Params {
             && !path.starts_with('/')
         {
             return invalid(format!("verify-path {path:?} must start with '/', as in \"/healthz\""));
+        }
+        if let Some(Err(message)) = self.analysis.as_ref().map(Analysis::check) {
+            return invalid(message);
         }
         if !(100..=599).contains(&self.verify_status) {
             return invalid(format!(
@@ -132,6 +143,11 @@ fn current_share(weights: &[RouteWeight], new: u32) -> u32 {
 struct Canary;
 
 impl Strategy for Canary {
+    fn validate(params: &str) -> Result<(), String> {
+        let params = slipway_sdk::parse_params::<Params>(params).and_then(Params::validate);
+        params.map(drop).map_err(|e| slipway_sdk::describe(&e))
+    }
+
     fn run(ctx: RolloutContext) -> Result<Outcome, Error> {
         let params = slipway_sdk::params::<Params>(&ctx)?.validate()?;
         let target = ctx.target;
@@ -139,9 +155,10 @@ impl Strategy for Canary {
 
         lifecycle::run_hook(HookPoint::Pre)?;
         let active = ctx.active.filter(|active| active.number != new);
+        let mut analysed = None;
         let counts = match active {
             Some(active) if replicas > 0 => {
-                canary(active.number, new, replicas, &params, ctx.resumed)?;
+                analysed = canary(active.number, new, replicas, &params, ctx.resumed)?;
                 scaling::counts(new)?
             }
             _ => {
@@ -169,13 +186,17 @@ impl Strategy for Canary {
         if let Some(active) = active {
             summary.push_str(&format!("; revision {} kept for rollback", active.number));
         }
+        if let Some(line) = analysed {
+            summary.push_str(&format!("; last analysis: {line}"));
+        }
         Ok(Outcome { summary })
     }
 }
 
 slipway_sdk::export_strategy!(Canary);
 
-fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> Result<(), Error> {
+/// Runs the steps; returns the last analysis' verdict, if there was one.
+fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> Result<Option<String>, Error> {
     let first = resume_from(&params.steps, current_share(&routing::weights(), new));
     log::info(&format!(
         "canary from revision {old} to {new} in steps {:?}{}",
@@ -186,6 +207,7 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
             String::new()
         }
     ));
+    let mut verdict = None;
     for &percent in &params.steps[first..] {
         let want = step_replicas(replicas, percent);
         // Never scale the target down: a resumed rollout may already be further along.
@@ -211,6 +233,7 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
             ]
         };
         routing::set_weights(&weights)?;
+        let weights_set = clock::now();
         lifecycle::progress(
             percent as u8,
             &format!("{percent}% of traffic on revision {new} ({want} of {replicas} replicas)"),
@@ -219,15 +242,30 @@ fn canary(old: u32, new: u32, replicas: u32, params: &Params, resumed: bool) -> 
             break;
         }
 
-        clock::sleep(u64::from(params.pause_seconds) * 1000)?;
+        let pause = match &params.analysis {
+            Some(analysis) => params.pause_seconds.max(analysis.window_seconds),
+            None => params.pause_seconds,
+        };
+        clock::sleep(u64::from(pause) * 1000)?;
         verify::revision(
             new,
             want,
             params.verify_path.as_deref().map(|path| (path, params.verify_status)),
         )?;
+        if let Some(analysis) = &params.analysis {
+            let line = analysis
+                .run(new, weights_set, Baseline::SameWindow(old))
+                .map_err(|error| match error {
+                    Error::VerificationFailed(line) => {
+                        Error::VerificationFailed(format!("analysis at step {percent}%: {line}"))
+                    }
+                    other => other,
+                })?;
+            verdict = Some(line);
+        }
         log::info(&format!("step {percent}%: revision {new} verified"));
     }
-    Ok(())
+    Ok(verdict)
 }
 
 #[cfg(test)]
