@@ -370,3 +370,104 @@ fn a_strategy_granted_a_prometheus_queries_it_and_one_without_the_grant_is_denie
     let failure = rollout["failure"]["message"].as_str().unwrap();
     assert!(failure.contains("grants no Prometheus"), "{rollout}");
 }
+
+/// The same analyses in `slipway simulate`'s modelled traffic: 200 requests per second.
+mod simulated {
+    use slipway::events::{EventKind, RolloutOutcome};
+
+    use crate::support::{Sim, load};
+
+    fn traffic(mut sim: Sim, errors: &[(u32, f64)]) -> Sim {
+        sim.config.traffic_rps = 200.0;
+        for &(revision, rate) in errors {
+            sim.config.error_rates.insert(revision, rate);
+        }
+        sim
+    }
+
+    /// The weights the rollout set, in order.
+    fn routes(run: &crate::support::Outcome) -> Vec<Vec<(u32, u32)>> {
+        run.events()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::WeightsChanged { weights } => Some(weights.iter().map(|(r, w)| (*r, *w)).collect()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn blue_green_switches_back_when_the_traffic_after_the_switch_fails() {
+        let module = load("builtin:blue-green").await;
+        let sim = traffic(Sim::new(4), &[(2, 0.05)]).params(r#"{"analysis": {"window-seconds": 20}}"#);
+        let run = sim.run(&module).await;
+        assert_eq!(run.report.outcome, RolloutOutcome::RolledBack, "{}", run.trace());
+        let failure = run.report.failure.as_ref().unwrap();
+        assert!(
+            failure.message.contains("analysis after the switch: revision 2: ")
+                && failure.message.contains("over the limit of at most 1% errors"),
+            "{}",
+            run.trace()
+        );
+        // All traffic went to 2, and straight back to 1 by the strategy itself.
+        let routes = routes(&run);
+        assert_eq!(routes[0], [(2, 256)], "{}", run.trace());
+        assert_eq!(routes[1], [(1, 256)], "{}", run.trace());
+    }
+
+    #[tokio::test]
+    async fn blue_green_keeps_a_good_switch_and_says_so() {
+        let module = load("builtin:blue-green").await;
+        let sim = traffic(Sim::new(4), &[(1, 0.02), (2, 0.025)])
+            .params(r#"{"analysis": {"window-seconds": 20, "max-error-rate": "+1%"}}"#);
+        let run = sim.run(&module).await;
+        assert_eq!(run.report.outcome, RolloutOutcome::Succeeded, "{}", run.trace());
+        assert!(
+            run.report.summary.contains("analysis: revision 2: ")
+                && run.report.summary.contains("passed (at most 1 point above the stable "),
+            "{}",
+            run.report.summary
+        );
+    }
+
+    #[tokio::test]
+    async fn a_canary_step_without_enough_traffic_waits_then_fails_saying_so() {
+        let module = load("builtin:canary").await;
+        let sim =
+            Sim::new(4).params(r#"{"steps": [25, 100], "analysis": {"window-seconds": 10, "timeout-seconds": 60}}"#);
+        let run = sim.run(&module).await;
+        assert_eq!(run.report.outcome, RolloutOutcome::RolledBack, "{}", run.trace());
+        let failure = &run.report.failure.as_ref().unwrap().message;
+        assert!(
+            failure.contains("only 0 requests in the last 10 s, fewer than the 100 the analysis needs; waited 60 s"),
+            "{failure}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_canary_judged_relative_to_a_stable_revision_that_fails_too() {
+        let module = load("builtin:canary").await;
+        let params = r#"{"steps": [10, 50, 100], "analysis": {"window-seconds": 20, "max-error-rate": "+1%"}}"#;
+        let good = traffic(Sim::new(10), &[(1, 0.02), (2, 0.025)])
+            .params(params)
+            .run(&module)
+            .await;
+        assert_eq!(good.report.outcome, RolloutOutcome::Succeeded, "{}", good.trace());
+        let worse = traffic(Sim::new(10), &[(1, 0.02), (2, 0.04)])
+            .params(params)
+            .run(&module)
+            .await;
+        assert_eq!(worse.report.outcome, RolloutOutcome::RolledBack, "{}", worse.trace());
+        assert!(
+            worse
+                .report
+                .failure
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("analysis at step 10%"),
+            "{}",
+            worse.trace()
+        );
+    }
+}
