@@ -25,4 +25,5 @@ mod strategies;
 mod support;
 mod surfaces;
 mod traffic;
+mod websocket;
 mod wit;

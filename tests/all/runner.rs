@@ -122,13 +122,18 @@ impl Server {
 
     /// Runs the `slipway` CLI against this runner with `token`.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_slipway"))
+        self.cli_command(token, args).output().expect("run the slipway CLI")
+    }
+
+    /// The `slipway` CLI command against this runner with `token`, to run elsewhere.
+    pub fn cli_command(&self, token: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        command
             .args(args)
             .env("SLIPWAY_SERVER", &self.api)
             .env("SLIPWAY_TOKEN", token)
-            .current_dir(workspace())
-            .output()
-            .expect("run the slipway CLI")
+            .current_dir(workspace());
+        command
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {

@@ -33,8 +33,11 @@
 //! - `HELLO_SPAM=1`: write to stdout and stderr without pause, as `yes` does, to see what an
 //!   instance's output costs.
 //!
+//! `GET /ws` is a WebSocket echo: each text message comes back as `VERSION: message`.
+//!
 //! On SIGTERM or SIGINT it stops accepting connections, lets requests in flight finish,
-//! closes idle keep-alive connections and exits 0. A missing or invalid setting exits 2.
+//! closes idle keep-alive connections, closes its WebSockets with a Close frame (1001, going
+//! away) and exits 0. A missing or invalid setting exits 2.
 
 #![forbid(unsafe_code)]
 
@@ -57,6 +60,8 @@ use tokio::sync::{mpsc, watch};
 
 /// The readiness path Slipway's HTTP probe asks.
 const HEALTH_PATH: &str = "/healthz";
+/// The WebSocket echo.
+const WEBSOCKET_PATH: &str = "/ws";
 
 fn main() -> ExitCode {
     // Checked before anything else so that a crash is a crash, whatever else is set.
@@ -267,15 +272,25 @@ async fn serve(config: Config) -> Result<(), String> {
 
 /// Serves one keep-alive connection until the client closes it or shutdown begins; then
 /// hyper finishes the request in flight, if any, and closes the connection.
-async fn serve_connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<bool>, _open: mpsc::Sender<()>) {
-    let service = service_fn(move |request| {
+async fn serve_connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Receiver<bool>, open: mpsc::Sender<()>) {
+    let stop_sockets = stop.clone();
+    let open_sockets = open.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(app.answer(request).await) }
+        let stop = stop_sockets.clone();
+        let open = open_sockets.clone();
+        async move {
+            if request.uri().path() == WEBSOCKET_PATH {
+                return Ok::<_, Infallible>(websocket(&app, request, stop, open));
+            }
+            Ok::<_, Infallible>(app.answer(request).await)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let stopping = async move {
         // The `Ref` the wait returns holds a lock; it must not live across an await.
@@ -290,6 +305,7 @@ async fn serve_connection(stream: TcpStream, app: Arc<App>, mut stop: watch::Rec
     };
     // A client that goes away mid-request is its own business; the server carries on.
     drop(result);
+    drop(open);
 }
 
 struct App {
@@ -371,6 +387,69 @@ impl App {
             .insert("x-hello-version", self.version_header.clone());
         response
     }
+}
+
+/// Answers a WebSocket handshake and echoes text messages, prefixed with the version, until
+/// the client closes or shutdown begins (then with a Close frame, 1001).
+///
+/// `open` is held while the socket is, so shutdown waits for its Close frame.
+fn websocket(
+    app: &App,
+    mut request: Request<Incoming>,
+    mut stop: watch::Receiver<bool>,
+    open: mpsc::Sender<()>,
+) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket handshake needs Sec-WebSocket-Key\n".into(),
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut request);
+    let version = app.version.clone();
+    tokio::spawn(async move {
+        let _open = open;
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut socket =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        loop {
+            let message = tokio::select! {
+                message = socket.next() => message,
+                // The `Ref` the wait returns holds a lock; it must not live across an await.
+                () = async { let _ = stop.wait_for(|stop| *stop).await.map(drop); } => {
+                    let _ = socket
+                        .close(Some(CloseFrame { code: CloseCode::Away, reason: "hello is stopping".into() }))
+                        .await;
+                    return;
+                }
+            };
+            match message {
+                Some(Ok(Message::Text(said))) => {
+                    if socket.send(Message::text(format!("{version}: {said}"))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

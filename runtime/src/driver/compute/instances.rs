@@ -33,6 +33,9 @@ use crate::probe::{ProbeCheck, Thresholds, probe_once};
 
 /// The first restart of a crashed instance waits this long; each crash in a row doubles it.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
+/// The least time an instance gets between SIGTERM and SIGKILL (unless its grace period is
+/// shorter).
+const TERM_AT_LEAST: Duration = Duration::from_secs(2);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// A starting instance is probed every [`QUICK_PROBE_INTERVAL`] for its first
 /// [`QUICK_PROBING`], every [`FIRST_PROBE_INTERVAL`] until [`FIRST_PROBING`], then every
@@ -678,6 +681,8 @@ impl InstanceDriver {
     }
 
     /// Takes `instance` out of rotation, drains it, and stops its process group.
+    ///
+    /// The drain may take the whole grace period; SIGTERM then still gets [`TERM_AT_LEAST`].
     async fn stop_instance(&self, instance: Arc<Instance>) {
         // A ready instance had requests routed to it (a reconcile may already have marked it
         // stopping, so `serving` would say no).
@@ -707,7 +712,9 @@ impl InstanceDriver {
             return;
         }
         self.signal(&instance, Signal::SIGTERM).await;
-        let remaining = grace.saturating_sub(started.elapsed());
+        // A drain can use up the grace period (a WebSocket never ends by itself); the app
+        // still gets a moment to exit on SIGTERM.
+        let remaining = grace.saturating_sub(started.elapsed()).max(TERM_AT_LEAST.min(grace));
         if tokio::time::timeout(remaining, exited.wait_for(|e| *e)).await.is_err() {
             tracing::warn!(app = %self.app, instance = %instance.id, "did not stop within its grace period; killing it");
             self.signal(&instance, Signal::SIGKILL).await;

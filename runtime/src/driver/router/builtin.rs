@@ -46,6 +46,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 pub mod traffic;
+mod tunnel;
 mod upstream;
 
 pub use metrics::RouterMetrics;
@@ -78,6 +79,9 @@ use self::response::{
 };
 use self::table::{Choice, Pick, Routes, random_u64};
 use self::upstream::{Connection, Deadline, ProxyError, SendError, send};
+
+/// How long closing an instance's tunnels may take once its drain's grace period is over.
+const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Tries a body-less request gets on different instances when they fail before answering.
 const MAX_ATTEMPTS: usize = 3;
@@ -224,8 +228,22 @@ impl BuiltinRouter {
         };
         if drained {
             backend.close_idle();
+            return true;
         }
-        drained
+        // Upgraded connections (WebSockets) never end by themselves: once the grace period
+        // is over they are closed, and given a moment to go.
+        if backend.tunnels() > 0 {
+            backend.close_tunnels();
+            let closing = tokio::time::Instant::now() + TUNNEL_CLOSE_WAIT;
+            while backend.tunnels() > 0 && tokio::time::Instant::now() < closing {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if backend.in_flight() == 0 {
+                backend.close_idle();
+                return true;
+            }
+        }
+        false
     }
 
     /// Like [`BuiltinRouter::shutdown`], for a router that is shared: stops accepting at
@@ -308,6 +326,10 @@ impl Shared {
                 Choice::Maintenance => return self.unavailable(maintenance_page()),
                 Choice::NoBackend => return self.unavailable(no_ready_instances()),
             };
+            if tunnel::is_upgrade(&head.headers) {
+                // Rare, and its future is large: boxed, so every request's stays small.
+                return Box::pin(self.tunnel(head, pick, client_ip)).await;
+            }
             prepare_request(&mut head, &client_ip);
             let body = (!body.is_end_stream()).then_some(body);
             let start = TokioInstant::now();

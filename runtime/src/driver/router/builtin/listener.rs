@@ -138,7 +138,7 @@ async fn serve_connection(
     });
     let mut server = shared.server.clone();
     server.timer(ConnectionTimer { spare: Arc::default() });
-    let mut connection = pin!(server.serve_connection(TokioIo::new(stream), service));
+    let mut connection = pin!(server.serve_connection(TokioIo::new(stream), service).with_upgrades());
     tokio::select! {
         biased;
         result = connection.as_mut() => {

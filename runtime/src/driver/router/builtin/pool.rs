@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,12 @@ pub struct Backend {
     /// Idle connections, most recently used at the back: requests take from the back,
     /// where connections are least likely to have been closed by the app.
     idle: Mutex<VecDeque<IdleConnection>>,
+    /// Set when upgraded connections (tunnels) to this backend must close: its drain's
+    /// grace period is over.
+    tunnels_closed: AtomicBool,
+    close_tunnels: Notify,
+    /// Upgraded connections open to this backend.
+    tunnels: AtomicU64,
 }
 
 impl Backend {
@@ -50,6 +56,9 @@ impl Backend {
             drainers: AtomicUsize::new(0),
             drained: Notify::new(),
             idle: Mutex::new(VecDeque::new()),
+            tunnels_closed: AtomicBool::new(false),
+            close_tunnels: Notify::new(),
+            tunnels: AtomicU64::new(0),
         })
     }
 
@@ -82,6 +91,15 @@ impl fmt::Debug for Backend {
 
 /// Holds one unit of a backend's in-flight count.
 pub(super) struct InFlight(pub(super) Arc<Backend>);
+
+/// Holds one unit of a backend's tunnel count.
+pub(super) struct TunnelOpen(Arc<Backend>);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Registers a [`BuiltinRouter::drain`] caller for the duration of its wait, even if the
 /// wait is cancelled.
@@ -123,6 +141,38 @@ impl Drop for DrainListener<'_> {
 }
 
 impl Backend {
+    /// Upgraded connections (tunnels) open to this backend.
+    pub(super) fn tunnels(&self) -> u64 {
+        self.tunnels.load(Ordering::SeqCst)
+    }
+
+    /// Counts a tunnel open until the guard is dropped.
+    pub(super) fn open_tunnel(self: &Arc<Self>) -> TunnelOpen {
+        self.tunnels.fetch_add(1, Ordering::SeqCst);
+        TunnelOpen(self.clone())
+    }
+
+    /// Tells every tunnel to this backend to close.
+    pub(super) fn close_tunnels(&self) {
+        self.tunnels_closed.store(true, Ordering::SeqCst);
+        self.close_tunnels.notify_waiters();
+    }
+
+    /// Resolves once [`Backend::close_tunnels`] was called.
+    pub(super) fn tunnels_closing(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let backend = self.clone();
+        async move {
+            loop {
+                let mut told = std::pin::pin!(backend.close_tunnels.notified());
+                told.as_mut().enable();
+                if backend.tunnels_closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                told.await;
+            }
+        }
+    }
+
     /// Closes every idle pooled connection, so the instance can stop without waiting for them.
     pub(super) fn close_idle(&self) {
         let idle = std::mem::take(&mut *lock(&self.idle));

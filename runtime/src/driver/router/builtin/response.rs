@@ -19,6 +19,9 @@ use super::upstream::{BackendBody, Connection, ProxyError};
 /// Header telling clients (and tests) which revision answered.
 pub(super) const X_SLIPWAY_REVISION: HeaderName = HeaderName::from_static("x-slipway-revision");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 pub(crate) const MAINTENANCE_PAGE: &[u8] = b"<!doctype html>\n\
 <meta charset=\"utf-8\">\n\
@@ -63,7 +66,10 @@ pub(super) fn proxied_response(
     response
 }
 
-/// Makes the client's request fit to send to a backend.
+/// Makes the client's request fit to send to a backend, and says where it came from:
+/// `X-Forwarded-For` (extended), `X-Forwarded-Proto` and `-Host` (set: the router is the
+/// edge, so a client's own claims about them are not passed on), and `Forwarded` (RFC 7239,
+/// extended).
 pub(super) fn prepare_request(head: &mut RequestParts, client_ip: &HeaderValue) {
     // A body framed by Transfer-Encoding is re-framed for the backend; a Content-Length
     // sent alongside it must not survive, or the backend would frame it differently.
@@ -87,6 +93,18 @@ pub(super) fn prepare_request(head: &mut RequestParts, client_ip: &HeaderValue) 
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
         head.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
     }
+    let proto = HeaderValue::from_static("http");
+    let host = head.headers.get(header::HOST).cloned();
+    forwarded(&mut head.headers, client_ip, &proto, host.as_ref());
+    head.headers.insert(X_FORWARDED_PROTO, proto);
+    match host {
+        Some(host) => {
+            head.headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            head.headers.remove(X_FORWARDED_HOST);
+        }
+    }
     match head.headers.entry(X_FORWARDED_FOR) {
         header::Entry::Vacant(entry) => {
             entry.insert(client_ip.clone());
@@ -106,9 +124,55 @@ pub(super) fn prepare_request(head: &mut RequestParts, client_ip: &HeaderValue) 
     }
 }
 
+/// Adds this hop to the `Forwarded` header: `for=IP;host=HOST;proto=PROTO`, an IPv6
+/// address quoted and bracketed, a host quoted when it has a port.
+fn forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &HeaderValue, host: Option<&HeaderValue>) {
+    let ip = client_ip.as_bytes();
+    let mut element = Vec::with_capacity(64);
+    element.extend_from_slice(b"for=");
+    if ip.contains(&b':') {
+        element.extend_from_slice(b"\"[");
+        element.extend_from_slice(ip);
+        element.extend_from_slice(b"]\"");
+    } else {
+        element.extend_from_slice(ip);
+    }
+    // A host is a token unless it carries a port (or is odd): then it is quoted.
+    if let Some(host) = host.map(HeaderValue::as_bytes)
+        && !host.is_empty()
+        && !host.iter().any(|&b| b == b'"' || b == b'\\')
+    {
+        element.extend_from_slice(b";host=");
+        if host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        {
+            element.extend_from_slice(host);
+        } else {
+            element.push(b'"');
+            element.extend_from_slice(host);
+            element.push(b'"');
+        }
+    }
+    element.extend_from_slice(b";proto=");
+    element.extend_from_slice(proto.as_bytes());
+    let value = match headers.get(FORWARDED) {
+        Some(earlier) => {
+            let mut chain = earlier.as_bytes().to_vec();
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(&element);
+            chain
+        }
+        None => element,
+    };
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
+        headers.insert(FORWARDED, value);
+    }
+}
+
 /// Removes the headers that describe one connection rather than the message (RFC 9110
 /// §7.6.1), including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     fn is_hop_by_hop(name: &HeaderName) -> bool {
         matches!(
             name.as_str(),

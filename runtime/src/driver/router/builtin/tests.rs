@@ -131,6 +131,9 @@ async fn answer(name: &'static str, request: Request<Incoming>) -> Result<Respon
     let mut seen = HeaderMap::new();
     for (header, as_seen) in [
         ("x-forwarded-for", "x-seen-forwarded-for"),
+        ("x-forwarded-proto", "x-seen-forwarded-proto"),
+        ("x-forwarded-host", "x-seen-forwarded-host"),
+        ("forwarded", "x-seen-forwarded"),
         ("host", "x-seen-host"),
         ("x-secret", "x-seen-secret"),
         ("proxy-authorization", "x-seen-proxy-authorization"),
@@ -572,6 +575,8 @@ async fn forwards_headers_and_bodies() {
         .header("x-secret", "42")
         .header("proxy-authorization", "Basic Zm9v")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=203.0.113.9;proto=https")
         .body(Chunks::full(big.clone()))
         .unwrap();
     let reply = client.send(request).await;
@@ -580,6 +585,13 @@ async fn forwards_headers_and_bodies() {
     assert_eq!(reply.revision(), 7);
     assert_eq!(reply.headers["x-seen-host"], "shop.example");
     assert_eq!(reply.headers["x-seen-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // The router is the edge: the client's own claim to have come over HTTPS is not passed on.
+    assert_eq!(reply.headers["x-seen-forwarded-proto"], "http");
+    assert_eq!(reply.headers["x-seen-forwarded-host"], "shop.example");
+    assert_eq!(
+        reply.headers["x-seen-forwarded"],
+        "for=203.0.113.9;proto=https, for=127.0.0.1;host=shop.example;proto=http"
+    );
     for dropped in ["x-seen-secret", "x-seen-proxy-authorization", "x-seen-connection"] {
         assert!(!reply.headers.contains_key(dropped), "{dropped} reached the app");
     }
@@ -898,7 +910,8 @@ fn request_heads_are_encoded_for_the_backend() {
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "POST /cart?x=1 HTTP/1.1\r\nx-forwarded-for: 203.0.113.9, 192.0.2.1\r\nhost: shop.example\r\n\
-         transfer-encoding: chunked\r\n\r\n"
+         forwarded: for=192.0.2.1;host=shop.example;proto=http\r\nx-forwarded-proto: http\r\n\
+         x-forwarded-host: shop.example\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 }
 

@@ -200,6 +200,19 @@ impl BackendConnection {
         }))
     }
 
+    /// A connection made for one request outside the pool (an upgrade the app declined),
+    /// with what was read after the response head.
+    pub(super) fn adopt(stream: TcpStream, read: BytesMut, deadline: &Deadline) -> Connection {
+        Box::new(BackendConnection {
+            io: BackendIo {
+                stream,
+                read,
+                write: Vec::new(),
+            },
+            timer: Box::pin(tokio::time::sleep_until(deadline.at)),
+        })
+    }
+
     /// Whether an idle connection still looks usable. An idle connection has nothing to
     /// read, so readable means closed by the backend (or garbage). This costs no system
     /// call unless the event loop has seen the socket become readable.
