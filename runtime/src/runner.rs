@@ -40,6 +40,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::dataplane::client::{PlaneClient, RemoteApp, Start};
+use crate::dataplane::protocol::FrontSpec;
 use crate::driver::compute::container::{ContainerConfig, Network, Pull};
 use crate::driver::compute::instances::{Supervision, Workload};
 use crate::driver::compute::process::ProcessConfig;
@@ -157,6 +158,8 @@ struct AppHandle {
     /// Where its router listens (local apps only).
     listen: Mutex<Option<SocketAddr>>,
     router: Mutex<crate::driver::router::RouterKind>,
+    /// Its host names, path prefix and HTTPS (local apps only).
+    front: Mutex<FrontSpec>,
     /// The running rollout's id, set by a [`Claim`].
     rollout: Mutex<Option<String>>,
 }
@@ -290,22 +293,25 @@ impl Runner {
         let Some(listen) = spec.listen else {
             return Err(DeployError::InvalidSpec("the spec says nowhere to listen".into()));
         };
+        let front = FrontSpec::of(&spec.router);
         if let Some(handle) = existing {
             let was = *handle.listen.lock().unwrap();
             let router = *handle.router.lock().unwrap();
-            if was != spec.listen || router != spec.router.kind {
+            let routed = handle.front.lock().unwrap().clone();
+            if was != spec.listen || router != spec.router.kind || routed != front {
                 self.plane
-                    .app(&spec.name, listen, spec.router.kind)
+                    .app(&spec.name, listen, spec.router.kind, front.clone())
                     .await
                     .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
                 *handle.listen.lock().unwrap() = spec.listen;
                 *handle.router.lock().unwrap() = spec.router.kind;
+                *handle.front.lock().unwrap() = front;
             }
             return Ok(handle);
         }
         let plane = self
             .plane
-            .app(&spec.name, listen, spec.router.kind)
+            .app(&spec.name, listen, spec.router.kind, front.clone())
             .await
             .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
         let handle = Arc::new(AppHandle {
@@ -314,6 +320,7 @@ impl Runner {
             engine: Engine::Plane(plane),
             listen: Mutex::new(spec.listen),
             router: Mutex::new(spec.router.kind),
+            front: Mutex::new(front),
             rollout: Mutex::new(None),
         });
         let mut apps = self.apps.lock().unwrap();
@@ -367,6 +374,7 @@ impl Runner {
             engine: Engine::Kubernetes(kube),
             listen: Mutex::new(None),
             router: Mutex::new(spec.router.kind),
+            front: Mutex::new(FrontSpec::default()),
             rollout: Mutex::new(None),
         });
         let mut apps = self.apps.lock().unwrap();

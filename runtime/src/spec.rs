@@ -212,9 +212,66 @@ pub struct RouterSpec {
     /// `gateway`: the Gateway listener (its section name) to attach to, if not all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub section: Option<String>,
-    /// `gateway`: the host names the HTTPRoute matches (default: every host).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub hostnames: Vec<String>,
+    /// The host names the app answers for (default: every host): on listeners it shares with
+    /// other apps (`builtin`), or in its HTTPRoute (`gateway`). `*.example.com` matches one
+    /// more label.
+    #[serde(alias = "hostnames", skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `builtin`: only paths under this prefix reach the app, e.g. `"/api"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// `builtin`: HTTPS on another address, with a certificate from files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// `builtin` with `tls`: the plain listener answers the app's requests with a redirect
+    /// to HTTPS (308).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+    /// `builtin`: the largest request head (request line and headers) a client may send;
+    /// larger ones get 431. Default `"64KiB"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_size: Option<String>,
+    /// `builtin`: the largest request body passed on to the app; larger ones get 413.
+    /// Default: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<String>,
+    /// `builtin`: client connections one listener holds at once; more wait to be accepted.
+    /// Default 8192. On a shared listener, the first app's setting holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `builtin`: how long a client has to send a request's head, idle time on a kept-alive
+    /// connection included (slow clients are cut off). Default `"30s"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+}
+
+impl RouterSpec {
+    /// `max-header-size` in bytes, if given and valid.
+    pub fn max_header_bytes(&self) -> Option<u64> {
+        self.max_header_size.as_deref().and_then(|s| bytes(s).ok())
+    }
+
+    /// `max-body-size` in bytes, if given and valid.
+    pub fn max_body_bytes(&self) -> Option<u64> {
+        self.max_body_size.as_deref().and_then(|s| bytes(s).ok())
+    }
+
+    /// `header-timeout`, if given and valid.
+    pub fn header_timeout(&self) -> Option<Duration> {
+        self.header_timeout.as_deref().and_then(|s| duration::parse(s).ok())
+    }
+}
+
+/// The `[router.tls]` table: where HTTPS is served, and the certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// The HTTPS address, e.g. `"0.0.0.0:443"`; apps share it by host name.
+    pub listen: SocketAddr,
+    /// The certificate chain, PEM (leaf first), read again when the file changes.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
 }
 
 impl RouterSpec {
@@ -1142,7 +1199,6 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
     let gateway_only = [
         ("gateway", router.gateway.is_some()),
         ("section", router.section.is_some()),
-        ("hostnames", !router.hostnames.is_empty()),
     ];
     if router.kind != RouterKind::Gateway
         && let Some((field, _)) = gateway_only.iter().find(|(_, given)| *given)
@@ -1153,7 +1209,124 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
             "remove it, or route the app through a Gateway with kind = \"gateway\"",
         )?;
     }
-    for (index, host) in router.hostnames.iter().enumerate() {
+    if !router.hosts.is_empty() && matches!(router.kind, RouterKind::Haproxy | RouterKind::Service) {
+        problem(
+            keys(&["router", "hosts"]),
+            format!(
+                "hosts is for kind = \"builtin\" or \"gateway\"; the {} router does not route by host name here",
+                router.kind.as_str()
+            ),
+            if router.kind == RouterKind::Service {
+                "remove it, or use kind = \"gateway\" to route the app by host name"
+            } else {
+                "use kind = \"builtin\" to share a listener with other apps by host name, or remove it and give the app a listen address of its own"
+            },
+        )?;
+    }
+    let builtin_only = [
+        ("path-prefix", router.path_prefix.is_some()),
+        ("tls", router.tls.is_some()),
+        ("redirect-https", router.redirect_https),
+        ("max-header-size", router.max_header_size.is_some()),
+        ("max-body-size", router.max_body_size.is_some()),
+        ("max-connections", router.max_connections.is_some()),
+        ("header-timeout", router.header_timeout.is_some()),
+    ];
+    if router.kind != RouterKind::Builtin
+        && let Some((field, _)) = builtin_only.iter().find(|(_, given)| *given)
+    {
+        problem(
+            keys(&["router", field]),
+            format!("{field} is only for kind = \"builtin\""),
+            "remove it, or route the app with the built-in router",
+        )?;
+    }
+    if let Some(prefix) = &router.path_prefix
+        && (!prefix.starts_with('/') || prefix.contains(['?', '#', ' ', '*']))
+    {
+        problem(
+            keys(&["router", "path-prefix"]),
+            format!("{prefix:?} is not a path prefix"),
+            "write a path such as \"/api\": it starts with / and has no query, fragment, spaces or wildcards",
+        )?;
+    }
+    if let Some(tls) = &router.tls {
+        if tls.listen.port() == 0 {
+            problem(
+                keys(&["router", "tls", "listen"]),
+                format!("the HTTPS address {} has no fixed port", tls.listen),
+                "give it a port, e.g. \"0.0.0.0:443\"",
+            )?;
+        }
+        if spec.listen == Some(tls.listen) {
+            problem(
+                keys(&["router", "tls", "listen"]),
+                format!("{} is both listen (plain HTTP) and the HTTPS address", tls.listen),
+                "serve HTTPS on another port, e.g. listen = \"0.0.0.0:80\" and tls.listen = \"0.0.0.0:443\"",
+            )?;
+        }
+        for (field, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !path.is_absolute() {
+                problem(
+                    keys(&["router", "tls", field]),
+                    format!("{} is not an absolute path", path.display()),
+                    "the data plane reads it from its own directory: write the full path, e.g. \"/etc/slipway/tls/shop.pem\"",
+                )?;
+            }
+        }
+    }
+    if let Some(text) = &router.max_header_size {
+        match bytes(text) {
+            Ok(size) if (8 << 10..=1 << 20).contains(&size) => {}
+            Ok(_) => problem(
+                keys(&["router", "max-header-size"]),
+                format!("max-header-size {text:?} is out of range"),
+                "allow from \"8KiB\" to \"1MiB\"; \"64KiB\" (the default) fits every browser",
+            )?,
+            Err(error) => problem(
+                keys(&["router", "max-header-size"]),
+                error,
+                "write a size such as \"64KiB\"",
+            )?,
+        }
+    }
+    if let Some(text) = &router.max_body_size
+        && let Err(error) = bytes(text)
+    {
+        problem(
+            keys(&["router", "max-body-size"]),
+            error,
+            "write a size such as \"10MiB\", or leave it out for no limit",
+        )?;
+    }
+    if let Some(count) = router.max_connections
+        && !(1..=100_000).contains(&count)
+    {
+        problem(
+            keys(&["router", "max-connections"]),
+            format!("max-connections {count} is out of range"),
+            "allow from 1 to 100000 client connections per listener (default 8192)",
+        )?;
+    }
+    if let Some(text) = &router.header_timeout {
+        match duration::parse(text) {
+            Ok(timeout) if (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&timeout) => {}
+            Ok(_) => problem(
+                keys(&["router", "header-timeout"]),
+                format!("header-timeout {text:?} is out of range"),
+                "give clients from \"1s\" to \"10m\" to send a request's head (default \"30s\")",
+            )?,
+            Err(error) => problem(keys(&["router", "header-timeout"]), error, duration::HINT)?,
+        }
+    }
+    if router.redirect_https && router.tls.is_none() {
+        problem(
+            keys(&["router", "redirect-https"]),
+            "redirect-https is set but the app has no [router.tls] to redirect to",
+            "add [router.tls] with listen, cert and key, or remove redirect-https",
+        )?;
+    }
+    for (index, host) in router.hosts.iter().enumerate() {
         let name = host.strip_prefix("*.").unwrap_or(host);
         let valid = !name.is_empty()
             && name.len() <= 253
@@ -1165,7 +1338,7 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             });
         if !valid {
-            let mut path = keys(&["router", "hostnames"]);
+            let mut path = keys(&["router", "hosts"]);
             path.push(Segment::Index(index));
             problem(
                 path,
@@ -1993,6 +2166,55 @@ maintenance-during-deploy = true
 
     fn minimal_with(extra: &str) -> String {
         format!("{MINIMAL}{extra}")
+    }
+
+    #[test]
+    fn hosts_tls_and_limits_are_checked() {
+        let ok = parse_toml(&minimal_with(
+            "[router]\nhosts = [\"shop.example.com\"]\npath-prefix = \"/api\"\nredirect-https = true\nmax-body-size = \"10MiB\"\n\
+             [router.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"/etc/tls/shop.pem\"\nkey = \"/etc/tls/shop.key\"\n",
+        ))
+        .unwrap();
+        assert_eq!(ok.router.max_body_bytes(), Some(10 << 20));
+        assert_eq!(ok.router.tls.as_ref().unwrap().listen.port(), 8443);
+        // Stored specs that still say `hostnames` read the same.
+        let old = parse_toml(&minimal_with(
+            "[router]\nkind = \"builtin\"\nhostnames = [\"a.example.com\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(old.router.hosts, ["a.example.com"]);
+        let refused = |extra: &str, message: &str| {
+            let error = parse_toml(&minimal_with(extra)).expect_err(extra);
+            assert!(error.message.contains(message), "{extra}: {error}");
+        };
+        refused("[router]\nredirect-https = true\n", "no [router.tls] to redirect to");
+        refused(
+            "[router.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"shop.pem\"\nkey = \"/k\"\n",
+            "shop.pem is not an absolute path",
+        );
+        refused(
+            "[router.tls]\nlisten = \"127.0.0.1:8080\"\ncert = \"/c\"\nkey = \"/k\"\n",
+            "is both listen (plain HTTP) and the HTTPS address",
+        );
+        refused("[router]\npath-prefix = \"api\"\n", "is not a path prefix");
+        refused(
+            "[router]\nkind = \"haproxy\"\nhosts = [\"a.example.com\"]\n",
+            "does not route by host name",
+        );
+        refused(
+            "[router]\nkind = \"haproxy\"\nmax-body-size = \"1MiB\"\n",
+            "max-body-size is only for kind = \"builtin\"",
+        );
+        refused(
+            "[router]\nmax-header-size = \"2KiB\"\n",
+            "max-header-size \"2KiB\" is out of range",
+        );
+        refused("[router]\nmax-connections = 0\n", "max-connections 0 is out of range");
+        refused(
+            "[router]\nheader-timeout = \"1h\"\n",
+            "header-timeout \"1h\" is out of range",
+        );
+        refused("[router]\nhosts = [\"Shop.Example.com\"]\n", "is not a host name");
     }
 
     #[test]

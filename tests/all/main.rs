@@ -11,6 +11,7 @@ mod dataplane;
 mod deploy;
 mod engines;
 mod examples;
+mod front;
 mod guard;
 mod kube_fake;
 mod kubernetes;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::protocol::{Answer, AppState, Envelope, Message, Observed, PROTOCOL, PlaneError, Request};
+use super::protocol::{Answer, AppState, Envelope, FrontSpec, Message, Observed, PROTOCOL, PlaneError, Request};
 use super::{LOG_FILE, SOCKET};
 use crate::driver::compute::instances::Workload;
 use crate::driver::router::RouterKind;
@@ -234,13 +234,20 @@ impl PlaneClient {
         }
     }
 
-    /// The app `name`, its router listening on `listen` (created, or moved there).
+    /// The app `name`, its router listening on `listen` and routing it as `front` says
+    /// (created, or moved there).
     pub async fn app(
         self: &Arc<Self>,
         name: &str,
         listen: SocketAddr,
         router: RouterKind,
+        front: FrontSpec,
     ) -> Result<Arc<RemoteApp>, DriverError> {
+        if !front.is_default() && !self.features.iter().any(|f| f == super::protocol::FEATURE_FRONT) {
+            return Err(DriverError::Invalid(
+                "router: the data plane was started by an older Slipway that cannot route by host name or serve HTTPS; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
+            ));
+        }
         if router == RouterKind::Haproxy && !self.features.iter().any(|f| f == super::protocol::FEATURE_HAPROXY) {
             return Err(DriverError::Invalid(
                 "router.kind: the data plane was started by an older Slipway that cannot drive HAProxy; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
@@ -251,6 +258,7 @@ impl PlaneClient {
                 app: name.to_string(),
                 listen,
                 router,
+                front,
             })
             .await?;
         let cache = self

@@ -23,13 +23,61 @@ pub const PROTOCOL: u32 = 1;
 
 /// What this data plane can do beyond protocol 1 as first released; a runner asks only for
 /// what the data plane it talks to lists, so a new runner works with an older data plane.
-pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS, FEATURE_HAPROXY, FEATURE_TRAFFIC];
+pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS, FEATURE_HAPROXY, FEATURE_TRAFFIC, FEATURE_FRONT];
 /// Revisions that run as containers ([`Request::DefineContainer`]).
 pub const FEATURE_CONTAINERS: &str = "containers";
 /// Apps routed by HAProxy (`router` in [`Request::App`]).
 pub const FEATURE_HAPROXY: &str = "haproxy";
 /// It answers [`Request::Traffic`].
 pub const FEATURE_TRAFFIC: &str = "traffic";
+/// Apps routed by host name and path prefix on shared listeners, and over HTTPS (`front` in
+/// [`Request::App`]).
+pub const FEATURE_FRONT: &str = "front";
+
+/// How an app is reached beyond its own plain address: host names and a path prefix on
+/// listeners it shares with other apps, and HTTPS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::spec::TlsSpec>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout_ms: Option<u64>,
+}
+
+impl FrontSpec {
+    /// What the spec's `[router]` says of it.
+    pub fn of(router: &crate::spec::RouterSpec) -> FrontSpec {
+        if !matches!(router.kind, RouterKind::Builtin) {
+            return FrontSpec::default();
+        }
+        FrontSpec {
+            hosts: router.hosts.clone(),
+            path_prefix: router.path_prefix.clone(),
+            tls: router.tls.clone(),
+            redirect_https: router.redirect_https,
+            max_header_bytes: router.max_header_bytes(),
+            max_body_bytes: router.max_body_bytes(),
+            max_connections: router.max_connections,
+            header_timeout_ms: router.header_timeout().map(|t| t.as_millis() as u64),
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == FrontSpec::default()
+    }
+}
 
 /// A request with its id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +104,10 @@ pub enum Request {
         /// Which router; a data plane without [`FEATURE_HAPROXY`] does not read it.
         #[serde(default)]
         router: RouterKind,
+        /// Host names, path prefix and HTTPS; only sent to a data plane with
+        /// [`FEATURE_FRONT`].
+        #[serde(default, skip_serializing_if = "FrontSpec::is_default")]
+        front: FrontSpec,
     },
     /// How to run `revision` of `app` as processes.
     Define {
@@ -167,6 +219,8 @@ pub struct AppState {
     pub listen: SocketAddr,
     #[serde(default)]
     pub router: RouterKind,
+    #[serde(default, skip_serializing_if = "FrontSpec::is_default")]
+    pub front: FrontSpec,
     pub weights: Vec<(u32, u32)>,
     pub maintenance: bool,
     pub revisions: BTreeMap<u32, ProcessConfig>,

@@ -11,14 +11,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use super::protocol::{Answer, AppState, Envelope, FEATURES, Message, Observed, PROTOCOL, PlaneError, Request};
+use super::protocol::{
+    Answer, AppState, Envelope, FEATURES, FrontSpec, Message, Observed, PROTOCOL, PlaneError, Request,
+};
 use super::{PID_FILE, SOCKET};
 use crate::driver::compute::container::Containers;
 use crate::driver::compute::instances::Backends;
 use crate::driver::compute::instances::{InstanceDriver, Workload};
 use crate::driver::compute::output::OutputFiles;
 use crate::driver::router::RouterKind;
-use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics};
+use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics, RouterOptions, Routing, TlsFiles};
 use crate::driver::router::haproxy::{Haproxy, HaproxyRouter};
 use crate::driver::router::local::LocalRouter;
 use crate::driver::{Compute, Router, validate_weights};
@@ -66,6 +68,8 @@ impl AppRouter {
 /// One app in the data plane.
 struct PlaneApp {
     router: AppRouter,
+    /// Host names, path prefix and HTTPS, as last asked for.
+    front: FrontSpec,
     driver: Arc<InstanceDriver>,
     /// Forwards the driver's events to the connected runner.
     forwarder: tokio::task::JoinHandle<()>,
@@ -204,8 +208,13 @@ impl Plane {
                     features: FEATURES.iter().map(|f| f.to_string()).collect(),
                 })
             }
-            Request::App { app, listen, router } => {
-                self.ensure_app(&app, listen, router).await?;
+            Request::App {
+                app,
+                listen,
+                router,
+                front,
+            } => {
+                self.ensure_app(&app, listen, router, front).await?;
                 self.done(&app).await
             }
             Request::Define { app, revision, config } => {
@@ -353,6 +362,7 @@ impl Plane {
                 let state = AppState {
                     listen: app.router.local_addr(),
                     router: app.router.kind(),
+                    front: app.front.clone(),
                     weights: router.weights(),
                     maintenance: router.maintenance(),
                     revisions,
@@ -380,11 +390,24 @@ impl Plane {
         Ok(f(found))
     }
 
-    /// Creates the app, or moves its router to `listen`: the new address is bound and serving
-    /// before the old one is let go.
-    async fn ensure_app(self: &Arc<Self>, app: &str, listen: SocketAddr, kind: RouterKind) -> Result<(), PlaneError> {
+    /// Creates the app, or moves its router to `listen` and `front`: the new routes are in
+    /// place and serving before the old ones are let go.
+    async fn ensure_app(
+        self: &Arc<Self>,
+        app: &str,
+        listen: SocketAddr,
+        kind: RouterKind,
+        front: FrontSpec,
+    ) -> Result<(), PlaneError> {
+        if kind == RouterKind::Haproxy && !front.is_default() {
+            return Err(PlaneError::Invalid {
+                message:
+                    "router: HAProxy does not route by host name, path prefix or HTTPS here yet; use kind = \"builtin\""
+                        .into(),
+            });
+        }
         let mut apps = self.apps.lock().await;
-        if let Some(existing) = apps.get(app) {
+        if let Some(existing) = apps.get_mut(app) {
             if existing.router.kind() != kind {
                 return Err(PlaneError::Invalid {
                     message: format!(
@@ -394,21 +417,22 @@ impl Plane {
                     ),
                 });
             }
-            if existing.router.local_addr() == listen {
+            if existing.router.local_addr() == listen && existing.front == front {
                 return Ok(());
             }
             match &existing.router {
                 AppRouter::Builtin(local) => {
-                    let router = bind(app, listen).await?;
+                    let router = bind(app, listen, &front).await?;
                     let old = local.move_to(router);
                     tokio::spawn(async move { old.stop(ROUTER_GRACE).await });
                 }
                 AppRouter::Haproxy(router) => router.move_to(listen).await?,
             }
+            existing.front = front;
             return Ok(());
         }
         let router = match kind {
-            RouterKind::Builtin => AppRouter::Builtin(LocalRouter::new(bind(app, listen).await?)),
+            RouterKind::Builtin => AppRouter::Builtin(LocalRouter::new(bind(app, listen, &front).await?)),
             RouterKind::Haproxy => AppRouter::Haproxy(HaproxyRouter::new(app, listen, self.haproxy.clone()).await?),
             RouterKind::Gateway | RouterKind::Service => {
                 return Err(PlaneError::Failed {
@@ -427,6 +451,7 @@ impl Plane {
             app.to_string(),
             PlaneApp {
                 router,
+                front,
                 driver,
                 forwarder,
             },
@@ -435,13 +460,67 @@ impl Plane {
     }
 }
 
-async fn bind(app: &str, listen: SocketAddr) -> Result<Arc<BuiltinRouter>, PlaneError> {
-    BuiltinRouter::bind(app, listen)
+/// The app's built-in router: on `listen` (plain HTTP, or a redirect to HTTPS) and, with
+/// TLS, on its HTTPS address; by host name and path prefix where `front` gives them.
+async fn bind(app: &str, listen: SocketAddr, front: &FrontSpec) -> Result<Arc<BuiltinRouter>, PlaneError> {
+    let routing = Routing {
+        hosts: front.hosts.clone(),
+        path_prefix: front.path_prefix.clone(),
+        tls: None,
+        redirect_https: None,
+    };
+    let mut listeners = vec![(
+        listen,
+        Routing {
+            redirect_https: front
+                .tls
+                .as_ref()
+                .filter(|_| front.redirect_https)
+                .map(|tls| tls.listen.port()),
+            ..routing.clone()
+        },
+    )];
+    if let Some(tls) = &front.tls {
+        listeners.push((
+            tls.listen,
+            Routing {
+                tls: Some(TlsFiles {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                }),
+                ..routing
+            },
+        ));
+    }
+    let defaults = RouterOptions::default();
+    let options = RouterOptions {
+        max_header_bytes: front.max_header_bytes.map_or(defaults.max_header_bytes, |b| b as usize),
+        max_body_bytes: front.max_body_bytes,
+        max_connections: front.max_connections.map_or(defaults.max_connections, |c| c as usize),
+        client_header_timeout: front
+            .header_timeout_ms
+            .map_or(defaults.client_header_timeout, Duration::from_millis),
+        ..defaults
+    };
+    BuiltinRouter::bind_routed(app, &listeners, options)
         .await
         .map(Arc::new)
         .map_err(|e| PlaneError::Invalid {
-            message: format!("listen: cannot listen on {listen}: {e}"),
+            message: match e.kind() {
+                // The router's own refusals (a host another app claims, a certificate it
+                // cannot read) say everything already.
+                std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::InvalidData => format!("router: {e}"),
+                _ => format!("listen: cannot listen on {}: {e}", listeners_named(&listeners)),
+            },
         })
+}
+
+fn listeners_named(listeners: &[(SocketAddr, Routing)]) -> String {
+    listeners
+        .iter()
+        .map(|(addr, _)| addr.to_string())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// HAProxy's per-revision counters, `(app, revision, requests, 5xx answers)`, in Prometheus

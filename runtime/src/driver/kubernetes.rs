@@ -72,7 +72,7 @@ impl Routing {
                     namespace,
                     name,
                     section: spec.router.section.clone(),
-                    hostnames: spec.router.hostnames.clone(),
+                    hostnames: spec.router.hosts.clone(),
                 })
             }
             _ => Routing::Service,

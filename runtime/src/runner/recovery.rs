@@ -41,7 +41,11 @@ impl Runner {
             // The store does not know it (deleted while the runner was away): stop it.
             tracing::warn!(app = %orphan, "the data plane ran an app the store does not know; stopping it");
             let adopted = &self.plane.adopted()[orphan];
-            if let Ok(app) = self.plane.app(orphan, adopted.listen, adopted.router).await {
+            if let Ok(app) = self
+                .plane
+                .app(orphan, adopted.listen, adopted.router, adopted.front.clone())
+                .await
+            {
                 let _ = app.remove().await;
             }
         }

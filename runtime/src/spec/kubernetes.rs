@@ -432,7 +432,7 @@ mod tests {
                 "kind = \"service\"",
                 "kind = \"service\"\nhostnames = [\"shop.example.com\"]",
             ),
-            "hostnames is only for kind = \"gateway\"",
+            "hosts is for kind = \"builtin\" or \"gateway\"",
             "remove it",
         );
         refused(

@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+mod frontend;
 pub(crate) mod http1;
 mod listener;
 mod metrics;
@@ -49,6 +50,7 @@ pub mod traffic;
 mod tunnel;
 mod upstream;
 
+pub use frontend::{Routing, TlsFiles};
 pub use metrics::RouterMetrics;
 pub use pool::Backend;
 pub use table::{RouteTable, RoutedRevision};
@@ -65,13 +67,10 @@ use hyper::body::{Body, Incoming};
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1 as server_http1;
 use hyper::{Response, StatusCode};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, warn};
 
 use self::http1::ResponseHead;
-use self::listener::{Connections, accept_loop};
 use self::pool::{DrainListener, InFlight};
 use self::response::{
     BAD_GATEWAY, GATEWAY_TIMEOUT, RouterBody, fixed, maintenance_page, no_ready_instances, prepare_request,
@@ -105,26 +104,48 @@ pub struct RouterOptions {
     /// idle or slow clients cannot hold sockets forever. Default
     /// [`DEFAULT_CLIENT_HEADER_TIMEOUT`].
     pub client_header_timeout: Duration,
+    /// The largest request head (request line and headers) a client may send; a larger
+    /// one gets a 431. At least 8 KiB. Default [`DEFAULT_MAX_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+    /// The largest request body passed on to the app; a larger one gets a 413. Default:
+    /// no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Client connections one listener holds at once; more wait in the kernel's backlog
+    /// until one closes. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
+
+/// The largest request head by default: nginx's `large_client_header_buffers` allow 4 × 8 KiB
+/// per line; 64 KiB in all fits every real browser and API client.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// Client connections a listener holds at once by default, well under the machine's limit on
+/// open files (each connection also opens one to an instance).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
 impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
             backend_timeout: DEFAULT_BACKEND_TIMEOUT,
             client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
 /// The built-in reverse proxy for one app, serving in background tokio tasks.
 ///
-/// Dropping it stops accepting and asks open connections to close once their current
-/// request is answered; [`BuiltinRouter::shutdown`] does the same and waits.
+/// An app is routed on one or more listeners, each of which other apps may share by host
+/// name (see `frontend`). Dropping the router takes the app off them; a listener no app is
+/// routed on any more stops accepting and asks open connections to close once their
+/// current request is answered. [`BuiltinRouter::shutdown`] does the same and waits.
 pub struct BuiltinRouter {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    connections: Arc<Connections>,
-    accept: JoinHandle<()>,
+    /// The listeners the app is routed on, and its route's id on each.
+    fronts: Vec<(Arc<frontend::Frontend>, u64)>,
 }
 
 impl BuiltinRouter {
@@ -136,13 +157,24 @@ impl BuiltinRouter {
 
     /// Like [`BuiltinRouter::bind`], with non-default options.
     pub async fn bind_with(app: &str, listen: SocketAddr, options: RouterOptions) -> io::Result<BuiltinRouter> {
-        let listener = TcpListener::bind(listen).await?;
-        let local_addr = listener.local_addr()?;
+        BuiltinRouter::bind_routed(app, &[(listen, Routing::default())], options).await
+    }
+
+    /// Routes `app` on each listener as its [`Routing`] says, binding the addresses no other
+    /// app is routed on yet. Fails if a listener serves the other protocol (HTTP or HTTPS),
+    /// if another app claims the same host and path prefix there, or if a certificate
+    /// cannot be read; nothing is left bound then.
+    pub async fn bind_routed(
+        app: &str,
+        listeners: &[(SocketAddr, Routing)],
+        options: RouterOptions,
+    ) -> io::Result<BuiltinRouter> {
         let metrics = Arc::new(RouterMetrics::default());
         let mut server = server_http1::Builder::new();
         // The header timeout's timer is set per connection, in `serve_connection`.
         server
             .header_read_timeout(options.client_header_timeout)
+            .max_buf_size(options.max_header_bytes.max(8192))
             .keep_alive(true)
             // Copying each response into one buffer for write(2) rather than queueing its
             // pieces for writev(2) measured about 3% less CPU per request for small
@@ -157,16 +189,36 @@ impl BuiltinRouter {
             retired: Mutex::new(Vec::new()),
             metrics,
             backend_timeout: options.backend_timeout,
-            server,
+            max_body: options.max_body_bytes,
         });
-        let connections = Arc::new(Connections::default());
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), connections.clone()));
+        let mut fronts = Vec::new();
+        for (listen, routing) in listeners {
+            let joined =
+                frontend::Frontend::join(app, *listen, routing, shared.clone(), &server, options.max_connections).await;
+            match joined {
+                Ok(front) => fronts.push(front),
+                Err(error) => {
+                    for (front, id) in &fronts {
+                        front.leave(*id);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        let local_addr = fronts
+            .first()
+            .map(|(front, _)| front.front.local_addr)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a router needs a listener"))?;
         Ok(BuiltinRouter {
             shared,
             local_addr,
-            connections,
-            accept,
+            fronts,
         })
+    }
+
+    /// The addresses actually bound, in the order given to [`BuiltinRouter::bind_routed`].
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.fronts.iter().map(|(front, _)| front.front.local_addr).collect()
     }
 
     /// The address actually bound (useful after binding port 0).
@@ -246,37 +298,43 @@ impl BuiltinRouter {
         false
     }
 
-    /// Like [`BuiltinRouter::shutdown`], for a router that is shared: stops accepting at
-    /// once, then waits for the open connections as `shutdown` does.
+    /// Like [`BuiltinRouter::shutdown`], for a router that is shared: takes the app off its
+    /// listeners at once; a listener no other app is routed on stops accepting, and its open
+    /// connections are waited for as `shutdown` does.
     pub async fn stop(&self, grace: Duration) {
-        self.accept.abort();
-        self.connections.close_gracefully();
-        if tokio::time::timeout(grace, self.connections.closed()).await.is_err() {
-            warn!(app = %self.shared.app, "router shutdown grace period over; closing remaining connections");
-            self.connections.abort_all();
+        let mut closing = Vec::new();
+        for (front, id) in &self.fronts {
+            if front.shared_beyond(*id) {
+                front.leave(*id);
+                continue;
+            }
+            front.stop_accepting().await;
+            front.connections.close_gracefully();
+            closing.push(front.connections.clone());
+        }
+        for connections in closing {
+            if tokio::time::timeout(grace, connections.closed()).await.is_err() {
+                warn!(app = %self.shared.app, "router shutdown grace period over; closing remaining connections");
+                connections.abort_all();
+            }
         }
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then stops.
     ///
     /// Idle keep-alive connections are closed at once; a connection busy with a request
-    /// closes after answering it. Whatever is still open after `grace` is cut off.
-    pub async fn shutdown(mut self, grace: Duration) {
-        self.accept.abort();
-        // Waiting for the accept task means the listening socket is closed on return.
-        let _ = (&mut self.accept).await;
-        self.connections.close_gracefully();
-        if tokio::time::timeout(grace, self.connections.closed()).await.is_err() {
-            warn!(app = %self.shared.app, "router shutdown grace period over; closing remaining connections");
-            self.connections.abort_all();
-        }
+    /// closes after answering it. Whatever is still open after `grace` is cut off. A
+    /// listener other apps are routed on goes on serving them.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop(grace).await;
     }
 }
 
 impl Drop for BuiltinRouter {
     fn drop(&mut self) {
-        self.accept.abort();
-        self.connections.close_gracefully();
+        for (front, id) in &self.fronts {
+            front.leave(*id);
+        }
     }
 }
 
@@ -289,7 +347,8 @@ struct Shared {
     retired: Mutex<Vec<Weak<Routes>>>,
     metrics: Arc<RouterMetrics>,
     backend_timeout: Duration,
-    server: server_http1::Builder,
+    /// The largest request body passed on ([`RouterOptions::max_body_bytes`]).
+    max_body: Option<u64>,
 }
 
 impl Shared {
@@ -319,6 +378,7 @@ impl Shared {
         mut head: RequestParts,
         body: Incoming,
         client_ip: HeaderValue,
+        https: bool,
     ) -> impl Future<Output = Response<RouterBody>> + Send + 'static {
         async move {
             let mut pick = match self.choose(None) {
@@ -326,17 +386,24 @@ impl Shared {
                 Choice::Maintenance => return self.unavailable(maintenance_page()),
                 Choice::NoBackend => return self.unavailable(no_ready_instances()),
             };
+            if let Some(limit) = self.max_body
+                && declared_length(&head.headers).is_some_and(|length| length > limit)
+            {
+                // Refused before anything reaches the app.
+                return body_too_large();
+            }
             if tunnel::is_upgrade(&head.headers) {
                 // Rare, and its future is large: boxed, so every request's stays small.
-                return Box::pin(self.tunnel(head, pick, client_ip)).await;
+                return Box::pin(self.tunnel(head, pick, client_ip, https)).await;
             }
-            prepare_request(&mut head, &client_ip);
+            prepare_request(&mut head, &client_ip, https);
             let body = (!body.is_end_stream()).then_some(body);
             let start = TokioInstant::now();
             let deadline = Deadline {
                 start,
                 at: start + self.backend_timeout,
                 timeout: self.backend_timeout,
+                max_body: self.max_body,
             };
             let outcome = self.exchange(&mut pick, &mut head, body, &deadline).await;
             pick.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -347,6 +414,10 @@ impl Shared {
                         .traffic
                         .answered(now_ms, response.status.as_u16(), deadline.start.elapsed());
                     proxied_response(response, connection, pick, deadline.start)
+                }
+                Err(ProxyError::BodyTooLarge { .. }) => {
+                    pick.stats.traffic.answered(now_ms, 413, deadline.start.elapsed());
+                    body_too_large()
                 }
                 Err(error) => {
                     pick.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -430,6 +501,30 @@ impl Shared {
 }
 
 type RequestParts = hyper::http::request::Parts;
+
+/// The body length a request declares with `Content-Length`, if it does.
+fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// 413, and the connection is closed: the rest of the body is not read.
+fn body_too_large() -> Response<RouterBody> {
+    let mut response = fixed(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "text/plain; charset=utf-8",
+        b"the request body is larger than this app accepts\n",
+    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks stays consistent even if a holder panicked.

@@ -21,7 +21,8 @@ use tokio::time::Instant as TokioInstant;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
-use super::{Shared, lock};
+use super::frontend::{Front, Target, nobody_here, redirect};
+use super::lock;
 
 #[derive(Default)]
 pub(super) struct Connections {
@@ -89,13 +90,23 @@ impl Drop for ConnectionEntry {
     }
 }
 
-pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, connections: Arc<Connections>) {
+/// Accepts clients while fewer than the listener's limit are connected; past it, new ones
+/// wait in the kernel's backlog until a connection closes.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    front: Arc<Front>,
+    connections: Arc<Connections>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Usually out of file descriptors: pause rather than spin on the error.
-                warn!(app = %shared.app, %error, "router cannot accept connections");
+                warn!(listener = %front.local_addr, %error, "router cannot accept connections");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -110,7 +121,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, conn
             connections: connections.clone(),
             id,
         };
-        let task = tokio::spawn(serve_connection(shared.clone(), stream, peer, close_requested, entry));
+        let task = tokio::spawn(serve_client(front.clone(), stream, peer, close_requested, entry, slot));
         set.live.insert(
             id,
             LiveConnection {
@@ -121,36 +132,82 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, conn
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one client connection: over TLS first on an HTTPS listener.
+async fn serve_client(
+    front: Arc<Front>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut close_requested: oneshot::Receiver<()>,
-    _entry: ConnectionEntry,
+    close_requested: oneshot::Receiver<()>,
+    entry: ConnectionEntry,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    match &front.tls {
+        None => serve_connection(front.clone(), stream, peer, false, close_requested, entry).await,
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    debug!(listener = %front.local_addr, %peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(listener = %front.local_addr, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            serve_connection(front.clone(), stream, peer, true, close_requested, entry).await;
+        }
+    }
+}
+
+async fn serve_connection<I>(
+    front: Arc<Front>,
+    stream: I,
+    peer: SocketAddr,
+    https: bool,
+    mut close_requested: oneshot::Receiver<()>,
+    _entry: ConnectionEntry,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let client_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
-    let service_state = shared.clone();
+    let routes = front.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let (head, body) = request.into_parts();
-        let proxied = service_state.clone().proxy(head, body, client_ip.clone());
-        async move { Ok::<_, Infallible>(proxied.await) }
+        let host = head
+            .headers
+            .get(hyper::header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| head.uri.authority().map(|a| a.as_str().as_bytes()));
+        let target = routes.target(host, head.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let client_ip = client_ip.clone();
+        async move {
+            Ok::<_, Infallible>(match target {
+                Target::App(shared) => shared.proxy(head, body, client_ip, https).await,
+                Target::Redirect(location) => redirect(location),
+                Target::Nobody => nobody_here(),
+            })
+        }
     });
-    let mut server = shared.server.clone();
+    let mut server = (**front.server.load()).clone();
     server.timer(ConnectionTimer { spare: Arc::default() });
     let mut connection = pin!(server.serve_connection(TokioIo::new(stream), service).with_upgrades());
     tokio::select! {
         biased;
         result = connection.as_mut() => {
             if let Err(error) = result {
-                debug!(app = %shared.app, %peer, %error, "client connection ended with an error");
+                debug!(listener = %front.local_addr, %peer, %error, "client connection ended with an error");
             }
             return;
         }
         _ = &mut close_requested => connection.as_mut().graceful_shutdown(),
     }
     if let Err(error) = connection.await {
-        debug!(app = %shared.app, %peer, %error, "client connection ended with an error while closing");
+        debug!(listener = %front.local_addr, %peer, %error, "client connection ended with an error while closing");
     }
 }
 

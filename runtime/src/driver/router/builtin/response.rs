@@ -70,7 +70,7 @@ pub(super) fn proxied_response(
 /// `X-Forwarded-For` (extended), `X-Forwarded-Proto` and `-Host` (set: the router is the
 /// edge, so a client's own claims about them are not passed on), and `Forwarded` (RFC 7239,
 /// extended).
-pub(super) fn prepare_request(head: &mut RequestParts, client_ip: &HeaderValue) {
+pub(super) fn prepare_request(head: &mut RequestParts, client_ip: &HeaderValue, https: bool) {
     // A body framed by Transfer-Encoding is re-framed for the backend; a Content-Length
     // sent alongside it must not survive, or the backend would frame it differently.
     if head.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -93,7 +93,7 @@ pub(super) fn prepare_request(head: &mut RequestParts, client_ip: &HeaderValue) 
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
         head.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
     }
-    let proto = HeaderValue::from_static("http");
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     let host = head.headers.get(header::HOST).cloned();
     forwarded(&mut head.headers, client_ip, &proto, host.as_ref());
     head.headers.insert(X_FORWARDED_PROTO, proto);

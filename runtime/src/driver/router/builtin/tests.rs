@@ -904,7 +904,7 @@ fn request_heads_are_encoded_for_the_backend() {
         .unwrap()
         .into_parts()
         .0;
-    prepare_request(&mut head, &HeaderValue::from_static("192.0.2.1"));
+    prepare_request(&mut head, &HeaderValue::from_static("192.0.2.1"), false);
     let mut out = Vec::new();
     encode_request_head(&head, true, "127.0.0.1:9".parse().unwrap(), &mut out);
     assert_eq!(
@@ -994,6 +994,7 @@ async fn old_or_closed_pooled_connections_are_not_reused() {
         start: now,
         at: now + DEFAULT_BACKEND_TIMEOUT,
         timeout: DEFAULT_BACKEND_TIMEOUT,
+        max_body: None,
     };
     let connect = || async {
         match BackendConnection::connect(a.backend.addr, &deadline).await {
@@ -1023,4 +1024,338 @@ async fn old_or_closed_pooled_connections_are_not_reused() {
         backend.checkout(now).is_none(),
         "reused a connection the app had closed"
     );
+}
+
+// ---- Listeners shared by host name, path prefixes, redirects and HTTPS -------------------
+
+impl Client {
+    /// A client over any connection (a TLS stream, say) to the router.
+    async fn over<I>(io: I) -> Client
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = client_http1::handshake(TokioIo::new(io)).await.unwrap();
+        tokio::spawn(connection);
+        Client(sender)
+    }
+
+    async fn get_host(&mut self, host: &str, path: &str) -> Reply {
+        self.send(Request::get(path).header("host", host).body(Chunks::full("")).unwrap())
+            .await
+    }
+}
+
+fn on(hosts: &[&str]) -> Routing {
+    Routing {
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        ..Routing::default()
+    }
+}
+
+async fn routed(app: &str, listen: SocketAddr, routing: Routing) -> std::io::Result<BuiltinRouter> {
+    BuiltinRouter::bind_routed(app, &[(listen, routing)], RouterOptions::default()).await
+}
+
+#[tokio::test]
+async fn apps_share_a_listener_by_host_name_and_path_prefix() {
+    let (a, b, api) = (App::start("a").await, App::start("b").await, App::start("api").await);
+    let shop = routed("shop", "127.0.0.1:0".parse().unwrap(), on(&["shop.test"]))
+        .await
+        .unwrap();
+    let addr = shop.local_addr();
+    let blog = routed("blog", addr, on(&["blog.test", "*.blog.test"])).await.unwrap();
+    let shop_api = routed(
+        "shop-api",
+        addr,
+        Routing {
+            path_prefix: Some("/api".into()),
+            ..on(&["shop.test"])
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(blog.local_addr(), addr, "the address is shared, not bound twice");
+    shop.update(table(vec![revision(1, 256, &[&a])]));
+    blog.update(table(vec![revision(7, 256, &[&b])]));
+    shop_api.update(table(vec![revision(3, 256, &[&api])]));
+
+    let mut client = Client::connect(&shop).await;
+    assert_eq!(client.get_host("shop.test", "/").await.text(), "a");
+    assert_eq!(client.get_host("SHOP.test:8080", "/cart").await.text(), "a");
+    assert_eq!(client.get_host("shop.test", "/api/cart").await.text(), "api");
+    assert_eq!(client.get_host("shop.test", "/api").await.text(), "api");
+    assert_eq!(client.get_host("shop.test", "/apix").await.text(), "a");
+    assert_eq!(client.get_host("blog.test", "/").await.text(), "b");
+    assert_eq!(client.get_host("www.blog.test", "/").await.text(), "b");
+    assert_eq!(
+        client.get_host("a.b.blog.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let nobody = client.get_host("other.test", "/").await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND);
+    assert_eq!(nobody.text(), "no app is routed here for this host\n");
+
+    // A second app claiming a host already routed is refused, naming both.
+    let refused = routed("thief", addr, on(&["blog.test"])).await.err().unwrap();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+    assert!(
+        refused.to_string().contains("blog.test on 127.0.0.1:")
+            && refused
+                .to_string()
+                .contains("routed to app blog already, and app thief claims it too"),
+        "{refused}"
+    );
+    // An app for every other host takes what nobody claims.
+    let fallback = routed("fallback", addr, Routing::default()).await.unwrap();
+    fallback.update(table(vec![revision(9, 256, &[&a])]));
+    assert_eq!(client.get_host("other.test", "/").await.revision(), 9);
+    assert_eq!(client.get_host("blog.test", "/").await.revision(), 7);
+
+    // One app leaving leaves the others serving on the same connection.
+    blog.stop(Duration::from_secs(1)).await;
+    drop(blog);
+    assert_eq!(client.get_host("blog.test", "/").await.revision(), 9);
+    assert_eq!(client.get_host("shop.test", "/").await.revision(), 1);
+}
+
+#[tokio::test]
+async fn a_plain_listener_can_redirect_to_https() {
+    let router = routed(
+        "shop",
+        "127.0.0.1:0".parse().unwrap(),
+        Routing {
+            redirect_https: Some(8443),
+            ..on(&["shop.test"])
+        },
+    )
+    .await
+    .unwrap();
+    let mut client = Client::connect(&router).await;
+    let reply = client.get_host("shop.test", "/cart?x=1").await;
+    assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(reply.headers[header::LOCATION], "https://shop.test:8443/cart?x=1");
+}
+
+/// A throwaway CA and certificates it signs, made by `tests/tls/issue.sh` with openssl.
+struct TestCa {
+    dir: std::path::PathBuf,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "slipway-router-ca-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TestCa { dir }
+    }
+
+    /// A certificate for `host`: `DIR/HOST.pem` and `DIR/HOST.key`.
+    fn issue(&self, host: &str) -> TlsFiles {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tls/issue.sh");
+        let out = std::process::Command::new("sh")
+            .arg(script)
+            .arg(&self.dir)
+            .arg(host)
+            .output()
+            .expect("run tests/tls/issue.sh");
+        assert!(
+            out.status.success(),
+            "issue.sh {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TlsFiles {
+            cert: self.dir.join(format!("{host}.pem")),
+            key: self.dir.join(format!("{host}.key")),
+        }
+    }
+
+    /// A TLS client that trusts this CA only.
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.dir.join("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// Connects to `addr` over TLS asking for `host`; fails unless the router presents a
+    /// certificate for `host` signed by this CA.
+    async fn connect(&self, addr: SocketAddr, host: &str) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+        let tls = self.connector().connect(name, tcp).await?;
+        Ok(Client::over(tls).await)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn https_picks_each_apps_certificate_by_sni_and_reads_it_again_when_it_changes() {
+    let ca = TestCa::new();
+    let (a, b) = (App::start("a").await, App::start("b").await);
+    let shop_files = ca.issue("shop.test");
+    let shop = routed(
+        "shop",
+        "127.0.0.1:0".parse().unwrap(),
+        Routing {
+            tls: Some(shop_files.clone()),
+            ..on(&["shop.test"])
+        },
+    )
+    .await
+    .unwrap();
+    let addr = shop.local_addr();
+    let blog = routed(
+        "blog",
+        addr,
+        Routing {
+            tls: Some(ca.issue("blog.test")),
+            ..on(&["blog.test"])
+        },
+    )
+    .await
+    .unwrap();
+    shop.update(table(vec![revision(1, 256, &[&a])]));
+    blog.update(table(vec![revision(2, 256, &[&b])]));
+
+    let mut client = ca.connect(addr, "shop.test").await.unwrap();
+    let reply = client.get_host("shop.test", "/").await;
+    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "a"));
+    assert_eq!(reply.headers["x-seen-forwarded-proto"], "https");
+    let mut client = ca.connect(addr, "blog.test").await.unwrap();
+    assert_eq!(client.get_host("blog.test", "/").await.text(), "b");
+
+    // A plain-HTTP app cannot join an HTTPS listener.
+    let refused = routed("plain", addr, on(&["plain.test"])).await.err().unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains("serves HTTPS, and app plain wants plain HTTP"),
+        "{refused}"
+    );
+    // A certificate that cannot be read is refused with its path.
+    let missing = routed(
+        "broken",
+        "127.0.0.1:0".parse().unwrap(),
+        Routing {
+            tls: Some(TlsFiles {
+                cert: ca.dir.join("nothing.pem"),
+                key: ca.dir.join("nothing.key"),
+            }),
+            ..Routing::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(missing.to_string().contains("nothing.pem"), "{missing}");
+
+    // Renewed: shop's files now hold a certificate for another name. The open connection
+    // goes on; new ones get the new certificate (shop.test no longer verifies).
+    let renewed = ca.issue("www.shop.test");
+    std::fs::copy(&renewed.cert, &shop_files.cert).unwrap();
+    std::fs::copy(&renewed.key, &shop_files.key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ca.connect(addr, "shop.test").await.is_ok() {
+        assert!(Instant::now() < deadline, "the new certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(client.get_host("blog.test", "/").await.text(), "b");
+}
+
+// ---- Limits: head and body sizes, connections per listener --------------------------------
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_oversized_bodies_413_before_the_app_sees_them() {
+    let a = App::start("a").await;
+    let options = RouterOptions {
+        max_header_bytes: 8 << 10,
+        max_body_bytes: Some(1024),
+        ..RouterOptions::default()
+    };
+    let router = BuiltinRouter::bind_with("shop", "127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    router.update(table(vec![revision(1, 256, &[&a])]));
+
+    // A head over 8 KiB: hyper answers 431 itself.
+    let mut stream = TcpStream::connect(router.local_addr()).await.unwrap();
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a.test\r\nx-big: {}\r\n\r\n",
+        "x".repeat(10 << 10)
+    );
+    stream.write_all(big.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A declared body over 1 KiB: 413 at once, and the app is not asked.
+    let post = |body: Chunks| {
+        let router = &router;
+        async move {
+            let request = Request::post("/echo").header("host", "a.test").body(body).unwrap();
+            Client::connect(router).await.send(request).await
+        }
+    };
+    assert_eq!(
+        post(Chunks::full(vec![b'x'; 2048])).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(a.backend.in_flight(), 0);
+    // Chunked bodies are counted as they arrive: under the limit they pass, past it 413.
+    let few: Vec<&'static str> = std::iter::repeat_n("0123456789abcdef", 10).collect();
+    assert_eq!(post(Chunks::chunked(&few)).await.status, StatusCode::OK);
+    let many: Vec<&'static str> = std::iter::repeat_n("0123456789abcdef0123456789abcdef", 64).collect();
+    assert_eq!(post(Chunks::chunked(&many)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let reply = post(Chunks::full(vec![b'y'; 1000])).await;
+    assert_eq!((reply.status, reply.body.len()), (StatusCode::OK, 1000));
+}
+
+#[tokio::test]
+async fn a_listener_holds_at_most_its_connection_limit() {
+    let a = App::start("a").await;
+    let options = RouterOptions {
+        max_connections: 2,
+        ..RouterOptions::default()
+    };
+    let router = BuiltinRouter::bind_with("shop", "127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    router.update(table(vec![revision(1, 256, &[&a])]));
+    let mut first = Client::connect(&router).await;
+    let mut second = Client::connect(&router).await;
+    assert_eq!(first.get("/").await.status, StatusCode::OK);
+    assert_eq!(second.get("/").await.status, StatusCode::OK);
+    // The third waits in the backlog: connected by the kernel, not served.
+    let mut third = Client::connect(&router).await;
+    let pending = tokio::spawn(async move { third.get("/").await.status });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pending.is_finished(),
+        "a third connection was served over the limit of 2"
+    );
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(5), pending).await;
+    assert_eq!(served.expect("served once a slot was free").unwrap(), StatusCode::OK);
 }

@@ -48,6 +48,7 @@ impl Shared {
         mut head: RequestParts,
         pick: Pick,
         client_ip: HeaderValue,
+        https: bool,
     ) -> Response<RouterBody> {
         let Some(on_upgrade) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return fixed(
@@ -58,7 +59,7 @@ impl Shared {
         };
         let protocol = head.headers.get(UPGRADE).cloned().expect("checked by is_upgrade");
         let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
-        prepare_request(&mut head, &client_ip);
+        prepare_request(&mut head, &client_ip, https);
         head.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers.insert(UPGRADE, protocol);
         let start = TokioInstant::now();
@@ -93,6 +94,7 @@ impl Shared {
                 start,
                 at: start + self.backend_timeout,
                 timeout: self.backend_timeout,
+                max_body: None,
             };
             let connection = BackendConnection::adopt(stream, read, &deadline);
             let mut answer = answer;

@@ -102,6 +102,12 @@ pub(super) enum ProxyError {
     /// The client's request body could not be read, so it could not be passed on.
     #[error("reading the request body from the client failed: {0}")]
     RequestBody(#[source] hyper::Error),
+    /// The client's request body is larger than the app's limit.
+    #[error("the request body is over the {limit}-byte limit")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// No complete response head arrived within the backend timeout.
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout {
@@ -131,7 +137,8 @@ enum ExchangeError {
     Final(ProxyError),
 }
 
-/// The time limits of one request.
+/// The limits of one request: when the backend must answer, and how large a body the
+/// client may send.
 #[derive(Clone, Copy)]
 pub(super) struct Deadline {
     /// When the request started; also the age mark of connections it returns to the pool.
@@ -139,6 +146,8 @@ pub(super) struct Deadline {
     /// When the backend must have answered.
     pub(super) at: TokioInstant,
     pub(super) timeout: Duration,
+    /// The most body bytes passed on; past it the client gets a 413.
+    pub(super) max_body: Option<u64>,
 }
 
 /// Sends the request over a pooled connection if one works, else over a new one.
@@ -236,7 +245,7 @@ impl BackendConnection {
             self.timer.as_mut().reset(deadline.at);
         }
         let mut timer = self.timer.as_mut();
-        let mut exchange = pin!(self.io.exchange(backend.addr, head, body));
+        let mut exchange = pin!(self.io.exchange(backend.addr, head, body, deadline.max_body));
         std::future::poll_fn(|cx| {
             if let Poll::Ready(outcome) = exchange.as_mut().poll(cx) {
                 return Poll::Ready(outcome);
@@ -267,6 +276,7 @@ impl BackendIo {
         addr: SocketAddr,
         head: &mut RequestParts,
         body: &mut Option<Incoming>,
+        max_body: Option<u64>,
     ) -> Result<ResponseHead, ExchangeError> {
         let io = |source| ProxyError::Io { addr, source };
         let chunked = body.is_some() && !head.headers.contains_key(header::CONTENT_LENGTH);
@@ -281,9 +291,14 @@ impl BackendIo {
         if let Some(mut body) = body.take() {
             // Boxed because only requests with a body need it, and it would make every
             // request's future larger.
-            Box::pin(self.write_body(&mut body, chunked))
+            Box::pin(self.write_body(&mut body, chunked, max_body))
                 .await
-                .map_err(|e| ExchangeError::Lost(e.into_proxy_error(addr)))?;
+                .map_err(|e| match e {
+                    // The backend has part of a body it will never see the end of: the
+                    // connection is not reused, and the request is not tried again.
+                    BodyWriteError::TooLarge(limit) => ExchangeError::Final(ProxyError::BodyTooLarge { limit }),
+                    other => ExchangeError::Lost(other.into_proxy_error(addr)),
+                })?;
         }
         let is_head = head.method == Method::HEAD;
         let malformed = |reason| ExchangeError::Final(ProxyError::Malformed { addr, reason });
@@ -324,7 +339,13 @@ impl BackendIo {
         }
     }
 
-    async fn write_body(&mut self, body: &mut Incoming, chunked: bool) -> Result<(), BodyWriteError> {
+    async fn write_body(
+        &mut self,
+        body: &mut Incoming,
+        chunked: bool,
+        max_body: Option<u64>,
+    ) -> Result<(), BodyWriteError> {
+        let mut written: u64 = 0;
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(BodyWriteError::Client)?.into_data() else {
                 // Request trailers are dropped: few backends read them, and chunked
@@ -333,6 +354,12 @@ impl BackendIo {
             };
             if data.is_empty() {
                 continue;
+            }
+            written += data.len() as u64;
+            if let Some(limit) = max_body
+                && written > limit
+            {
+                return Err(BodyWriteError::TooLarge(limit));
             }
             if chunked {
                 self.write.clear();
@@ -360,6 +387,7 @@ impl BackendIo {
 enum BodyWriteError {
     Client(hyper::Error),
     Backend(io::Error),
+    TooLarge(u64),
 }
 
 impl BodyWriteError {
@@ -367,6 +395,7 @@ impl BodyWriteError {
         match self {
             BodyWriteError::Client(error) => ProxyError::RequestBody(error),
             BodyWriteError::Backend(source) => ProxyError::Io { addr, source },
+            BodyWriteError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
         }
     }
 }

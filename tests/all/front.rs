@@ -1,0 +1,231 @@
+//! The built-in router as a front door: apps sharing one HTTPS port by host name, each with
+//! its own certificate (chosen by SNI), plain HTTP redirected to HTTPS, a host claimed twice
+//! refused, and blue-green deploys of both under wrk load over HTTPS without a failed request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::lifecycle::{listen, text};
+use crate::runner::{ADMIN, HelloSpec, Server, unique_dir, write_spec};
+use crate::support::exclusive;
+
+/// A CA made for the test by `tests/tls/issue.sh` (with openssl), and certificates it signs.
+struct Ca {
+    dir: PathBuf,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        Ca {
+            dir: unique_dir("front-ca"),
+        }
+    }
+
+    /// (cert, key) for `host`.
+    fn issue(&self, host: &str) -> (PathBuf, PathBuf) {
+        let out = Command::new("sh")
+            .arg(crate::support::workspace().join("tests/tls/issue.sh"))
+            .arg(&self.dir)
+            .arg(host)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "issue.sh {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            self.dir.join(format!("{host}.pem")),
+            self.dir.join(format!("{host}.key")),
+        )
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+/// hello as `name`, answering for `host` on the shared plain and HTTPS addresses.
+fn spec(
+    name: &str,
+    host: &str,
+    version: &str,
+    plain: SocketAddr,
+    https: SocketAddr,
+    tls: &(PathBuf, PathBuf),
+) -> String {
+    let toml = HelloSpec {
+        listen: plain,
+        version,
+        strategy: "builtin:blue-green",
+        ..HelloSpec::default()
+    }
+    .toml()
+    .replace("name = \"hello\"", &format!("name = \"{name}\""));
+    format!(
+        "{toml}\n[router]\nhosts = [\"{host}\"]\nredirect-https = true\n\n[router.tls]\nlisten = \"{https}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        tls.0.display(),
+        tls.1.display()
+    )
+}
+
+/// `curl` over HTTPS to `host` at `https`, trusting only `root`: (status, body).
+fn curl(root: &Path, host: &str, https: SocketAddr, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(root)
+        .arg("--resolve")
+        .arg(format!("{host}:{}:127.0.0.1", https.port()))
+        .arg(format!("https://{host}:{}{path}", https.port()))
+        .output()
+        .expect("run curl");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = said.rsplit_once('\n').unwrap_or((&said, "0"));
+    assert!(
+        out.status.success(),
+        "curl {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_without_a_failed_request() {
+    let _serial = exclusive();
+    let ca = Ca::new();
+    let (shop_tls, blog_tls) = (ca.issue("shop.test"), ca.issue("blog.test"));
+    let server = Server::start();
+    let (plain, https) = (listen(), listen());
+    let deploy = |name: &str, host: &str, version: &str, tls: &(PathBuf, PathBuf)| {
+        let out = server.cli(&[
+            "deploy",
+            write_spec(&spec(name, host, version, plain, https, tls))
+                .to_str()
+                .unwrap(),
+        ]);
+        assert!(out.status.success(), "{name} {version}: {}", text(&out));
+    };
+    deploy("shop", "shop.test", "v1", &shop_tls);
+    deploy("blog", "blog.test", "v1", &blog_tls);
+
+    // Each name gets its app, over a certificate for that name.
+    assert_eq!(
+        curl(&ca.root(), "shop.test", https, "/"),
+        (200, "hello from v1\n".into())
+    );
+    assert_eq!(curl(&ca.root(), "blog.test", https, "/healthz"), (200, "ok\n".into()));
+    // Plain HTTP is redirected, path and query kept.
+    let redirect = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            "Host: shop.test",
+        ])
+        .arg(format!("http://{plain}/cart?x=1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&redirect.stdout),
+        format!("308 https://shop.test:{}/cart?x=1", https.port())
+    );
+    // A third app claiming a host already served is refused, naming both apps.
+    let thief = spec("thief", "shop.test", "v1", plain, https, &shop_tls);
+    let (status, body) = server.request(
+        "PUT",
+        "/v1/apps/thief",
+        Some(ADMIN),
+        "application/toml",
+        thief.as_bytes(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("shop.test on 127.0.0.1:")
+            && body.contains("routed to app shop already, and app thief claims it too"),
+        "{body}"
+    );
+
+    // Both apps deployed blue-green while wrk loads both over HTTPS.
+    let wrk = move |host: &str| {
+        Command::new("wrk")
+            .args(["-t1", "-c8", "-d12s", "-H", &format!("Host: {host}")])
+            .arg(format!("https://127.0.0.1:{}/", https.port()))
+            .output()
+            .expect("run wrk")
+    };
+    let loads = [
+        std::thread::spawn(move || wrk("shop.test")),
+        std::thread::spawn(move || wrk("blog.test")),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    deploy("shop", "shop.test", "v2", &shop_tls);
+    deploy("blog", "blog.test", "v2", &blog_tls);
+    for load in loads {
+        let out = load.join().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("{said}");
+        assert!(said.contains(" requests in "), "{said}");
+        assert!(!said.contains("Non-2xx"), "failed requests under load: {said}");
+        assert!(!said.contains("Socket errors"), "connection errors under load: {said}");
+    }
+    assert_eq!(
+        curl(&ca.root(), "shop.test", https, "/"),
+        (200, "hello from v2\n".into())
+    );
+    assert_eq!(
+        curl(&ca.root(), "blog.test", https, "/"),
+        (200, "hello from v2\n".into())
+    );
+}
+
+#[test]
+fn an_apps_limits_reach_its_router_and_bad_traffic_gets_413_and_431() {
+    let _serial = exclusive();
+    let server = Server::start();
+    let web = listen();
+    let toml = HelloSpec {
+        listen: web,
+        ..HelloSpec::default()
+    }
+    .toml();
+    let limited =
+        format!("{toml}\n[router]\nmax-body-size = \"1KiB\"\nmax-header-size = \"8KiB\"\nheader-timeout = \"2s\"\n");
+    let out = server.cli(&["deploy", write_spec(&limited).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = |args: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .arg(format!("http://{web}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(&[]), "200");
+    assert_eq!(status(&["--data-binary", &"x".repeat(2048)]), "413");
+    assert_eq!(status(&["-H", &format!("X-Big: {}", "x".repeat(10 << 10))]), "431");
+    // A client that sends half a head and stalls is cut off after the header timeout.
+    use std::io::{Read, Write};
+    let mut slow = std::net::TcpStream::connect(web).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(9),
+        "cut off after {waited:?}"
+    );
+
+    // Bad limits are refused with what to write instead.
+    let bad = format!("{toml}\n[router]\nmax-header-size = \"1KiB\"\n");
+    let (code, body) = server.request("PUT", "/v1/apps/hello", Some(ADMIN), "application/toml", bad.as_bytes());
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("max-header-size") && body.contains("8KiB"), "{body}");
+}
