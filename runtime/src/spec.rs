@@ -243,6 +243,14 @@ pub struct RouterSpec {
     /// connection included (slow clients are cut off). Default `"30s"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header_timeout: Option<String>,
+    /// `builtin`: log every request as a JSON line to `DATA/output/APP/access.log` (rotated
+    /// at 16 MiB, one older file kept). Default off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub access_log: bool,
+    /// `builtin`: accept HTTP/2 without TLS on `listen` from clients that start with it
+    /// (h2c with prior knowledge). Over TLS, HTTP/2 is always offered (ALPN).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 impl RouterSpec {
@@ -1231,6 +1239,8 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         ("max-body-size", router.max_body_size.is_some()),
         ("max-connections", router.max_connections.is_some()),
         ("header-timeout", router.header_timeout.is_some()),
+        ("access-log", router.access_log),
+        ("h2c", router.h2c),
     ];
     if router.kind != RouterKind::Builtin
         && let Some((field, _)) = builtin_only.iter().find(|(_, given)| *given)

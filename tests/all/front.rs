@@ -116,6 +116,16 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
         (200, "hello from v1\n".into())
     );
     assert_eq!(curl(&ca.root(), "blog.test", https, "/healthz"), (200, "ok\n".into()));
+    // Browsers get HTTP/2 (ALPN).
+    let version = Command::new("curl")
+        .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}", "--cacert"])
+        .arg(ca.root())
+        .arg("--resolve")
+        .arg(format!("shop.test:{}:127.0.0.1", https.port()))
+        .arg(format!("https://shop.test:{}/", https.port()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout), "2");
     // Plain HTTP is redirected, path and query kept.
     let redirect = Command::new("curl")
         .args([
@@ -193,8 +203,9 @@ fn an_apps_limits_reach_its_router_and_bad_traffic_gets_413_and_431() {
         ..HelloSpec::default()
     }
     .toml();
-    let limited =
-        format!("{toml}\n[router]\nmax-body-size = \"1KiB\"\nmax-header-size = \"8KiB\"\nheader-timeout = \"2s\"\n");
+    let limited = format!(
+        "{toml}\n[router]\nmax-body-size = \"1KiB\"\nmax-header-size = \"8KiB\"\nheader-timeout = \"2s\"\naccess-log = true\n"
+    );
     let out = server.cli(&["deploy", write_spec(&limited).to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let status = |args: &[&str]| -> String {
@@ -222,6 +233,22 @@ fn an_apps_limits_reach_its_router_and_bad_traffic_gets_413_and_431() {
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(9),
         "cut off after {waited:?}"
     );
+    // Each request the router answered is a line in the app's access log (the 431 is hyper's
+    // own answer to a head it would not read, before any app is chosen).
+    let log = server.data.join("output/hello/access.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let statuses = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let statuses: Vec<u64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["status"].as_u64())
+            .collect();
+        if statuses.len() >= 2 || std::time::Instant::now() > deadline {
+            break statuses;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(statuses, [200, 413], "{}", log.display());
 
     // Bad limits are refused with what to write instead.
     let bad = format!("{toml}\n[router]\nmax-header-size = \"1KiB\"\n");

@@ -54,6 +54,10 @@ pub struct FrontSpec {
     pub max_connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access_log: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 impl FrontSpec {
@@ -71,6 +75,8 @@ impl FrontSpec {
             max_body_bytes: router.max_body_bytes(),
             max_connections: router.max_connections,
             header_timeout_ms: router.header_timeout().map(|t| t.as_millis() as u64),
+            access_log: router.access_log,
+            h2c: router.h2c,
         }
     }
 

@@ -422,7 +422,7 @@ impl Plane {
             }
             match &existing.router {
                 AppRouter::Builtin(local) => {
-                    let router = bind(app, listen, &front).await?;
+                    let router = bind(app, listen, &front, &self.data_dir).await?;
                     let old = local.move_to(router);
                     tokio::spawn(async move { old.stop(ROUTER_GRACE).await });
                 }
@@ -432,7 +432,9 @@ impl Plane {
             return Ok(());
         }
         let router = match kind {
-            RouterKind::Builtin => AppRouter::Builtin(LocalRouter::new(bind(app, listen, &front).await?)),
+            RouterKind::Builtin => {
+                AppRouter::Builtin(LocalRouter::new(bind(app, listen, &front, &self.data_dir).await?))
+            }
             RouterKind::Haproxy => AppRouter::Haproxy(HaproxyRouter::new(app, listen, self.haproxy.clone()).await?),
             RouterKind::Gateway | RouterKind::Service => {
                 return Err(PlaneError::Failed {
@@ -462,12 +464,18 @@ impl Plane {
 
 /// The app's built-in router: on `listen` (plain HTTP, or a redirect to HTTPS) and, with
 /// TLS, on its HTTPS address; by host name and path prefix where `front` gives them.
-async fn bind(app: &str, listen: SocketAddr, front: &FrontSpec) -> Result<Arc<BuiltinRouter>, PlaneError> {
+async fn bind(
+    app: &str,
+    listen: SocketAddr,
+    front: &FrontSpec,
+    data_dir: &Path,
+) -> Result<Arc<BuiltinRouter>, PlaneError> {
     let routing = Routing {
         hosts: front.hosts.clone(),
         path_prefix: front.path_prefix.clone(),
         tls: None,
         redirect_https: None,
+        h2c: front.h2c,
     };
     let mut listeners = vec![(
         listen,
@@ -500,6 +508,9 @@ async fn bind(app: &str, listen: SocketAddr, front: &FrontSpec) -> Result<Arc<Bu
         client_header_timeout: front
             .header_timeout_ms
             .map_or(defaults.client_header_timeout, Duration::from_millis),
+        access_log: front
+            .access_log
+            .then(|| crate::driver::compute::output::app_dir(data_dir, app).join("access.log")),
         ..defaults
     };
     BuiltinRouter::bind_routed(app, &listeners, options)

@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod frontend;
 pub(crate) mod http1;
 mod listener;
@@ -113,6 +114,9 @@ pub struct RouterOptions {
     /// Client connections one listener holds at once; more wait in the kernel's backlog
     /// until one closes. Default [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// Log every request, as a JSON line, to this file (bounded: see `access_log`).
+    /// Default: no log.
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 /// The largest request head by default: nginx's `large_client_header_buffers` allow 4 × 8 KiB
@@ -131,6 +135,7 @@ impl Default for RouterOptions {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            access_log: None,
         }
     }
 }
@@ -190,6 +195,10 @@ impl BuiltinRouter {
             metrics,
             backend_timeout: options.backend_timeout,
             max_body: options.max_body_bytes,
+            access_log: options
+                .access_log
+                .clone()
+                .map(|path| access_log::AccessLog::open(app, path)),
         });
         let mut fronts = Vec::new();
         for (listen, routing) in listeners {
@@ -349,6 +358,8 @@ struct Shared {
     backend_timeout: Duration,
     /// The largest request body passed on ([`RouterOptions::max_body_bytes`]).
     max_body: Option<u64>,
+    /// Where requests are logged, if they are.
+    access_log: Option<access_log::AccessLog>,
 }
 
 impl Shared {
@@ -367,7 +378,7 @@ impl Shared {
         }
     }
 
-    /// Proxies one request.
+    /// Proxies one request, and logs it when the app keeps an access log.
     ///
     /// hyper moves this future into place for every request, so its size matters. It is
     /// an `async` block rather than an `async fn` because an `async fn` keeps a copy of
@@ -375,11 +386,53 @@ impl Shared {
     #[allow(clippy::manual_async_fn)]
     fn proxy(
         self: Arc<Self>,
+        head: RequestParts,
+        body: Incoming,
+        client_ip: HeaderValue,
+        https: bool,
+    ) -> impl Future<Output = Response<RouterBody>> + Send + 'static {
+        async move {
+            // What the log needs of the request, kept aside only when there is a log (boxed:
+            // it would make every request's future larger).
+            let logged = self.access_log.is_some().then(|| {
+                Box::new((
+                    head.method.clone(),
+                    head.uri
+                        .path_and_query()
+                        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                    head.headers.get(hyper::header::HOST).cloned(),
+                    client_ip.clone(),
+                    TokioInstant::now(),
+                ))
+            });
+            let response = self.clone().route(head, body, client_ip, https).await;
+            if let (Some(log), Some(request)) = (&self.access_log, logged) {
+                let (method, target, host, client, started) = *request;
+                log.record(&access_log::Entry {
+                    at_ms: crate::store::now_ms(),
+                    revision: response.headers().get(response::X_SLIPWAY_REVISION),
+                    method: method.as_str(),
+                    host: host.as_ref(),
+                    target: &target,
+                    status: response.status().as_u16(),
+                    duration: started.elapsed(),
+                    client: &client,
+                });
+            }
+            response
+        }
+    }
+
+    /// Routes one request: to a backend, or the router's own answer.
+    #[allow(clippy::manual_async_fn)]
+    fn route(
+        self: Arc<Self>,
         mut head: RequestParts,
         body: Incoming,
         client_ip: HeaderValue,
         https: bool,
     ) -> impl Future<Output = Response<RouterBody>> + Send + 'static {
+        // An `async` block, not an `async fn`, for the reason given at `proxy`.
         async move {
             let mut pick = match self.choose(None) {
                 Choice::Routed(pick) => pick,

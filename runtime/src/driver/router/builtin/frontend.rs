@@ -41,6 +41,9 @@ pub struct Routing {
     /// On a plain listener: answer with a redirect to HTTPS on this port instead of
     /// proxying.
     pub redirect_https: Option<u16>,
+    /// On a plain listener: accept HTTP/2 without TLS from clients that start with its
+    /// preface (h2c "prior knowledge"). The listener's first app decides.
+    pub h2c: bool,
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -74,6 +77,8 @@ pub(super) struct Front {
     max_connections: Mutex<usize>,
     /// The TLS handshake, on an HTTPS listener.
     pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Whether plain connections may speak HTTP/2 (h2c).
+    pub(super) h2c: bool,
 }
 
 /// One app on a listener.
@@ -131,6 +136,7 @@ impl Frontend {
                     slots: slots.clone(),
                     max_connections: Mutex::new(max_connections.max(1)),
                     tls: routing.tls.is_some().then(|| tls_acceptor(front.clone())),
+                    h2c: routing.h2c && routing.tls.is_none(),
                 });
                 let connections = Arc::new(Connections::default());
                 let accept = tokio::spawn(accept_loop(listener, front.clone(), connections.clone(), slots));
@@ -475,7 +481,7 @@ impl rustls::server::ResolvesServerCert for SniResolver {
     }
 }
 
-/// The TLS settings of an HTTPS listener: certificates by SNI, HTTP/1.1.
+/// The TLS settings of an HTTPS listener: certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN.
 fn tls_acceptor(front: Weak<Front>) -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -483,7 +489,7 @@ fn tls_acceptor(front: Weak<Front>) -> tokio_rustls::TlsAcceptor {
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver(front)));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 

@@ -146,6 +146,9 @@ async fn serve_client(
 ) {
     let _ = stream.set_nodelay(true);
     match &front.tls {
+        None if front.h2c && starts_with_h2_preface(&stream).await => {
+            serve_h2(front.clone(), stream, peer, false, close_requested, entry).await;
+        }
         None => serve_connection(front.clone(), stream, peer, false, close_requested, entry).await,
         Some(acceptor) => {
             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -159,8 +162,98 @@ async fn serve_client(
                     return;
                 }
             };
-            serve_connection(front.clone(), stream, peer, true, close_requested, entry).await;
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(front.clone(), stream, peer, true, close_requested, entry).await;
+            } else {
+                serve_connection(front.clone(), stream, peer, true, close_requested, entry).await;
+            }
         }
+    }
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection begins with the HTTP/2 preface, looking without reading.
+async fn starts_with_h2_preface(stream: &TcpStream) -> bool {
+    let mut seen = [0u8; H2_PREFACE.len()];
+    let waited = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, async {
+        loop {
+            let n = stream.peek(&mut seen).await.unwrap_or(0);
+            if n == 0 || seen[..n] != H2_PREFACE[..n] {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // Part of it so far: the rest is on its way.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    waited.await.unwrap_or(false)
+}
+
+/// The service every client connection uses: the request's app by host and path, then
+/// proxied (or the router's own answer).
+fn service(
+    front: Arc<Front>,
+    client_ip: HeaderValue,
+    https: bool,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = hyper::Response<super::response::RouterBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<super::response::RouterBody>, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |request: Request<Incoming>| {
+        let (head, body) = request.into_parts();
+        let host = head
+            .headers
+            .get(hyper::header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| head.uri.authority().map(|a| a.as_str().as_bytes()));
+        let target = front.target(host, head.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let client_ip = client_ip.clone();
+        async move {
+            Ok::<_, Infallible>(match target {
+                Target::App(shared) => shared.proxy(head, body, client_ip, https).await,
+                Target::Redirect(location) => redirect(location),
+                Target::Nobody => nobody_here(),
+            })
+        }
+    })
+}
+
+/// Serves one HTTP/2 connection: its streams are requests like any other.
+async fn serve_h2<I>(
+    front: Arc<Front>,
+    stream: I,
+    peer: SocketAddr,
+    https: bool,
+    mut close_requested: oneshot::Receiver<()>,
+    _entry: ConnectionEntry,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
+    let service = service(front.clone(), client_ip, https);
+    let mut server = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    server.timer(hyper_util::rt::TokioTimer::new());
+    let mut connection = pin!(server.serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                debug!(listener = %front.local_addr, %peer, %error, "HTTP/2 client connection ended with an error");
+            }
+            return;
+        }
+        _ = &mut close_requested => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(error) = connection.await {
+        debug!(listener = %front.local_addr, %peer, %error, "HTTP/2 client connection ended with an error while closing");
     }
 }
 
@@ -175,24 +268,7 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
-    let routes = front.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let (head, body) = request.into_parts();
-        let host = head
-            .headers
-            .get(hyper::header::HOST)
-            .map(HeaderValue::as_bytes)
-            .or_else(|| head.uri.authority().map(|a| a.as_str().as_bytes()));
-        let target = routes.target(host, head.uri.path_and_query().map_or("/", |p| p.as_str()));
-        let client_ip = client_ip.clone();
-        async move {
-            Ok::<_, Infallible>(match target {
-                Target::App(shared) => shared.proxy(head, body, client_ip, https).await,
-                Target::Redirect(location) => redirect(location),
-                Target::Nobody => nobody_here(),
-            })
-        }
-    });
+    let service = service(front.clone(), client_ip, https);
     let mut server = (**front.server.load()).clone();
     server.timer(ConnectionTimer { spare: Arc::default() });
     let mut connection = pin!(server.serve_connection(TokioIo::new(stream), service).with_upgrades());

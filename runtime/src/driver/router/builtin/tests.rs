@@ -1175,6 +1175,11 @@ impl TestCa {
 
     /// A TLS client that trusts this CA only.
     fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.connector_config())
+    }
+
+    /// The settings of [`TestCa::connector`].
+    fn connector_config(&self) -> Arc<rustls::ClientConfig> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
@@ -1187,7 +1192,7 @@ impl TestCa {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        Arc::new(config)
     }
 
     /// Connects to `addr` over TLS asking for `host`; fails unless the router presents a
@@ -1358,4 +1363,143 @@ async fn a_listener_holds_at_most_its_connection_limit() {
     drop(first);
     let served = tokio::time::timeout(Duration::from_secs(5), pending).await;
     assert_eq!(served.expect("served once a slot was free").unwrap(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_access_log_has_a_json_line_per_request() {
+    let a = App::start("a").await;
+    let path = std::env::temp_dir().join(format!("slipway-access-{}/access.log", std::process::id()));
+    let options = RouterOptions {
+        access_log: Some(path.clone()),
+        max_body_bytes: Some(10),
+        ..RouterOptions::default()
+    };
+    let router = BuiltinRouter::bind_with("shop", "127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    router.update(table(vec![revision(4, 256, &[&a])]));
+    let mut client = Client::connect(&router).await;
+    assert_eq!(client.get_host("shop.test", "/cart?x=1").await.status, StatusCode::OK);
+    let big = Request::post("/upload")
+        .header("host", "shop.test")
+        .body(Chunks::full(vec![b'x'; 100]))
+        .unwrap();
+    assert_eq!(
+        Client::connect(&router).await.send(big).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() > deadline {
+            break text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = &lines[0];
+    assert_eq!(
+        (
+            &ok["app"],
+            &ok["revision"],
+            &ok["method"],
+            &ok["host"],
+            &ok["target"],
+            &ok["status"],
+            &ok["client"]
+        ),
+        (
+            &serde_json::json!("shop"),
+            &serde_json::json!(4),
+            &serde_json::json!("GET"),
+            &serde_json::json!("shop.test"),
+            &serde_json::json!("/cart?x=1"),
+            &serde_json::json!(200),
+            &serde_json::json!("127.0.0.1")
+        )
+    );
+    assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0 && ok["time_ms"].as_u64().unwrap() > 0);
+    assert_eq!(
+        (&lines[1]["status"], &lines[1]["revision"]),
+        (&serde_json::json!(413), &serde_json::Value::Null)
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// An HTTP/2 client connection over `io`: one request, its status, body and version.
+async fn h2_get<I>(io: I, host: &str, path: &str) -> (StatusCode, hyper::Version, Bytes)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(format!("https://{host}{path}"))
+        .body(Chunks::full(""))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (head, body) = response.into_parts();
+    (head.status, head.version, body.collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn http2_over_tls_by_alpn_and_h2c_where_asked() {
+    let ca = TestCa::new();
+    let a = App::start("a").await;
+    let tls = routed(
+        "shop",
+        "127.0.0.1:0".parse().unwrap(),
+        Routing {
+            tls: Some(ca.issue("shop.test")),
+            ..on(&["shop.test"])
+        },
+    )
+    .await
+    .unwrap();
+    tls.update(table(vec![revision(1, 256, &[&a])]));
+
+    // A client offering h2 gets it, and many requests share the connection.
+    let mut config = (*ca.connector_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(tls.local_addr()).await.unwrap();
+    let stream = connector
+        .connect(rustls::pki_types::ServerName::try_from("shop.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, version, body) = h2_get(stream, "shop.test", "/").await;
+    assert_eq!(
+        (status, version, &body[..]),
+        (StatusCode::OK, hyper::Version::HTTP_2, &b"a"[..])
+    );
+    // One that does not still speaks HTTP/1.1.
+    let mut old = ca.connect(tls.local_addr(), "shop.test").await.unwrap();
+    assert_eq!(old.get_host("shop.test", "/").await.text(), "a");
+
+    // h2c on a plain listener that asks for it; HTTP/1.1 clients are still served there.
+    let plain = routed(
+        "blog",
+        "127.0.0.1:0".parse().unwrap(),
+        Routing {
+            h2c: true,
+            ..Routing::default()
+        },
+    )
+    .await
+    .unwrap();
+    plain.update(table(vec![revision(2, 256, &[&a])]));
+    let tcp = TcpStream::connect(plain.local_addr()).await.unwrap();
+    let (status, version, _) = h2_get(tcp, "blog.test", "/").await;
+    assert_eq!((status, version), (StatusCode::OK, hyper::Version::HTTP_2));
+    assert_eq!(Client::connect(&plain).await.get("/").await.revision(), 2);
+    // Without h2c, the preface is not HTTP/1.1: the connection is refused an answer.
+    let refused = router().await;
+    let mut tcp = TcpStream::connect(refused.local_addr()).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/2"), "{}", String::from_utf8_lossy(&answer));
 }
