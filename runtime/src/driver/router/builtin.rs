@@ -80,6 +80,10 @@ use self::response::{
 use self::table::{Choice, Pick, Routes, random_u64};
 use self::upstream::{Connection, Deadline, ProxyError, SendError, send};
 
+/// How long a request waits for a ready instance when the table has none, before it gets
+/// a 503.
+const NO_BACKEND_WAIT: Duration = Duration::from_secs(2);
+
 /// How long closing an instance's tunnels may take once its drain's grace period is over.
 const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -191,6 +195,7 @@ impl BuiltinRouter {
         let shared = Arc::new(Shared {
             app: app.to_owned(),
             routes: ArcSwap::from_pointee(Routes::compile(RouteTable::default(), &metrics)),
+            updated: tokio::sync::Notify::new(),
             retired: Mutex::new(Vec::new()),
             metrics,
             backend_timeout: options.backend_timeout,
@@ -245,6 +250,7 @@ impl BuiltinRouter {
     pub fn update(&self, table: RouteTable) {
         let routes = Routes::compile(table, &self.shared.metrics);
         let old = self.shared.routes.swap(Arc::new(routes));
+        self.shared.updated.notify_waiters();
         let mut retired = lock(&self.shared.retired);
         retired.retain(|table| table.strong_count() > 0);
         retired.push(Arc::downgrade(&old));
@@ -351,6 +357,8 @@ impl Drop for BuiltinRouter {
 struct Shared {
     app: String,
     routes: ArcSwap<Routes>,
+    /// Woken at every table update, for requests waiting for a ready instance.
+    updated: tokio::sync::Notify,
     /// Tables replaced by [`BuiltinRouter::update`] that a request may still be picking
     /// from; see [`BuiltinRouter::drain`].
     retired: Mutex<Vec<Weak<Routes>>>,
@@ -437,7 +445,12 @@ impl Shared {
             let mut pick = match self.choose(None) {
                 Choice::Routed(pick) => pick,
                 Choice::Maintenance => return self.unavailable(maintenance_page()),
-                Choice::NoBackend => return self.unavailable(no_ready_instances()),
+                // Every ready instance just went (a version crashing as a whole): the table
+                // is about to change, rolled back or restarted. Wait for it a moment.
+                Choice::NoBackend => match Box::pin(self.after_update()).await {
+                    Some(pick) => pick,
+                    None => return self.unavailable(no_ready_instances()),
+                },
             };
             if let Some(limit) = self.max_body
                 && declared_length(&head.headers).is_some_and(|length| length > limit)
@@ -451,6 +464,7 @@ impl Shared {
             }
             prepare_request(&mut head, &client_ip, https);
             let body = (!body.is_end_stream()).then_some(body);
+            let bodyless = body.is_none();
             let start = TokioInstant::now();
             let deadline = Deadline {
                 start,
@@ -458,7 +472,19 @@ impl Shared {
                 timeout: self.backend_timeout,
                 max_body: self.max_body,
             };
-            let outcome = self.exchange(&mut pick, &mut head, body, &deadline).await;
+            let mut outcome = self.exchange(&mut pick, &mut head, body, &deadline).await;
+            // Every instance tried failed without answering (a version crashing as a whole):
+            // a body-less request waits for the table to change and goes once more.
+            if bodyless
+                && let Err(ProxyError::Connect { .. } | ProxyError::Io { .. } | ProxyError::Closed { .. }) = &outcome
+            {
+                let failed = pick.in_flight.0.clone();
+                if let Some(next) = Box::pin(self.after_update_excluding(&failed)).await {
+                    pick.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    pick = next;
+                    outcome = Box::pin(self.exchange(&mut pick, &mut head, None, &deadline)).await;
+                }
+            }
             pick.stats.requests.fetch_add(1, Ordering::Relaxed);
             let now_ms = crate::store::now_ms();
             match outcome {
@@ -544,6 +570,37 @@ impl Shared {
                 }
             }
             Err(error)
+        }
+    }
+
+    /// A pick from the next table, if one comes within [`NO_BACKEND_WAIT`] and routes
+    /// somewhere.
+    async fn after_update(&self) -> Option<Pick> {
+        let deadline = TokioInstant::now() + NO_BACKEND_WAIT;
+        loop {
+            let mut updated = pin!(self.updated.notified());
+            updated.as_mut().enable();
+            if let Choice::Routed(pick) = self.choose(None) {
+                return Some(pick);
+            }
+            if tokio::time::timeout_at(deadline, updated).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Like [`Shared::after_update`], for a table whose pick is not the instance at `failed`.
+    async fn after_update_excluding(&self, failed: &Backend) -> Option<Pick> {
+        let deadline = TokioInstant::now() + NO_BACKEND_WAIT;
+        loop {
+            let mut updated = pin!(self.updated.notified());
+            updated.as_mut().enable();
+            if let Choice::Routed(pick) = self.choose(Some(failed)) {
+                return Some(pick);
+            }
+            if tokio::time::timeout_at(deadline, updated).await.is_err() {
+                return None;
+            }
         }
     }
 
