@@ -447,7 +447,7 @@ impl Shared {
                 Choice::Maintenance => return self.unavailable(maintenance_page()),
                 // Every ready instance just went (a version crashing as a whole): the table
                 // is about to change, rolled back or restarted. Wait for it a moment.
-                Choice::NoBackend => match Box::pin(self.after_update()).await {
+                Choice::NoBackend => match Box::pin(self.after_update(None)).await {
                     Some(pick) => pick,
                     None => return self.unavailable(no_ready_instances()),
                 },
@@ -479,7 +479,7 @@ impl Shared {
                 && let Err(ProxyError::Connect { .. } | ProxyError::Io { .. } | ProxyError::Closed { .. }) = &outcome
             {
                 let failed = pick.in_flight.0.clone();
-                if let Some(next) = Box::pin(self.after_update_excluding(&failed)).await {
+                if let Some(next) = Box::pin(self.after_update(Some(&failed))).await {
                     pick.stats.errors.fetch_add(1, Ordering::Relaxed);
                     pick = next;
                     outcome = Box::pin(self.exchange(&mut pick, &mut head, None, &deadline)).await;
@@ -573,29 +573,14 @@ impl Shared {
         }
     }
 
-    /// A pick from the next table, if one comes within [`NO_BACKEND_WAIT`] and routes
-    /// somewhere.
-    async fn after_update(&self) -> Option<Pick> {
+    /// A pick (other than `exclude`) from the table as it is or the next ones, if one routes
+    /// somewhere within [`NO_BACKEND_WAIT`].
+    async fn after_update(&self, exclude: Option<&Backend>) -> Option<Pick> {
         let deadline = TokioInstant::now() + NO_BACKEND_WAIT;
         loop {
             let mut updated = pin!(self.updated.notified());
             updated.as_mut().enable();
-            if let Choice::Routed(pick) = self.choose(None) {
-                return Some(pick);
-            }
-            if tokio::time::timeout_at(deadline, updated).await.is_err() {
-                return None;
-            }
-        }
-    }
-
-    /// Like [`Shared::after_update`], for a table whose pick is not the instance at `failed`.
-    async fn after_update_excluding(&self, failed: &Backend) -> Option<Pick> {
-        let deadline = TokioInstant::now() + NO_BACKEND_WAIT;
-        loop {
-            let mut updated = pin!(self.updated.notified());
-            updated.as_mut().enable();
-            if let Choice::Routed(pick) = self.choose(Some(failed)) {
+            if let Choice::Routed(pick) = self.choose(exclude) {
                 return Some(pick);
             }
             if tokio::time::timeout_at(deadline, updated).await.is_err() {

@@ -353,8 +353,7 @@ impl Route {
 
     /// A host both routes claim under prefixes that overlap, if any.
     fn overlap(&self, other: &Route) -> Option<String> {
-        let prefixes_overlap = self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix);
-        if !prefixes_overlap || self.prefix != other.prefix {
+        if self.prefix != other.prefix {
             // Different prefixes are fine: the longer one wins for its paths.
             return None;
         }
