@@ -721,6 +721,9 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if let Some(notice) = &app.notice {
             say!("  ! {notice}");
         }
+        if let Some(certificate) = &app.certificate {
+            say!("  {}", certificate_line(certificate));
+        }
         for (revision, s) in app.instances.iter().flat_map(|i| &i.revisions) {
             say!(
                 "  revision {revision}: {}/{} ready (desired {}), weight {}",
@@ -828,26 +831,34 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) for a Unix time in milliseconds.
+/// An app's ACME certificate in one line of `slipway status`.
+fn certificate_line(certificate: &crate::protocol::CertificateStatus) -> String {
+    use crate::protocol::CertificateState;
+    let names = certificate.hosts.join(", ");
+    let at = |seconds: Option<u64>| seconds.map_or("?".into(), |s| format_time(s * 1000));
+    match certificate.state {
+        CertificateState::Obtaining => {
+            format!("certificate for {names}: being obtained from {}", certificate.directory)
+        }
+        CertificateState::Valid => format!(
+            "certificate for {names}: valid until {} UTC, renewed from {} UTC",
+            at(certificate.not_after),
+            at(certificate.renew_at)
+        ),
+        CertificateState::Failed => format!(
+            "! certificate for {names}: FAILED: {}; next try at {} UTC{}",
+            certificate.error.as_deref().unwrap_or("no reason given"),
+            at(certificate.next_try),
+            certificate
+                .not_after
+                .map(|n| format!("; the current one is valid until {} UTC", format_time(n * 1000)))
+                .unwrap_or_else(|| "; no certificate is served for these names yet".into())
+        ),
+    }
+}
+
 fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one column.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::civil::format_utc(ms)
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

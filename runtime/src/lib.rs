@@ -3,9 +3,11 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod acme;
 pub mod api;
 pub mod auth;
 pub mod bindings;
+pub mod civil;
 pub mod cli;
 pub mod dataplane;
 pub mod driver;

@@ -127,9 +127,45 @@ pub struct AppStatus {
     pub notice: Option<String>,
     /// Its router and instances, when the runner runs them.
     pub instances: Option<Instances>,
+    /// Its HTTPS certificate, when the runner obtains it over ACME.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
     /// The spec as deployed (secret-env holds references, never values).
     pub spec: serde_json::Value,
     pub updated_at: u64,
+}
+
+/// An app's certificate from ACME, as the runner keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The names it is for: all of the app's hosts.
+    pub hosts: Vec<String>,
+    /// The ACME directory it comes from.
+    pub directory: String,
+    pub state: CertificateState,
+    /// When the certificate served now expires (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
+    /// When the runner renews it (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<u64>,
+    /// Why the last try failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the runner tries again after a failure (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_try: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateState {
+    /// None yet: the first order is under way.
+    Obtaining,
+    /// A certificate for every name, not yet due for renewal.
+    Valid,
+    /// The last order failed (see `error`); a certificate obtained before may still be served.
+    Failed,
 }
 
 /// An app's router and instances.

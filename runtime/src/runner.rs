@@ -121,6 +121,8 @@ pub struct RunnerConfig {
     /// The Kubernetes client for apps with a `[kubernetes]` table; by default one is made
     /// from the kubeconfig when the first such app needs it.
     pub kube: Option<kube::Client>,
+    /// Where certificates for `[router.tls] acme = true` come from.
+    pub acme: crate::acme::AcmeConfig,
 }
 
 /// An event as delivered to followers, with its sequence number within the rollout.
@@ -133,6 +135,7 @@ pub struct Numbered {
 pub struct Runner {
     store: Store,
     plane: Arc<PlaneClient>,
+    certificates: Arc<crate::acme::Certificates>,
     kube: std::sync::OnceLock<kube::Client>,
     loader: ModuleLoader,
     data_dir: PathBuf,
@@ -220,9 +223,11 @@ impl Runner {
         let uploads_dir = data.open_dir("uploads")?;
         let store = Store::open(&config.data_dir.join("slipway.db"))?;
         let plane = PlaneClient::connect(&config.data_dir, config.plane.clone()).await?;
+        let certificates = crate::acme::Certificates::new(config.acme.clone(), &config.data_dir, store.clone());
         let runner = Arc::new_cyclic(|this| Runner {
             store,
             plane,
+            certificates,
             kube: config.kube.clone().map(std::sync::OnceLock::from).unwrap_or_default(),
             loader,
             data_dir: config.data_dir.clone(),
@@ -307,6 +312,7 @@ impl Runner {
                 *handle.router.lock().unwrap() = spec.router.kind;
                 *handle.front.lock().unwrap() = front;
             }
+            self.certify(spec);
             return Ok(handle);
         }
         let plane = self
@@ -323,8 +329,18 @@ impl Runner {
             front: Mutex::new(front),
             rollout: Mutex::new(None),
         });
+        self.certify(spec);
         let mut apps = self.apps.lock().unwrap();
         Ok(apps.entry(spec.name.clone()).or_insert(handle).clone())
+    }
+
+    /// Keeps the app's certificate from ACME current, if its spec asks for one.
+    fn certify(&self, spec: &Spec) {
+        if spec.router.tls.as_ref().is_some_and(|tls| tls.acme) {
+            self.certificates.manage(&spec.name, &spec.router.hosts);
+        } else {
+            self.certificates.forget(&spec.name, false);
+        }
     }
 
     /// A Kubernetes app's handle: the cluster is its data plane, reached on first use with
@@ -453,6 +469,7 @@ impl Runner {
         });
         AppStatus {
             running_rollout: self.running_rollout(&app.name),
+            certificate: self.certificates.status(&app.name),
             maintenance: instances.as_ref().map_or(app.maintenance, |i| i.maintenance),
             name: app.name,
             active_revision: app.active_revision,

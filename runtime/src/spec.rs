@@ -270,16 +270,24 @@ impl RouterSpec {
     }
 }
 
-/// The `[router.tls]` table: where HTTPS is served, and the certificate.
+/// The `[router.tls]` table: where HTTPS is served, and the certificate: from files, or
+/// obtained and renewed over ACME.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TlsSpec {
     /// The HTTPS address, e.g. `"0.0.0.0:443"`; apps share it by host name.
     pub listen: SocketAddr,
     /// The certificate chain, PEM (leaf first), read again when the file changes.
-    pub cert: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
     /// Its private key, PEM.
-    pub key: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Obtain a certificate for every name in `hosts` from the runner's ACME directory (Let's
+    /// Encrypt unless `slipway serve --acme-directory` says otherwise), proving each name
+    /// over HTTP-01 on the app's plain listener, and renew it ahead of expiry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acme: bool,
 }
 
 impl RouterSpec {
@@ -1275,7 +1283,42 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
                 "serve HTTPS on another port, e.g. listen = \"0.0.0.0:80\" and tls.listen = \"0.0.0.0:443\"",
             )?;
         }
+        match (&tls.cert, &tls.key, tls.acme) {
+            (Some(_), Some(_), false) | (None, None, true) => {}
+            (Some(_), Some(_), true) => problem(
+                keys(&["router", "tls", "acme"]),
+                "acme = true and a certificate from files (cert and key) are both given",
+                "keep either acme = true (the runner obtains the certificate) or cert and key",
+            )?,
+            (None, None, false) => problem(
+                keys(&["router", "tls"]),
+                "[router.tls] has no certificate: neither cert and key nor acme = true",
+                "add acme = true to obtain one from Let's Encrypt (or the runner's ACME directory), or cert and key files",
+            )?,
+            (cert, _, _) => problem(
+                keys(&["router", "tls", if cert.is_some() { "key" } else { "cert" }]),
+                "a certificate from files needs both cert and key",
+                "give the certificate chain as cert and its private key as key (PEM files)",
+            )?,
+        }
+        if tls.acme {
+            if router.hosts.is_empty() {
+                problem(
+                    keys(&["router", "tls", "acme"]),
+                    "acme = true needs the host names to certify, and [router] hosts is empty",
+                    "list the app's public names, e.g. hosts = [\"shop.example.com\"]",
+                )?;
+            }
+            if let Some(wildcard) = router.hosts.iter().find(|h| h.starts_with("*.")) {
+                problem(
+                    keys(&["router", "hosts"]),
+                    format!("{wildcard} cannot be certified over HTTP-01, which proves one name at a time"),
+                    "list each name the app serves, or give a wildcard certificate from files (cert and key)",
+                )?;
+            }
+        }
         for (field, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            let Some(path) = path else { continue };
             if !path.is_absolute() {
                 problem(
                     keys(&["router", "tls", field]),
@@ -1333,7 +1376,7 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         problem(
             keys(&["router", "redirect-https"]),
             "redirect-https is set but the app has no [router.tls] to redirect to",
-            "add [router.tls] with listen, cert and key, or remove redirect-https",
+            "add [router.tls] with listen and acme = true (or cert and key), or remove redirect-https",
         )?;
     }
     for (index, host) in router.hosts.iter().enumerate() {
@@ -2225,6 +2268,27 @@ maintenance-during-deploy = true
             "header-timeout \"1h\" is out of range",
         );
         refused("[router]\nhosts = [\"Shop.Example.com\"]\n", "is not a host name");
+        let acme = parse_toml(&minimal_with(
+            "[router]\nhosts = [\"shop.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
+        ))
+        .unwrap();
+        assert!(acme.router.tls.unwrap().acme);
+        refused(
+            "[router]\nhosts = [\"a.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\n",
+            "neither cert and key nor acme = true",
+        );
+        refused(
+            "[router]\nhosts = [\"a.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"/c\"\n",
+            "needs both cert and key",
+        );
+        refused(
+            "[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
+            "needs the host names to certify",
+        );
+        refused(
+            "[router]\nhosts = [\"*.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
+            "*.example.com cannot be certified over HTTP-01",
+        );
     }
 
     #[test]

@@ -1,74 +1,23 @@
 //! The built-in router as a front door: apps sharing one HTTPS port by host name, each with
-//! its own certificate (chosen by SNI), plain HTTP redirected to HTTPS, a host claimed twice
-//! refused, and blue-green deploys of both under wrk load over HTTPS without a failed request.
+//! its own certificate from an ACME CA (Pebble; chosen by SNI), plain HTTP redirected to
+//! HTTPS, a host claimed twice refused, and blue-green deploys of both under wrk load over
+//! HTTPS without a failed request.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::acme::{Pebble, acme_spec, wait_certificate, wait_served};
 use crate::lifecycle::{listen, text};
-use crate::runner::{ADMIN, HelloSpec, Server, unique_dir, write_spec};
+use crate::runner::{ADMIN, HelloSpec, Server, free_port, unique_dir, write_spec};
 use crate::support::exclusive;
 
-/// A CA made for the test by `tests/tls/issue.sh` (with openssl), and certificates it signs.
-struct Ca {
-    dir: PathBuf,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        Ca {
-            dir: unique_dir("front-ca"),
-        }
-    }
-
-    /// (cert, key) for `host`.
-    fn issue(&self, host: &str) -> (PathBuf, PathBuf) {
-        let out = Command::new("sh")
-            .arg(crate::support::workspace().join("tests/tls/issue.sh"))
-            .arg(&self.dir)
-            .arg(host)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "issue.sh {host}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            self.dir.join(format!("{host}.pem")),
-            self.dir.join(format!("{host}.key")),
-        )
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-}
-
-/// hello as `name`, answering for `host` on the shared plain and HTTPS addresses.
-fn spec(
-    name: &str,
-    host: &str,
-    version: &str,
-    plain: SocketAddr,
-    https: SocketAddr,
-    tls: &(PathBuf, PathBuf),
-) -> String {
-    let toml = HelloSpec {
-        listen: plain,
-        version,
-        strategy: "builtin:blue-green",
-        ..HelloSpec::default()
-    }
-    .toml()
-    .replace("name = \"hello\"", &format!("name = \"{name}\""));
-    format!(
-        "{toml}\n[router]\nhosts = [\"{host}\"]\nredirect-https = true\n\n[router.tls]\nlisten = \"{https}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        tls.0.display(),
-        tls.1.display()
-    )
+/// hello as `name`, answering for `host` on the shared plain and HTTPS addresses, with its
+/// certificate from ACME and plain HTTP redirected to HTTPS.
+fn spec(name: &str, host: &str, version: &str, plain: SocketAddr, https: SocketAddr) -> String {
+    let spec = acme_spec(name, host, version, plain, https);
+    spec.replace("[router]\n", "[router]\nredirect-https = true\n")
 }
 
 /// `curl` over HTTPS to `host` at `https`, trusting only `root`: (status, body).
@@ -94,32 +43,36 @@ fn curl(root: &Path, host: &str, https: SocketAddr, path: &str) -> (u16, String)
 #[test]
 fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_without_a_failed_request() {
     let _serial = exclusive();
-    let ca = Ca::new();
-    let (shop_tls, blog_tls) = (ca.issue("shop.test"), ca.issue("blog.test"));
-    let server = Server::start();
     let (plain, https) = (listen(), listen());
-    let deploy = |name: &str, host: &str, version: &str, tls: &(PathBuf, PathBuf)| {
+    // Let's Encrypt's test CA, validating on the shared plain port.
+    let pebble = Pebble::start(plain.port(), Duration::from_secs(3600));
+    let env = pebble.runner_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start_with(&unique_dir("front-data"), free_port(), &env);
+    let deploy = |name: &str, host: &str, version: &str| {
         let out = server.cli(&[
             "deploy",
-            write_spec(&spec(name, host, version, plain, https, tls))
-                .to_str()
-                .unwrap(),
+            write_spec(&spec(name, host, version, plain, https)).to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{name} {version}: {}", text(&out));
     };
-    deploy("shop", "shop.test", "v1", &shop_tls);
-    deploy("blog", "blog.test", "v1", &blog_tls);
+    deploy("shop", "shop.test", "v1");
+    deploy("blog", "blog.test", "v1");
+    for app in ["shop", "blog"] {
+        wait_certificate(&server, app, "valid", Duration::from_secs(60));
+    }
+    let root = pebble.root();
+    for host in ["shop.test", "blog.test"] {
+        wait_served(&root, host, https);
+    }
 
     // Each name gets its app, over a certificate for that name.
-    assert_eq!(
-        curl(&ca.root(), "shop.test", https, "/"),
-        (200, "hello from v1\n".into())
-    );
-    assert_eq!(curl(&ca.root(), "blog.test", https, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(curl(&root, "shop.test", https, "/"), (200, "hello from v1\n".into()));
+    assert_eq!(curl(&root, "blog.test", https, "/healthz"), (200, "ok\n".into()));
     // Browsers get HTTP/2 (ALPN).
     let version = Command::new("curl")
         .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}", "--cacert"])
-        .arg(ca.root())
+        .arg(&root)
         .arg("--resolve")
         .arg(format!("shop.test:{}:127.0.0.1", https.port()))
         .arg(format!("https://shop.test:{}/", https.port()))
@@ -145,7 +98,7 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
         format!("308 https://shop.test:{}/cart?x=1", https.port())
     );
     // A third app claiming a host already served is refused, naming both apps.
-    let thief = spec("thief", "shop.test", "v1", plain, https, &shop_tls);
+    let thief = spec("thief", "shop.test", "v1", plain, https);
     let (status, body) = server.request(
         "PUT",
         "/v1/apps/thief",
@@ -173,8 +126,8 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
         std::thread::spawn(move || wrk("blog.test")),
     ];
     std::thread::sleep(Duration::from_secs(1));
-    deploy("shop", "shop.test", "v2", &shop_tls);
-    deploy("blog", "blog.test", "v2", &blog_tls);
+    deploy("shop", "shop.test", "v2");
+    deploy("blog", "blog.test", "v2");
     for load in loads {
         let out = load.join().unwrap();
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -183,14 +136,8 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
         assert!(!said.contains("Non-2xx"), "failed requests under load: {said}");
         assert!(!said.contains("Socket errors"), "connection errors under load: {said}");
     }
-    assert_eq!(
-        curl(&ca.root(), "shop.test", https, "/"),
-        (200, "hello from v2\n".into())
-    );
-    assert_eq!(
-        curl(&ca.root(), "blog.test", https, "/"),
-        (200, "hello from v2\n".into())
-    );
+    assert_eq!(curl(&root, "shop.test", https, "/"), (200, "hello from v2\n".into()));
+    assert_eq!(curl(&root, "blog.test", https, "/"), (200, "hello from v2\n".into()));
 }
 
 #[test]

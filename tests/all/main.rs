@@ -4,6 +4,7 @@
 //! Guest fixtures (`tests/fixtures/*`) and example strategies are built for `wasm32-wasip2`
 //! on first use; the Python example needs `componentize-py` (installed by `.ci/run`).
 
+mod acme;
 mod analysis;
 mod cli;
 mod containers;

@@ -30,6 +30,7 @@ async fn state() -> ApiState {
             limits: Limits::default(),
             plane: crate::dataplane::client::Start::InProcess,
             kube: None,
+            acme: Default::default(),
         },
         loader,
     )

@@ -35,6 +35,16 @@ pub struct ServeArgs {
     /// For upgrading the runner in place. Without it, stopping the runner stops everything.
     #[arg(long, env = "SLIPWAY_KEEP_RUNNING")]
     keep_running: bool,
+    /// The ACME directory that certificates for `[router.tls] acme = true` come from.
+    #[arg(long, env = "SLIPWAY_ACME_DIRECTORY", default_value = crate::acme::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// An email address the ACME CA may write to about expiring certificates.
+    #[arg(long, env = "SLIPWAY_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// A PEM root certificate to trust for the ACME directory's HTTPS instead of the system's
+    /// (a private CA, or a test CA such as Pebble).
+    #[arg(long, env = "SLIPWAY_ACME_CA")]
+    acme_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +70,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .create(&args.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", args.data_dir.display()))?;
     }
+    anyhow::ensure!(
+        args.acme_directory.starts_with("https://"),
+        "--acme-directory {:?} is not an https:// URL; give the directory URL of an ACME CA, e.g. {}",
+        args.acme_directory,
+        crate::acme::LETS_ENCRYPT
+    );
+    if let Some(ca) = &args.acme_ca {
+        anyhow::ensure!(
+            ca.is_file(),
+            "--acme-ca {} is not a file; give the PEM root certificate the ACME directory's HTTPS is signed by",
+            ca.display()
+        );
+    }
     let tokens = load_tokens(&args)?;
     let mut specs = Vec::new();
     for file in &args.deploy {
@@ -73,6 +96,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             limits: Limits::default(),
             plane: crate::dataplane::client::Start::Process,
             kube: None,
+            acme: crate::acme::AcmeConfig {
+                directory: args.acme_directory.clone(),
+                contact: args.acme_email.clone(),
+                ca: args.acme_ca.clone(),
+            },
         },
         loader,
     )

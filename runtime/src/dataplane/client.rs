@@ -248,6 +248,13 @@ impl PlaneClient {
                 "router: the data plane was started by an older Slipway that cannot route by host name or serve HTTPS; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
             ));
         }
+        if front.tls.as_ref().is_some_and(|tls| tls.acme)
+            && !self.features.iter().any(|f| f == super::protocol::FEATURE_ACME)
+        {
+            return Err(DriverError::Invalid(
+                "router.tls.acme: the data plane was started by an older Slipway that cannot serve certificates from ACME; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
+            ));
+        }
         if router == RouterKind::Haproxy && !self.features.iter().any(|f| f == super::protocol::FEATURE_HAPROXY) {
             return Err(DriverError::Invalid(
                 "router.kind: the data plane was started by an older Slipway that cannot drive HAProxy; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),

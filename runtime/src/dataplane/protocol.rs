@@ -23,7 +23,13 @@ pub const PROTOCOL: u32 = 1;
 
 /// What this data plane can do beyond protocol 1 as first released; a runner asks only for
 /// what the data plane it talks to lists, so a new runner works with an older data plane.
-pub const FEATURES: &[&str] = &[FEATURE_CONTAINERS, FEATURE_HAPROXY, FEATURE_TRAFFIC, FEATURE_FRONT];
+pub const FEATURES: &[&str] = &[
+    FEATURE_CONTAINERS,
+    FEATURE_HAPROXY,
+    FEATURE_TRAFFIC,
+    FEATURE_FRONT,
+    FEATURE_ACME,
+];
 /// Revisions that run as containers ([`Request::DefineContainer`]).
 pub const FEATURE_CONTAINERS: &str = "containers";
 /// Apps routed by HAProxy (`router` in [`Request::App`]).
@@ -33,6 +39,9 @@ pub const FEATURE_TRAFFIC: &str = "traffic";
 /// Apps routed by host name and path prefix on shared listeners, and over HTTPS (`front` in
 /// [`Request::App`]).
 pub const FEATURE_FRONT: &str = "front";
+/// HTTPS with the certificate the runner obtains over ACME (`acme` in `front.tls`), and the
+/// CA's HTTP-01 challenges answered on plain listeners.
+pub const FEATURE_ACME: &str = "acme";
 
 /// How an app is reached beyond its own plain address: host names and a path prefix on
 /// listeners it shares with other apps, and HTTPS.

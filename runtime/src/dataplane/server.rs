@@ -475,8 +475,10 @@ async fn bind(
         path_prefix: front.path_prefix.clone(),
         tls: None,
         redirect_https: None,
+        acme_challenges: None,
         h2c: front.h2c,
     };
+    let acme = front.tls.as_ref().is_some_and(|tls| tls.acme);
     let mut listeners = vec![(
         listen,
         Routing {
@@ -485,17 +487,26 @@ async fn bind(
                 .as_ref()
                 .filter(|_| front.redirect_https)
                 .map(|tls| tls.listen.port()),
+            acme_challenges: acme.then(|| crate::acme::challenge_dir(data_dir)),
             ..routing.clone()
         },
     )];
     if let Some(tls) = &front.tls {
+        let files = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) if !tls.acme => TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                later: false,
+            },
+            _ => {
+                let (cert, key) = crate::acme::cert_files(data_dir, app);
+                TlsFiles { cert, key, later: true }
+            }
+        };
         listeners.push((
             tls.listen,
             Routing {
-                tls: Some(TlsFiles {
-                    cert: tls.cert.clone(),
-                    key: tls.key.clone(),
-                }),
+                tls: Some(files),
                 ..routing
             },
         ));

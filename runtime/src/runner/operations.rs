@@ -159,6 +159,7 @@ impl Runner {
                 .await
                 .map_err(|e| DeployError::NotPossible(e.to_string()))?;
         }
+        self.certificates.forget(app, true);
         self.store.delete_app(app)?;
         Ok(Deleted {
             app: app.to_string(),

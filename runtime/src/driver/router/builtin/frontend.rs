@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::listener::{Connections, accept_loop};
-use super::response::{RouterBody, fixed};
+use super::response::{RouterBody, fixed, fixed_bytes};
 use super::{Shared, lock};
 
 /// How an app is reached on a listener.
@@ -41,6 +41,9 @@ pub struct Routing {
     /// On a plain listener: answer with a redirect to HTTPS on this port instead of
     /// proxying.
     pub redirect_https: Option<u16>,
+    /// On a plain listener: answer ACME HTTP-01 challenges for the app's hosts from the
+    /// files in this directory (one per token, holding its key authorization).
+    pub acme_challenges: Option<PathBuf>,
     /// On a plain listener: accept HTTP/2 without TLS from clients that start with its
     /// preface (h2c "prior knowledge"). The listener's first app decides.
     pub h2c: bool,
@@ -51,6 +54,9 @@ pub struct Routing {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The files may not be there yet (a certificate being obtained over ACME): until they
+    /// are, TLS clients asking for the app's hosts are refused.
+    pub later: bool,
 }
 
 /// Every listener in this process, by address, while some app is routed on it.
@@ -90,6 +96,9 @@ pub(super) struct Route {
     prefix: String,
     pub(super) shared: Arc<Shared>,
     redirect_https: Option<u16>,
+    acme_challenges: Option<PathBuf>,
+    /// Whether it is routed over HTTPS.
+    tls: bool,
     /// The certificate, once read; replaced when its files change.
     cert: ArcSwapOption<rustls::sign::CertifiedKey>,
 }
@@ -98,6 +107,8 @@ pub(super) struct Route {
 pub(super) enum Target {
     App(Arc<Shared>),
     Redirect(HeaderValue),
+    /// An ACME HTTP-01 challenge: the file holding the answer.
+    Challenge(PathBuf),
     Nobody,
 }
 
@@ -226,7 +237,7 @@ impl Front {
 
     fn add(&self, route: Arc<Route>) -> io::Result<()> {
         let tls = self.tls.is_some();
-        if route.cert_expected() != tls {
+        if route.tls != tls {
             let (has, wants) = if tls {
                 ("HTTPS", "plain HTTP")
             } else {
@@ -280,6 +291,15 @@ impl Front {
         }
         let host = host.map(host_name).unwrap_or_default();
         let path = target.split_once('?').map_or(target, |(path, _)| path);
+        if let Some(token) = path.strip_prefix(crate::acme::CHALLENGE_PATH)
+            && crate::acme::valid_token(token)
+            && let Some(dir) = routes
+                .iter()
+                .find(|route| route.matches(&host))
+                .and_then(|route| route.acme_challenges.as_ref())
+        {
+            return Target::Challenge(dir.join(token));
+        }
         for route in routes.iter() {
             if route.matches(&host) && path_under(path, &route.prefix) {
                 return match route.redirect_https {
@@ -307,6 +327,7 @@ impl Route {
     fn new(app: &str, routing: &Routing, shared: Arc<Shared>) -> io::Result<Route> {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let cert = match &routing.tls {
+            Some(files) if files.later && !(files.cert.exists() && files.key.exists()) => None,
             Some(files) => Some(Arc::new(load_certificate(files)?)),
             None => None,
         };
@@ -321,12 +342,10 @@ impl Route {
             prefix,
             shared,
             redirect_https: routing.redirect_https,
+            acme_challenges: routing.acme_challenges.clone(),
+            tls: routing.tls.is_some(),
             cert: ArcSwapOption::new(cert),
         })
-    }
-
-    fn cert_expected(&self) -> bool {
-        self.cert.load().is_some()
     }
 
     /// 0 for exact hosts, 1 for wildcards only, 2 for every host.
@@ -397,6 +416,19 @@ pub(super) fn nobody_here() -> Response<RouterBody> {
         "text/plain; charset=utf-8",
         b"no app is routed here for this host\n",
     )
+}
+
+/// The answer to an ACME HTTP-01 challenge: the key authorization in `file`, or 404 when
+/// no order waits for that token.
+pub(super) async fn challenge_answer(file: &std::path::Path) -> Response<RouterBody> {
+    match tokio::fs::read(file).await {
+        Ok(answer) => fixed_bytes(StatusCode::OK, "application/octet-stream", answer.into()),
+        Err(_) => fixed(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            b"no ACME challenge is pending for this token\n",
+        ),
+    }
 }
 
 /// A permanent redirect to `location`, method and body kept (308).

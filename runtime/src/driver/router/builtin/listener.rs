@@ -21,7 +21,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
-use super::frontend::{Front, Target, nobody_here, redirect};
+use super::frontend::{Front, Target, challenge_answer, nobody_here, redirect};
 use super::lock;
 
 #[derive(Default)]
@@ -220,6 +220,7 @@ fn service(
             Ok::<_, Infallible>(match target {
                 Target::App(shared) => shared.proxy(head, body, client_ip, https).await,
                 Target::Redirect(location) => redirect(location),
+                Target::Challenge(file) => challenge_answer(&file).await,
                 Target::Nobody => nobody_here(),
             })
         }

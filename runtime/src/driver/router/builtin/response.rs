@@ -198,7 +198,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 pub(super) fn fixed(status: StatusCode, content_type: &'static str, body: &'static [u8]) -> Response<RouterBody> {
-    let mut response = Response::new(RouterBody::Fixed(Some(Bytes::from_static(body))));
+    fixed_bytes(status, content_type, Bytes::from_static(body))
+}
+
+/// As [`fixed`], with a body made at run time.
+pub(super) fn fixed_bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<RouterBody> {
+    let mut response = Response::new(RouterBody::Fixed(Some(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

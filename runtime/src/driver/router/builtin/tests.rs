@@ -1170,6 +1170,7 @@ impl TestCa {
         TlsFiles {
             cert: self.dir.join(format!("{host}.pem")),
             key: self.dir.join(format!("{host}.key")),
+            later: false,
         }
     }
 
@@ -1263,6 +1264,7 @@ async fn https_picks_each_apps_certificate_by_sni_and_reads_it_again_when_it_cha
             tls: Some(TlsFiles {
                 cert: ca.dir.join("nothing.pem"),
                 key: ca.dir.join("nothing.key"),
+                later: false,
             }),
             ..Routing::default()
         },
