@@ -713,10 +713,13 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .map(|r| format!(", rollout {r} running"))
             .unwrap_or_default();
         let maintenance = if app.maintenance { ", MAINTENANCE" } else { "" };
+        let listen = app.instances.as_ref().and_then(|i| i.listen).map_or_else(
+            || app.spec["listen"].as_str().unwrap_or("?").to_string(),
+            |l| l.to_string(),
+        );
         say!(
-            "{}  listen {}  active revision {active}{rollout}{maintenance}",
-            app.name,
-            app.spec["listen"].as_str().unwrap_or("?")
+            "{}  listen {listen}  active revision {active}{rollout}{maintenance}",
+            app.name
         );
         if let Some(notice) = &app.notice {
             say!("  ! {notice}");

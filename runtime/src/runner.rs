@@ -123,6 +123,25 @@ pub struct RunnerConfig {
     pub kube: Option<kube::Client>,
     /// Where certificates for `[router.tls] acme = true` come from.
     pub acme: crate::acme::AcmeConfig,
+    /// The addresses apps share when their specs name hosts but no address.
+    pub front: FrontDoor,
+}
+
+/// The runner's front door: the plain and HTTPS addresses of apps whose specs name their
+/// hosts but leave out `listen` (and `[router.tls] listen`).
+#[derive(Clone, Copy, Debug)]
+pub struct FrontDoor {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+}
+
+impl Default for FrontDoor {
+    fn default() -> Self {
+        FrontDoor {
+            http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https: SocketAddr::from(([0, 0, 0, 0], 443)),
+        }
+    }
 }
 
 /// An event as delivered to followers, with its sequence number within the rollout.
@@ -136,6 +155,7 @@ pub struct Runner {
     store: Store,
     plane: Arc<PlaneClient>,
     certificates: Arc<crate::acme::Certificates>,
+    front: FrontDoor,
     kube: std::sync::OnceLock<kube::Client>,
     loader: ModuleLoader,
     data_dir: PathBuf,
@@ -228,6 +248,7 @@ impl Runner {
             store,
             plane,
             certificates,
+            front: config.front,
             kube: config.kube.clone().map(std::sync::OnceLock::from).unwrap_or_default(),
             loader,
             data_dir: config.data_dir.clone(),
@@ -295,20 +316,22 @@ impl Runner {
                 spec.name, spec.name
             )));
         }
-        let Some(listen) = spec.listen else {
-            return Err(DeployError::InvalidSpec("the spec says nowhere to listen".into()));
+        let listen = match spec.listen {
+            Some(listen) => listen,
+            None if !spec.router.hosts.is_empty() => self.front.http,
+            None => return Err(DeployError::InvalidSpec("the spec says nowhere to listen".into())),
         };
-        let front = FrontSpec::of(&spec.router);
+        let front = FrontSpec::of(&spec.router, self.front.https);
         if let Some(handle) = existing {
             let was = *handle.listen.lock().unwrap();
             let router = *handle.router.lock().unwrap();
             let routed = handle.front.lock().unwrap().clone();
-            if was != spec.listen || router != spec.router.kind || routed != front {
+            if was != Some(listen) || router != spec.router.kind || routed != front {
                 self.plane
                     .app(&spec.name, listen, spec.router.kind, front.clone())
                     .await
                     .map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
-                *handle.listen.lock().unwrap() = spec.listen;
+                *handle.listen.lock().unwrap() = Some(listen);
                 *handle.router.lock().unwrap() = spec.router.kind;
                 *handle.front.lock().unwrap() = front;
             }
@@ -324,7 +347,7 @@ impl Runner {
             name: spec.name.clone(),
             cluster: Cluster::new(plane.clone(), plane.clone(), Arc::new(WallClock)),
             engine: Engine::Plane(plane),
-            listen: Mutex::new(spec.listen),
+            listen: Mutex::new(Some(listen)),
             router: Mutex::new(spec.router.kind),
             front: Mutex::new(front),
             rollout: Mutex::new(None),

@@ -108,6 +108,8 @@ pub struct Spec {
     #[serde(default = "default_replicas")]
     pub replicas: u32,
     /// Where the app's router listens (not for Kubernetes apps: the cluster routes them).
+    /// An app with `[router] hosts` may leave it out and share the runner's front door
+    /// (`slipway serve --front-http`, default `0.0.0.0:80`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     /// The program each replica runs as a local process; exactly one of `process`,
@@ -275,8 +277,10 @@ impl RouterSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TlsSpec {
-    /// The HTTPS address, e.g. `"0.0.0.0:443"`; apps share it by host name.
-    pub listen: SocketAddr,
+    /// The HTTPS address, e.g. `"0.0.0.0:443"`; apps share it by host name. Default: the
+    /// runner's front door (`slipway serve --front-https`, default `0.0.0.0:443`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// The certificate chain, PEM (leaf first), read again when the file changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
@@ -1189,11 +1193,12 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         }
     } else {
         match spec.listen {
-            None => problem(
+            None if router.hosts.is_empty() || router.kind != RouterKind::Builtin => problem(
                 keys(&["listen"]),
                 "the spec says nowhere to listen: listen is missing",
-                "add listen = \"127.0.0.1:8080\" at the top of the file",
+                "add listen = \"127.0.0.1:8080\" at the top of the file, or name the app's hosts in [router] to share the runner's front door (port 80 and 443 by default)",
             )?,
+            None => {}
             Some(listen) if listen.port() == 0 => problem(
                 keys(&["listen"]),
                 format!("listen address {listen} has no fixed port"),
@@ -1269,17 +1274,21 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         )?;
     }
     if let Some(tls) = &router.tls {
-        if tls.listen.port() == 0 {
+        if let Some(https) = tls.listen
+            && https.port() == 0
+        {
             problem(
                 keys(&["router", "tls", "listen"]),
-                format!("the HTTPS address {} has no fixed port", tls.listen),
+                format!("the HTTPS address {https} has no fixed port"),
                 "give it a port, e.g. \"0.0.0.0:443\"",
             )?;
         }
-        if spec.listen == Some(tls.listen) {
+        if let Some(https) = tls.listen
+            && spec.listen == Some(https)
+        {
             problem(
                 keys(&["router", "tls", "listen"]),
-                format!("{} is both listen (plain HTTP) and the HTTPS address", tls.listen),
+                format!("{https} is both listen (plain HTTP) and the HTTPS address"),
                 "serve HTTPS on another port, e.g. listen = \"0.0.0.0:80\" and tls.listen = \"0.0.0.0:443\"",
             )?;
         }
@@ -2229,7 +2238,7 @@ maintenance-during-deploy = true
         ))
         .unwrap();
         assert_eq!(ok.router.max_body_bytes(), Some(10 << 20));
-        assert_eq!(ok.router.tls.as_ref().unwrap().listen.port(), 8443);
+        assert_eq!(ok.router.tls.as_ref().unwrap().listen.unwrap().port(), 8443);
         // Stored specs that still say `hostnames` read the same.
         let old = parse_toml(&minimal_with(
             "[router]\nkind = \"builtin\"\nhostnames = [\"a.example.com\"]\n",
@@ -2273,6 +2282,20 @@ maintenance-during-deploy = true
         ))
         .unwrap();
         assert!(acme.router.tls.unwrap().acme);
+        // Hosts without an address: the runner's front door, plain and HTTPS.
+        let front_door = parse_toml(
+            "name = \"shop\"\n[process]\ncommand = \"hello\"\n[router]\nhosts = [\"shop.example.com\"]\n[router.tls]\nacme = true\n",
+        )
+        .unwrap();
+        assert_eq!((front_door.listen, front_door.router.tls.unwrap().listen), (None, None));
+        let nowhere = parse_toml("name = \"shop\"\n[process]\ncommand = \"hello\"\n").unwrap_err();
+        assert!(
+            nowhere.message.contains("listen is missing")
+                && nowhere
+                    .hint
+                    .unwrap_or_default()
+                    .contains("share the runner's front door"),
+        );
         refused(
             "[router]\nhosts = [\"a.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\n",
             "neither cert and key nor acme = true",
@@ -2569,9 +2592,12 @@ maintenance-during-deploy = true
         let error = parse_toml("name = \"hello\"\n[process]\ncommand = \"x\"\n").unwrap_err();
         assert_eq!(error.kind, SpecErrorKind::Invalid);
         assert!(error.message.contains("listen is missing"), "{error}");
-        assert_eq!(
-            error.hint.as_deref(),
-            Some("add listen = \"127.0.0.1:8080\" at the top of the file")
+        assert!(
+            error
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("add listen = \"127.0.0.1:8080\" at the top of the file")),
+            "{error}"
         );
         let error = parse_toml("name = \"hello\"\nlisten = \"127.0.0.1:8080\"\n[process]\nargs = []\n").unwrap_err();
         assert!(error.message.contains("missing field `command`"), "{error}");

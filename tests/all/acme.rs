@@ -226,15 +226,17 @@ fn a_certificate_comes_from_pebble_over_http_01_and_is_renewed_before_it_expires
     let (plain, https) = (listen(), listen());
     // Certificates valid for 30 s: renewed when 10 s are left.
     let pebble = Pebble::start(plain.port(), Duration::from_secs(30));
-    let env = pebble.runner_env();
+    // The app names its host and no address: it is served on the runner's front door.
+    let mut env = pebble.runner_env();
+    env.push(("SLIPWAY_FRONT_HTTP", plain.to_string()));
+    env.push(("SLIPWAY_FRONT_HTTPS", https.to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::start_with(&unique_dir("acme-data"), free_port(), &env);
-    let out = server.cli(&[
-        "deploy",
-        write_spec(&acme_spec("shop", "shop.test", "v1", plain, https))
-            .to_str()
-            .unwrap(),
-    ]);
+    let spec = acme_spec("shop", "shop.test", "v1", plain, https)
+        .replace(&format!("listen = \"{plain}\"\n"), "")
+        .replace(&format!("listen = \"{https}\"\n"), "");
+    assert!(!spec.contains("listen"), "{spec}");
+    let out = server.cli(&["deploy", write_spec(&spec).to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
 
     let first = wait_certificate(&server, "shop", "valid", Duration::from_secs(60));

@@ -31,6 +31,7 @@ async fn state() -> ApiState {
             plane: crate::dataplane::client::Start::InProcess,
             kube: None,
             acme: Default::default(),
+            front: Default::default(),
         },
         loader,
     )

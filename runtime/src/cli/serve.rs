@@ -45,6 +45,13 @@ pub struct ServeArgs {
     /// (a private CA, or a test CA such as Pebble).
     #[arg(long, env = "SLIPWAY_ACME_CA")]
     acme_ca: Option<PathBuf>,
+    /// The plain HTTP address apps share when their specs name hosts but no listen address
+    /// (their ACME challenges are answered here too).
+    #[arg(long, env = "SLIPWAY_FRONT_HTTP", default_value = "0.0.0.0:80")]
+    front_http: SocketAddr,
+    /// The HTTPS address apps share when their `[router.tls]` names no listen address.
+    #[arg(long, env = "SLIPWAY_FRONT_HTTPS", default_value = "0.0.0.0:443")]
+    front_https: SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +108,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 contact: args.acme_email.clone(),
                 ca: args.acme_ca.clone(),
             },
+            front: crate::runner::FrontDoor {
+                http: args.front_http,
+                https: args.front_https,
+            },
         },
         loader,
     )
@@ -120,6 +131,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let name = spec.name.clone();
         let listen = match spec.listen {
             Some(listen) => format!("http://{listen}"),
+            None if spec.kubernetes.is_none() => {
+                format!("http://{} for {}", args.front_http, spec.router.hosts.join(", "))
+            }
             None => format!("its {} in the cluster", spec.router.kind.as_str()),
         };
         match runner.deploy(spec).await {

@@ -70,15 +70,19 @@ pub struct FrontSpec {
 }
 
 impl FrontSpec {
-    /// What the spec's `[router]` says of it.
-    pub fn of(router: &crate::spec::RouterSpec) -> FrontSpec {
+    /// What the spec's `[router]` says of it, with the HTTPS address defaulting to `https`
+    /// (the runner's front door).
+    pub fn of(router: &crate::spec::RouterSpec, https: SocketAddr) -> FrontSpec {
         if !matches!(router.kind, RouterKind::Builtin) {
             return FrontSpec::default();
         }
         FrontSpec {
             hosts: router.hosts.clone(),
             path_prefix: router.path_prefix.clone(),
-            tls: router.tls.clone(),
+            tls: router.tls.clone().map(|tls| crate::spec::TlsSpec {
+                listen: tls.listen.or(Some(https)),
+                ..tls
+            }),
             redirect_https: router.redirect_https,
             max_header_bytes: router.max_header_bytes(),
             max_body_bytes: router.max_body_bytes(),

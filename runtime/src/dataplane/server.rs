@@ -479,19 +479,21 @@ async fn bind(
         h2c: front.h2c,
     };
     let acme = front.tls.as_ref().is_some_and(|tls| tls.acme);
+    let https = match &front.tls {
+        Some(tls) => Some(tls.listen.ok_or_else(|| PlaneError::Invalid {
+            message: "router.tls.listen: the runner sent no HTTPS address".into(),
+        })?),
+        None => None,
+    };
     let mut listeners = vec![(
         listen,
         Routing {
-            redirect_https: front
-                .tls
-                .as_ref()
-                .filter(|_| front.redirect_https)
-                .map(|tls| tls.listen.port()),
+            redirect_https: https.filter(|_| front.redirect_https).map(|https| https.port()),
             acme_challenges: acme.then(|| crate::acme::challenge_dir(data_dir)),
             ..routing.clone()
         },
     )];
-    if let Some(tls) = &front.tls {
+    if let (Some(tls), Some(https)) = (&front.tls, https) {
         let files = match (&tls.cert, &tls.key) {
             (Some(cert), Some(key)) if !tls.acme => TlsFiles {
                 cert: cert.clone(),
@@ -504,7 +506,7 @@ async fn bind(
             }
         };
         listeners.push((
-            tls.listen,
+            https,
             Routing {
                 tls: Some(files),
                 ..routing
