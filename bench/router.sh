@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compares Slipway's built-in router with nginx and HAProxy, each as a keep-alive reverse
-# proxy in front of the same tiny app, with wrk, at several concurrencies. Everything
-# listens on 127.0.0.1 and everything this script starts is stopped when it exits.
+# proxy in front of the same tiny app, with wrk, at several concurrencies: over plain HTTP,
+# and over HTTPS (TLS terminated by the proxy, all three with the same certificate, clients
+# kept alive). Everything listens on 127.0.0.1 and everything this script starts is stopped
+# when it exits.
 #
 # Run:   bench/router.sh            (as root, or with nginx, haproxy and wrk installed)
 #
@@ -17,6 +19,7 @@
 #   BODY_BYTES=6      length of the app's answer ("hello\n", padded with dots)
 #   PROXY_WORKERS=1   nginx worker_processes, HAProxy nbthread, router tokio worker threads
 #   PROXY_CPU=0, LOAD_CPU=1   CPU pinning, see below
+#   SCHEMES="http https"      which sets to run
 #
 # Fairness, and why the pinning: this is meant for a 2-core machine where wrk, the proxy
 # and the app all share the CPUs. Left to the scheduler, they fight over two cores and the
@@ -58,6 +61,10 @@ ROUTER_PORT=${ROUTER_PORT:-18091}
 NGINX_PORT=${NGINX_PORT:-18092}
 HAPROXY_PORT=${HAPROXY_PORT:-18093}
 BASELINE_PORT=${BASELINE_PORT:-18094}
+ROUTER_TLS_PORT=${ROUTER_TLS_PORT:-18095}
+NGINX_TLS_PORT=${NGINX_TLS_PORT:-18096}
+HAPROXY_TLS_PORT=${HAPROXY_TLS_PORT:-18097}
+SCHEMES=${SCHEMES:-http https}
 BASELINE_BIN=${BASELINE_BIN:-}
 max_connections=0
 for c in $CONCURRENCY; do ((c > max_connections)) && max_connections=$c; done
@@ -70,6 +77,8 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "please install ${missing[*]} (apt-get install -y ${missing[*]})"
     say "installing ${missing[*]}"
@@ -108,9 +117,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$BACKEND_PORT" "$ROUTER_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$BASELINE_PORT"; do
-    port_open "$port" && die "port $port is already in use (set BACKEND_PORT, ROUTER_PORT, NGINX_PORT, HAPROXY_PORT, BASELINE_PORT)"
+for port in "$BACKEND_PORT" "$ROUTER_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$BASELINE_PORT" \
+    "$ROUTER_TLS_PORT" "$NGINX_TLS_PORT" "$HAPROXY_TLS_PORT"; do
+    port_open "$port" && die "port $port is already in use (set BACKEND_PORT, ROUTER_PORT, NGINX_PORT, HAPROXY_PORT, BASELINE_PORT, ROUTER_TLS_PORT, NGINX_TLS_PORT, HAPROXY_TLS_PORT)"
 done
+
+# One certificate (ECDSA P-256, from a throwaway CA) for every proxy's HTTPS.
+sh "$here/../tests/tls/issue.sh" "$work" bench.test
+cert=$work/bench.test.pem
+key=$work/bench.test.key
+cat "$cert" "$key" >"$work/haproxy.pem"
 
 # Answers one GET over a fresh connection, to check a proxy works before timing it.
 probe() {
@@ -119,6 +135,9 @@ probe() {
         printf 'GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
         cat <&3") || return 1
     [[ $answer == *hello* ]]
+}
+probe_tls() {
+    [[ $(curl -sk --max-time 3 "https://127.0.0.1:$1/") == *hello* ]]
 }
 wait_for() {
     for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
@@ -133,6 +152,10 @@ BENCH_THREADS=$PROXY_WORKERS taskset -c "$PROXY_CPU" "$ROUTER_BENCH_BIN" router 
     "127.0.0.1:$ROUTER_PORT" "127.0.0.1:$BACKEND_PORT" 2>"$work/router.log" &
 pids+=($!)
 router_pid=$!
+BENCH_THREADS=$PROXY_WORKERS taskset -c "$PROXY_CPU" "$ROUTER_BENCH_BIN" router \
+    "127.0.0.1:$ROUTER_TLS_PORT" "127.0.0.1:$BACKEND_PORT" "$cert" "$key" 2>"$work/router-tls.log" &
+pids+=($!)
+router_tls_pid=$!
 if [[ -n $BASELINE_BIN ]]; then
     BENCH_THREADS=$PROXY_WORKERS taskset -c "$PROXY_CPU" "$BASELINE_BIN" router \
         "127.0.0.1:$BASELINE_PORT" "127.0.0.1:$BACKEND_PORT" 2>"$work/baseline.log" &
@@ -172,6 +195,21 @@ http {
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
         }
     }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        ssl_certificate $cert;
+        ssl_certificate_key $key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench:10m;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto https;
+        }
+    }
 }
 EOF
 taskset -c "$PROXY_CPU" nginx -p "$work" -c "$work/nginx.conf" 2>"$work/nginx.log" &
@@ -198,6 +236,10 @@ defaults
 frontend web
     bind 127.0.0.1:$HAPROXY_PORT
     default_backend app
+frontend web-tls
+    bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $work/haproxy.pem
+    http-request set-header X-Forwarded-Proto https
+    default_backend app
 backend app
     server app 127.0.0.1:$BACKEND_PORT maxconn $((2 * max_connections))
 EOF
@@ -211,6 +253,10 @@ wait_for "$HAPROXY_PORT"
 probe "$ROUTER_PORT" || die "the router does not answer (see $work/router.log)"
 probe "$NGINX_PORT" || die "nginx does not answer (see $work/nginx-error.log)"
 probe "$HAPROXY_PORT" || die "HAProxy does not answer (see $work/haproxy.log)"
+for port in "$ROUTER_TLS_PORT" "$NGINX_TLS_PORT" "$HAPROXY_TLS_PORT"; do
+    wait_for "$port"
+    probe_tls "$port" || die "nothing answers HTTPS on port $port (logs in $work)"
+done
 if [[ -n $BASELINE_BIN ]]; then
     wait_for "$BASELINE_PORT"
     probe "$BASELINE_PORT" || die "the baseline router does not answer (see $work/baseline.log)"
@@ -229,14 +275,14 @@ cpu_ticks() {
 }
 
 # Prints "REQ_PER_SEC P99_MICROS CPU_MICROS_PER_REQUEST BAD" for one wrk run against
-# `port` with `connections`, charging the CPU time of the remaining arguments (pids); BAD counts socket
+# `url` with `connections`, charging the CPU time of the remaining arguments (pids); BAD counts socket
 # errors and non-2xx/3xx answers, which must stay 0.
 run_wrk() {
-    local port=$1 seconds=$2 connections=$3 out before after
+    local url=$1 seconds=$2 connections=$3 out before after
     shift 3
     before=$(cpu_ticks "$@")
     out=$(timeout $((seconds + 30)) taskset -c "$LOAD_CPU" \
-        wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/") || die "wrk failed"
+        wrk -t1 -c"$connections" -d"${seconds}s" --latency "$url") || die "wrk failed"
     after=$(cpu_ticks "$@")
     awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
         function micros(v) {
@@ -260,17 +306,27 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 say "cpus: $(nproc); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 say "$(nginx -v 2>&1); $(haproxy -v 2>&1 | head -1); $(wrk -v 2>&1 | head -1)"
 say "wrk -t1 -d${DURATION}s on cpu $LOAD_CPU; proxies on cpu $PROXY_CPU with $PROXY_WORKERS worker(s); app on cpu $LOAD_CPU answering $BODY_BYTES bytes"
-proxies=(router nginx haproxy)
-peers=(nginx haproxy)
-if [[ -n $BASELINE_BIN ]]; then
-    proxies+=(baseline)
-    peers+=(baseline)
+# Each proxy, and the pairs compared at the end (router first).
+proxies=()
+pairs=()
+if [[ " $SCHEMES " == *" http "* ]]; then
+    proxies+=(router nginx haproxy)
+    pairs+=("router nginx" "router haproxy")
+    if [[ -n $BASELINE_BIN ]]; then
+        proxies+=(baseline)
+        pairs+=("router baseline")
+    fi
 fi
+if [[ " $SCHEMES " == *" https "* ]]; then
+    proxies+=(router-https nginx-https haproxy-https)
+    pairs+=("router-https nginx-https" "router-https haproxy-https")
+fi
+((${#proxies[@]})) || die "SCHEMES=\"$SCHEMES\" names neither http nor https"
 bad_total=0
 for connections in $CONCURRENCY; do
     say ""
     say "$connections connections"
-    printf '%-6s %-8s %10s %9s %12s %4s\n' round proxy req/s p99_us cpu_us/req bad
+    printf '%-6s %-14s %10s %9s %12s %4s\n' round proxy req/s p99_us cpu_us/req bad
     for proxy in "${proxies[@]}"; do : >"$work/$proxy-$connections.txt"; done
     for round in $(seq "$ROUNDS"); do
         # Rotate who goes first, so no proxy always runs right after the same other one.
@@ -278,16 +334,19 @@ for connections in $CONCURRENCY; do
         order=("${proxies[@]:first}" "${proxies[@]:0:first}")
         for proxy in "${order[@]}"; do
             case $proxy in
-                router) port=$ROUTER_PORT procs=$router_pid ;;
-                nginx) port=$NGINX_PORT procs=$nginx_pids ;;
-                haproxy) port=$HAPROXY_PORT procs=$haproxy_pid ;;
-                baseline) port=$BASELINE_PORT procs=$baseline_pid ;;
+                router) url=http://127.0.0.1:$ROUTER_PORT/ procs=$router_pid ;;
+                nginx) url=http://127.0.0.1:$NGINX_PORT/ procs=$nginx_pids ;;
+                haproxy) url=http://127.0.0.1:$HAPROXY_PORT/ procs=$haproxy_pid ;;
+                baseline) url=http://127.0.0.1:$BASELINE_PORT/ procs=$baseline_pid ;;
+                router-https) url=https://127.0.0.1:$ROUTER_TLS_PORT/ procs=$router_tls_pid ;;
+                nginx-https) url=https://127.0.0.1:$NGINX_TLS_PORT/ procs=$nginx_pids ;;
+                haproxy-https) url=https://127.0.0.1:$HAPROXY_TLS_PORT/ procs=$haproxy_pid ;;
             esac
             # shellcheck disable=SC2086 # procs is a list of pids
-            run_wrk "$port" "$WARMUP" "$connections" $procs >/dev/null
+            run_wrk "$url" "$WARMUP" "$connections" $procs >/dev/null
             # shellcheck disable=SC2086
-            read -r rps p99 cpu bad < <(run_wrk "$port" "$DURATION" "$connections" $procs)
-            printf '%-6s %-8s %10s %9s %12s %4s\n' "$round" "$proxy" "$rps" "$p99" "$cpu" "$bad"
+            read -r rps p99 cpu bad < <(run_wrk "$url" "$DURATION" "$connections" $procs)
+            printf '%-6s %-14s %10s %9s %12s %4s\n' "$round" "$proxy" "$rps" "$p99" "$cpu" "$bad"
             echo "$rps $p99 $cpu" >>"$work/$proxy-$connections.txt"
             bad_total=$((bad_total + bad))
         done
@@ -303,12 +362,13 @@ for connections in $CONCURRENCY; do
     for proxy in "${proxies[@]}"; do
         echo "median at $connections connections, $proxy: $(column "$proxy" 1) req/s, p99 $(column "$proxy" 2) us, $(column "$proxy" 3) us CPU/request"
     done
-    for peer in "${peers[@]}"; do
-        awk -v c="$connections" -v p="$peer" \
-            -v r="$(column router 1)" -v n="$(column "$peer" 1)" \
-            -v rp="$(column router 2)" -v np="$(column "$peer" 2)" \
-            -v rc="$(column router 3)" -v nc="$(column "$peer" 3)" 'BEGIN {
-            printf "router / %s at %d connections: %.2fx req/s; p99 %.2fx; CPU per request %.2fx\n", p, c, r / n, rp / np, rc / nc
+    for pair in "${pairs[@]}"; do
+        read -r mine peer <<<"$pair"
+        awk -v c="$connections" -v m="$mine" -v p="$peer" \
+            -v r="$(column "$mine" 1)" -v n="$(column "$peer" 1)" \
+            -v rp="$(column "$mine" 2)" -v np="$(column "$peer" 2)" \
+            -v rc="$(column "$mine" 3)" -v nc="$(column "$peer" 3)" 'BEGIN {
+            printf "%s / %s at %d connections: %.2fx req/s; p99 %.2fx; CPU per request %.2fx\n", m, p, c, r / n, rp / np, rc / nc
         }'
     done
 done

@@ -4,6 +4,8 @@
 //! ```text
 //! router-bench backend LISTEN           a keep-alive app answering "hello\n"
 //! router-bench router LISTEN BACKEND    the built-in router in front of BACKEND
+//! router-bench router LISTEN BACKEND CERT KEY
+//!                                       the same over HTTPS, with that certificate
 //! ```
 //!
 //! `BENCH_THREADS` sets the tokio worker threads (default 1), so the router gets the same
@@ -21,7 +23,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use slipway::driver::router::builtin::{Backend, BuiltinRouter, RouteTable, RoutedRevision};
+use slipway::driver::router::builtin::{
+    Backend, BuiltinRouter, RouteTable, RoutedRevision, RouterOptions, Routing, TlsFiles,
+};
 use tokio::net::TcpListener;
 
 fn main() -> anyhow::Result<()> {
@@ -32,9 +36,17 @@ fn main() -> anyhow::Result<()> {
     let body_bytes = std::env::var("BENCH_BODY_BYTES").ok().map_or(Ok(0), |n| n.parse())?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["backend", listen] => runtime.block_on(backend(listen.parse()?, body_bytes)),
-        ["router", listen, backend] => runtime.block_on(router(listen.parse()?, backend.parse()?)),
+        ["router", listen, backend] => runtime.block_on(router(listen.parse()?, backend.parse()?, None)),
+        ["router", listen, backend, cert, key] => {
+            let tls = TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                later: false,
+            };
+            runtime.block_on(router(listen.parse()?, backend.parse()?, Some(tls)))
+        }
         _ => Err(anyhow::anyhow!(
-            "usage: router-bench backend LISTEN | router-bench router LISTEN BACKEND"
+            "usage: router-bench backend LISTEN | router-bench router LISTEN BACKEND [CERT KEY]"
         )),
     }
 }
@@ -61,8 +73,12 @@ async fn backend(listen: SocketAddr, body_bytes: usize) -> anyhow::Result<()> {
     }
 }
 
-async fn router(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
-    let router = BuiltinRouter::bind("bench", listen).await?;
+async fn router(listen: SocketAddr, backend: SocketAddr, tls: Option<TlsFiles>) -> anyhow::Result<()> {
+    let routing = Routing {
+        tls,
+        ..Routing::default()
+    };
+    let router = BuiltinRouter::bind_routed("bench", &[(listen, routing)], RouterOptions::default()).await?;
     router.update(RouteTable {
         maintenance: false,
         revisions: vec![RoutedRevision {
