@@ -253,6 +253,25 @@ pub struct RouterSpec {
     /// (h2c with prior knowledge). Over TLS, HTTP/2 is always offered (ALPN).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
+    /// `builtin`: how the router speaks to instances: `"http1"` (HTTP/1.1, the default) or
+    /// `"http2"` (cleartext HTTP/2 with prior knowledge, as gRPC servers speak it).
+    #[serde(skip_serializing_if = "InstanceProtocol::is_default")]
+    pub instance_protocol: InstanceProtocol,
+}
+
+/// How the built-in router speaks to an app's instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+impl InstanceProtocol {
+    fn is_default(&self) -> bool {
+        *self == InstanceProtocol::Http1
+    }
 }
 
 impl RouterSpec {
@@ -1254,6 +1273,7 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         ("header-timeout", router.header_timeout.is_some()),
         ("access-log", router.access_log),
         ("h2c", router.h2c),
+        ("instance-protocol", !router.instance_protocol.is_default()),
     ];
     if router.kind != RouterKind::Builtin
         && let Some((field, _)) = builtin_only.iter().find(|(_, given)| *given)
@@ -2272,6 +2292,12 @@ maintenance-during-deploy = true
             "max-header-size \"2KiB\" is out of range",
         );
         refused("[router]\nmax-connections = 0\n", "max-connections 0 is out of range");
+        refused(
+            "[router]\nkind = \"haproxy\"\ninstance-protocol = \"http2\"\n",
+            "instance-protocol is only for kind = \"builtin\"",
+        );
+        let h2 = parse_toml(&minimal_with("[router]\ninstance-protocol = \"http2\"\n")).unwrap();
+        assert_eq!(h2.router.instance_protocol, InstanceProtocol::Http2);
         refused(
             "[router]\nheader-timeout = \"1h\"\n",
             "header-timeout \"1h\" is out of range",

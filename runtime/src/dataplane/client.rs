@@ -255,6 +255,16 @@ impl PlaneClient {
                 "router.tls.acme: the data plane was started by an older Slipway that cannot serve certificates from ACME; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
             ));
         }
+        if front.instance_http2
+            && !self
+                .features
+                .iter()
+                .any(|f| f == super::protocol::FEATURE_INSTANCE_HTTP2)
+        {
+            return Err(DriverError::Invalid(
+                "router.instance-protocol: the data plane was started by an older Slipway that speaks only HTTP/1.1 to instances; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),
+            ));
+        }
         if router == RouterKind::Haproxy && !self.features.iter().any(|f| f == super::protocol::FEATURE_HAPROXY) {
             return Err(DriverError::Invalid(
                 "router.kind: the data plane was started by an older Slipway that cannot drive HAProxy; restart it with this one (stop the runner without --keep-running, then start it), which restarts the apps' traffic".into(),

@@ -29,6 +29,7 @@ pub const FEATURES: &[&str] = &[
     FEATURE_TRAFFIC,
     FEATURE_FRONT,
     FEATURE_ACME,
+    FEATURE_INSTANCE_HTTP2,
 ];
 /// Revisions that run as containers ([`Request::DefineContainer`]).
 pub const FEATURE_CONTAINERS: &str = "containers";
@@ -42,6 +43,8 @@ pub const FEATURE_FRONT: &str = "front";
 /// HTTPS with the certificate the runner obtains over ACME (`acme` in `front.tls`), and the
 /// CA's HTTP-01 challenges answered on plain listeners.
 pub const FEATURE_ACME: &str = "acme";
+/// HTTP/2 to instances (`instance_http2` in `front`).
+pub const FEATURE_INSTANCE_HTTP2: &str = "instance-http2";
 
 /// How an app is reached beyond its own plain address: host names and a path prefix on
 /// listeners it shares with other apps, and HTTPS.
@@ -67,6 +70,9 @@ pub struct FrontSpec {
     pub access_log: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
+    /// Instances are spoken to in HTTP/2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instance_http2: bool,
 }
 
 impl FrontSpec {
@@ -90,6 +96,7 @@ impl FrontSpec {
             header_timeout_ms: router.header_timeout().map(|t| t.as_millis() as u64),
             access_log: router.access_log,
             h2c: router.h2c,
+            instance_http2: router.instance_protocol == crate::spec::InstanceProtocol::Http2,
         }
     }
 

@@ -524,6 +524,7 @@ async fn bind(
         access_log: front
             .access_log
             .then(|| crate::driver::compute::output::app_dir(data_dir, app).join("access.log")),
+        instance_http2: front.instance_http2,
         ..defaults
     };
     BuiltinRouter::bind_routed(app, &listeners, options)

@@ -38,6 +38,7 @@
 
 mod access_log;
 mod frontend;
+mod h2;
 pub(crate) mod http1;
 mod listener;
 mod metrics;
@@ -121,6 +122,8 @@ pub struct RouterOptions {
     /// Log every request, as a JSON line, to this file (bounded: see `access_log`).
     /// Default: no log.
     pub access_log: Option<std::path::PathBuf>,
+    /// Speak HTTP/2 (h2c, prior knowledge) to instances instead of HTTP/1.1. Default off.
+    pub instance_http2: bool,
 }
 
 /// The largest request head by default: nginx's `large_client_header_buffers` allow 4 × 8 KiB
@@ -140,6 +143,7 @@ impl Default for RouterOptions {
             max_body_bytes: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             access_log: None,
+            instance_http2: false,
         }
     }
 }
@@ -204,6 +208,7 @@ impl BuiltinRouter {
                 .access_log
                 .clone()
                 .map(|path| access_log::AccessLog::open(app, path)),
+            instance_h2: options.instance_http2,
         });
         let mut fronts = Vec::new();
         for (listen, routing) in listeners {
@@ -368,6 +373,8 @@ struct Shared {
     max_body: Option<u64>,
     /// Where requests are logged, if they are.
     access_log: Option<access_log::AccessLog>,
+    /// Instances are spoken to in HTTP/2 ([`RouterOptions::instance_http2`]).
+    instance_h2: bool,
 }
 
 impl Shared {
@@ -461,6 +468,10 @@ impl Shared {
             if tunnel::is_upgrade(&head.headers) {
                 // Rare, and its future is large: boxed, so every request's stays small.
                 return Box::pin(self.tunnel(head, pick, client_ip, https)).await;
+            }
+            if self.instance_h2 {
+                // Boxed, like the tunnel: only apps that ask for HTTP/2 pay for its future.
+                return Box::pin(self.route_h2(head, body, pick, client_ip, https)).await;
             }
             prepare_request(&mut head, &client_ip, https);
             let body = (!body.is_end_stream()).then_some(body);

@@ -44,6 +44,8 @@ pub struct Backend {
     close_tunnels: Notify,
     /// Upgraded connections open to this backend.
     tunnels: AtomicU64,
+    /// Its HTTP/2 connection, for apps that speak HTTP/2 to instances.
+    pub(super) h2: Mutex<Option<super::h2::Sender>>,
 }
 
 impl Backend {
@@ -59,6 +61,7 @@ impl Backend {
             tunnels_closed: AtomicBool::new(false),
             close_tunnels: Notify::new(),
             tunnels: AtomicU64::new(0),
+            h2: Mutex::new(None),
         })
     }
 

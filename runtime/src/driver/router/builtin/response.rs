@@ -37,6 +37,8 @@ pub(super) const GATEWAY_TIMEOUT: &[u8] = b"an instance of this app did not answ
 pub(super) enum RouterBody {
     Fixed(Option<Bytes>),
     Proxied(BackendBody),
+    /// From an instance spoken to over HTTP/2 (boxed: rare, and large).
+    Streamed(Box<super::h2::StreamedBody>),
 }
 
 pub(super) fn proxied_response(
@@ -235,6 +237,7 @@ impl Body for RouterBody {
         match self.get_mut() {
             RouterBody::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RouterBody::Proxied(body) => body.poll_data(cx).map(|data| data.map(|d| d.map(Frame::data))),
+            RouterBody::Streamed(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 
@@ -242,6 +245,7 @@ impl Body for RouterBody {
         match self {
             RouterBody::Fixed(bytes) => bytes.is_none(),
             RouterBody::Proxied(body) => body.framing.is_done(),
+            RouterBody::Streamed(body) => body.is_end_stream(),
         }
     }
 
@@ -253,6 +257,7 @@ impl Body for RouterBody {
                 Framing::Length(left) => SizeHint::with_exact(left),
                 _ => SizeHint::default(),
             },
+            RouterBody::Streamed(body) => body.size_hint(),
         }
     }
 }

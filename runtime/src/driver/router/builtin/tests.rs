@@ -206,7 +206,11 @@ impl Reply {
 
 impl Client {
     async fn connect(router: &BuiltinRouter) -> Client {
-        let stream = TcpStream::connect(router.local_addr()).await.unwrap();
+        Client::connect_to(router.local_addr()).await
+    }
+
+    async fn connect_to(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, connection) = client_http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection);
         Client(sender)
@@ -1504,4 +1508,91 @@ async fn http2_over_tls_by_alpn_and_h2c_where_asked() {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/2"), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// A test app that speaks only HTTP/2 (h2c, prior knowledge), as gRPC servers do; it says
+/// which protocol and authority it saw, and counts the connections it accepts.
+async fn h2_app(name: &'static str) -> (Arc<Backend>, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = Backend::new(name, listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            connections.spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| async move {
+                    let version = format!("{:?}", request.version());
+                    let authority = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+                    let mut response = answer(name, request).await?;
+                    let headers = response.headers_mut();
+                    headers.insert("x-seen-version", HeaderValue::from_str(&version).unwrap());
+                    headers.insert("x-seen-authority", HeaderValue::from_str(&authority).unwrap());
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (backend, accepted, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_can_be_spoken_to_in_http2_over_one_connection_each() {
+    let (a, accepted, a_server) = h2_app("a").await;
+    let (b, _, _b_server) = h2_app("b").await;
+    let options = RouterOptions {
+        instance_http2: true,
+        ..RouterOptions::default()
+    };
+    let router = BuiltinRouter::bind_with("shop", "127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    router.update(route_to(&[&a]));
+    // HTTP/1.1 clients, HTTP/2 to the instance, the Host as its authority.
+    let mut client = Client::connect(&router).await;
+    let reply = client.get("/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["x-seen-version"], "HTTP/2.0");
+    assert_eq!(reply.headers["x-seen-authority"], "app.test");
+    assert_eq!(reply.headers["x-seen-forwarded-for"], "127.0.0.1");
+    assert_eq!(reply.revision(), 1);
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let request = Request::post("/echo")
+        .header("host", "shop.example")
+        .body(Chunks::full(big.clone()))
+        .unwrap();
+    let reply = client.send(request).await;
+    assert_eq!(reply.body, big);
+    // Many clients at once share the instance's one connection.
+    let mut clients = JoinSet::new();
+    for _ in 0..20 {
+        let addr = router.local_addr();
+        clients.spawn(async move {
+            let mut client = Client::connect_to(addr).await;
+            client.get("/slow").await.status
+        });
+    }
+    while let Some(status) = clients.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // A slow request is in flight until its body is done, so draining waits for it.
+    let slow = tokio::spawn(async move { client.get("/slow").await });
+    wait_for_in_flight(&a, 1).await;
+    assert!(router.drain(&a, Duration::from_secs(2)).await);
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    // The instance dies: a body-less request goes to the other one.
+    router.update(route_to(&[&a, &b]));
+    a_server.abort();
+    let _ = a_server.await;
+    for _ in 0..4 {
+        let mut client = Client::connect(&router).await;
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
 }

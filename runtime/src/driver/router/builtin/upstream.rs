@@ -99,6 +99,14 @@ pub(super) enum ProxyError {
         /// What was wrong with it.
         reason: &'static str,
     },
+    /// An HTTP/2 exchange with the backend failed.
+    #[error("HTTP/2 exchange with {addr} failed: {source}")]
+    Http2 {
+        /// The backend's address.
+        addr: SocketAddr,
+        /// What hyper reported.
+        source: hyper::Error,
+    },
     /// The client's request body could not be read, so it could not be passed on.
     #[error("reading the request body from the client failed: {0}")]
     RequestBody(#[source] hyper::Error),
