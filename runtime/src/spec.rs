@@ -1212,7 +1212,7 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         }
     } else {
         match spec.listen {
-            None if router.hosts.is_empty() || router.kind != RouterKind::Builtin => problem(
+            None if router.hosts.is_empty() => problem(
                 keys(&["listen"]),
                 "the spec says nowhere to listen: listen is missing",
                 "add listen = \"127.0.0.1:8080\" at the top of the file, or name the app's hosts in [router] to share the runner's front door (port 80 and 443 by default)",
@@ -1249,22 +1249,14 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
             "remove it, or route the app through a Gateway with kind = \"gateway\"",
         )?;
     }
-    if !router.hosts.is_empty() && matches!(router.kind, RouterKind::Haproxy | RouterKind::Service) {
+    if !router.hosts.is_empty() && router.kind == RouterKind::Service {
         problem(
             keys(&["router", "hosts"]),
-            format!(
-                "hosts is for kind = \"builtin\" or \"gateway\"; the {} router does not route by host name here",
-                router.kind.as_str()
-            ),
-            if router.kind == RouterKind::Service {
-                "remove it, or use kind = \"gateway\" to route the app by host name"
-            } else {
-                "use kind = \"builtin\" to share a listener with other apps by host name, or remove it and give the app a listen address of its own"
-            },
+            "hosts is for kind = \"builtin\", \"haproxy\" or \"gateway\"; the service router does not route by host name",
+            "remove it, or use kind = \"gateway\" to route the app by host name",
         )?;
     }
     let builtin_only = [
-        ("path-prefix", router.path_prefix.is_some()),
         ("tls", router.tls.is_some()),
         ("redirect-https", router.redirect_https),
         ("max-header-size", router.max_header_size.is_some()),
@@ -1275,6 +1267,16 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
         ("h2c", router.h2c),
         ("instance-protocol", !router.instance_protocol.is_default()),
     ];
+    if router.path_prefix.is_some() && !matches!(router.kind, RouterKind::Builtin | RouterKind::Haproxy) {
+        problem(
+            keys(&["router", "path-prefix"]),
+            format!(
+                "path-prefix is for kind = \"builtin\" or \"haproxy\", not {}",
+                router.kind.as_str()
+            ),
+            "remove it, or route the app with the built-in router or HAProxy",
+        )?;
+    }
     if router.kind != RouterKind::Builtin
         && let Some((field, _)) = builtin_only.iter().find(|(_, given)| *given)
     {
@@ -2279,9 +2281,14 @@ maintenance-during-deploy = true
             "is both listen (plain HTTP) and the HTTPS address",
         );
         refused("[router]\npath-prefix = \"api\"\n", "is not a path prefix");
+        let haproxy = parse_toml(&minimal_with(
+            "[router]\nkind = \"haproxy\"\nhosts = [\"a.example.com\"]\npath-prefix = \"/api\"\n",
+        ))
+        .unwrap();
+        assert_eq!(haproxy.router.hosts, ["a.example.com"]);
         refused(
-            "[router]\nkind = \"haproxy\"\nhosts = [\"a.example.com\"]\n",
-            "does not route by host name",
+            "[router]\nkind = \"haproxy\"\n[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
+            "tls is only for kind = \"builtin\"",
         );
         refused(
             "[router]\nkind = \"haproxy\"\nmax-body-size = \"1MiB\"\n",

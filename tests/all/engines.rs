@@ -261,3 +261,98 @@ fn haproxy_missing_or_a_router_change_in_place_is_refused_with_the_reason() {
     let after = sample(web);
     assert!(after.ok > 0 && after.failed == 0, "{after:?}");
 }
+
+#[test]
+fn haproxy_shares_one_port_among_apps_by_host_and_path_and_deploys_them_under_load() {
+    let _serial = exclusive();
+    let server = Server::start();
+    let web = listen();
+    let app = |name: &str, version: &str, route: &str, extra_env: &'static str| {
+        let spec = HelloSpec {
+            listen: web,
+            version,
+            strategy: "builtin:blue-green",
+            params: "{ verify-path = \"/healthz\" }",
+            extra_env,
+            ..HelloSpec::default()
+        }
+        .toml()
+        .replacen("name = \"hello\"", &format!("name = \"{name}\""), 1);
+        format!("{spec}\n[router]\nkind = \"haproxy\"\n{route}\n")
+    };
+    let deploy = |name: &str, version: &str, route: &str, extra_env: &'static str| {
+        let out = server.cli(&[
+            "deploy",
+            crate::runner::write_spec(&app(name, version, route, extra_env))
+                .to_str()
+                .unwrap(),
+        ]);
+        assert!(out.status.success(), "{name} {version}: {}", text(&out));
+    };
+    deploy("shop", "shop1", "hosts = [\"shop.test\", \"*.shop.test\"]", "");
+    deploy("blog", "blog1", "hosts = [\"blog.test\"]", "");
+    // Under shop.test, /env belongs to another app.
+    deploy(
+        "api",
+        "api1",
+        "hosts = [\"shop.test\"]\npath-prefix = \"/env\"",
+        ", HELLO_SHOW_ENV = \"VERSION\"",
+    );
+    let get = |host: &str, path: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-H", &format!("Host: {host}")])
+            .arg(format!("http://{web}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("shop.test", "/"), "hello from shop1\n");
+    assert_eq!(get("www.shop.test:8080", "/"), "hello from shop1\n");
+    assert_eq!(get("blog.test", "/"), "hello from blog1\n");
+    assert_eq!(get("shop.test", "/env"), "VERSION=api1\n");
+    assert_eq!(get("elsewhere.test", "/"), "no app is routed here for this host");
+    // A host already routed on the address is refused, naming both apps.
+    let (status, body) = server.request(
+        "PUT",
+        "/v1/apps/thief",
+        Some(crate::runner::ADMIN),
+        "application/toml",
+        app("thief", "x", "hosts = [\"blog.test\"]", "").as_bytes(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("blog.test on 127.0.0.1:")
+            && body.contains("routed to app blog already, and app thief claims it too"),
+        "{body}"
+    );
+
+    // Both apps deployed blue-green while wrk loads both by host name.
+    let wrk = move |host: &str| {
+        Command::new("wrk")
+            .args(["-t1", "-c8", "-d10s", "-H", &format!("Host: {host}")])
+            .arg(format!("http://{web}/"))
+            .output()
+            .expect("run wrk")
+    };
+    let loads = [
+        std::thread::spawn(move || wrk("shop.test")),
+        std::thread::spawn(move || wrk("blog.test")),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    deploy("shop", "shop2", "hosts = [\"shop.test\", \"*.shop.test\"]", "");
+    deploy("blog", "blog2", "hosts = [\"blog.test\"]", "");
+    for load in loads {
+        let out = load.join().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("{said}");
+        assert!(said.contains(" requests in "), "{said}");
+        assert!(!said.contains("Non-2xx"), "failed requests under load: {said}");
+        assert!(!said.contains("Socket errors"), "connection errors under load: {said}");
+    }
+    assert_eq!(get("shop.test", "/"), "hello from shop2\n");
+    assert_eq!(get("blog.test", "/"), "hello from blog2\n");
+    assert_eq!(get("shop.test", "/env"), "VERSION=api1\n");
+    // Each app's traffic is its own, though they share a frontend: api saw the two /env.
+    let traffic = server.get_json("/v1/apps/api/traffic?window=60s");
+    assert_eq!(traffic["stats"]["requests"], 2, "{traffic}");
+}

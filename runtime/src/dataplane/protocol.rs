@@ -79,8 +79,17 @@ impl FrontSpec {
     /// What the spec's `[router]` says of it, with the HTTPS address defaulting to `https`
     /// (the runner's front door).
     pub fn of(router: &crate::spec::RouterSpec, https: SocketAddr) -> FrontSpec {
-        if !matches!(router.kind, RouterKind::Builtin) {
-            return FrontSpec::default();
+        match router.kind {
+            RouterKind::Builtin => {}
+            // HAProxy routes by host name and path prefix; the rest is the built-in router's.
+            RouterKind::Haproxy => {
+                return FrontSpec {
+                    hosts: router.hosts.clone(),
+                    path_prefix: router.path_prefix.clone(),
+                    ..FrontSpec::default()
+                };
+            }
+            RouterKind::Gateway | RouterKind::Service => return FrontSpec::default(),
         }
         FrontSpec {
             hosts: router.hosts.clone(),

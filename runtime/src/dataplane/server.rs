@@ -21,7 +21,7 @@ use crate::driver::compute::instances::{InstanceDriver, Workload};
 use crate::driver::compute::output::OutputFiles;
 use crate::driver::router::RouterKind;
 use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics, RouterOptions, Routing, TlsFiles};
-use crate::driver::router::haproxy::{Haproxy, HaproxyRouter};
+use crate::driver::router::haproxy::{Haproxy, HaproxyRouter, HostRoute};
 use crate::driver::router::local::LocalRouter;
 use crate::driver::{Compute, Router, validate_weights};
 
@@ -399,10 +399,21 @@ impl Plane {
         kind: RouterKind,
         front: FrontSpec,
     ) -> Result<(), PlaneError> {
-        if kind == RouterKind::Haproxy && !front.is_default() {
+        let route = HostRoute {
+            hosts: front.hosts.clone(),
+            path_prefix: front.path_prefix.clone(),
+        };
+        if kind == RouterKind::Haproxy
+            && front
+                != (FrontSpec {
+                    hosts: route.hosts.clone(),
+                    path_prefix: route.path_prefix.clone(),
+                    ..FrontSpec::default()
+                })
+        {
             return Err(PlaneError::Invalid {
                 message:
-                    "router: HAProxy does not route by host name, path prefix or HTTPS here yet; use kind = \"builtin\""
+                    "router: HAProxy routes by host name and path prefix here, and does not serve HTTPS, limits, access logs or HTTP/2 yet; use kind = \"builtin\" for those"
                         .into(),
             });
         }
@@ -426,7 +437,7 @@ impl Plane {
                     let old = local.move_to(router);
                     tokio::spawn(async move { old.stop(ROUTER_GRACE).await });
                 }
-                AppRouter::Haproxy(router) => router.move_to(listen).await?,
+                AppRouter::Haproxy(router) => router.move_to(listen, &route).await?,
             }
             existing.front = front;
             return Ok(());
@@ -435,7 +446,9 @@ impl Plane {
             RouterKind::Builtin => {
                 AppRouter::Builtin(LocalRouter::new(bind(app, listen, &front, &self.data_dir).await?))
             }
-            RouterKind::Haproxy => AppRouter::Haproxy(HaproxyRouter::new(app, listen, self.haproxy.clone()).await?),
+            RouterKind::Haproxy => {
+                AppRouter::Haproxy(HaproxyRouter::new(app, listen, &route, self.haproxy.clone()).await?)
+            }
             RouterKind::Gateway | RouterKind::Service => {
                 return Err(PlaneError::Failed {
                     message: format!("a {} router is Kubernetes', not the data plane's", kind.as_str()),

@@ -432,7 +432,7 @@ mod tests {
                 "kind = \"service\"",
                 "kind = \"service\"\nhostnames = [\"shop.example.com\"]",
             ),
-            "hosts is for kind = \"builtin\" or \"gateway\"",
+            "hosts is for kind = \"builtin\", \"haproxy\" or \"gateway\"",
             "remove it",
         );
         refused(

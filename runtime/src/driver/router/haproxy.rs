@@ -8,6 +8,11 @@
 //! backend APP_maintenance, APP_unavailable   the built-in router's 503 pages
 //! ```
 //!
+//! Apps that name host names (and a path prefix) share a listener: one frontend per
+//! address, `shared_ADDRESS`, where each request first finds its app (most specific route
+//! first: exact hosts, wildcards, every host; longer prefixes first), named in `txn.app`,
+//! and then runs only that app's rules; a request no app claims gets 404.
+//!
 //! Weights keep the host API's 0–256 scale exactly: the frontend draws a number below the sum
 //! of the weights and walks the slots' cumulative weights, all read from the app's map, which
 //! changes atomically (`prepare map` / `commit map`). As in the built-in router, a revision
@@ -84,8 +89,69 @@ struct Applied {
 #[derive(Clone, Debug, Default)]
 struct AppApplied {
     listen: Option<SocketAddr>,
+    route: HostRoute,
     maintenance: bool,
     slots: [Slot; SLOTS],
+}
+
+/// Which requests on a shared listener are an app's: by host name (`*.example.com` matches
+/// one more label) and path prefix. Empty: every request no other app claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostRoute {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+impl HostRoute {
+    /// The prefix with a trailing slash, `/` when none.
+    fn prefix(&self) -> String {
+        let mut prefix = self.path_prefix.clone().unwrap_or_else(|| "/".into());
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        prefix
+    }
+
+    fn is_everything(&self) -> bool {
+        self.hosts.is_empty() && self.prefix() == "/"
+    }
+
+    /// 0 for exact hosts, 1 for wildcards only, 2 for every host (as the built-in router).
+    fn rank(&self) -> u8 {
+        if self.hosts.is_empty() {
+            2
+        } else if self.hosts.iter().all(|h| h.starts_with("*.")) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// A host both routes claim under the same prefix, if any.
+    fn overlap(&self, other: &HostRoute) -> Option<String> {
+        if self.prefix() != other.prefix() {
+            return None;
+        }
+        match (self.hosts.is_empty(), other.hosts.is_empty()) {
+            (true, true) => Some("every host".into()),
+            (false, false) => self.hosts.iter().find(|h| other.hosts.contains(h)).cloned(),
+            _ => None,
+        }
+    }
+}
+
+/// What `apps.json` holds of an app: its address and route (older files: the address only).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Listed {
+    Routed {
+        listen: SocketAddr,
+        #[serde(default)]
+        route: HostRoute,
+    },
+    Address(SocketAddr),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -205,23 +271,39 @@ impl Haproxy {
         Ok(answer)
     }
 
-    /// Makes sure HAProxy runs with `app`'s frontend listening on `listen`: adopted if it
-    /// already runs, started if not, reloaded if the app is new or moved.
-    pub async fn ensure_app(&self, app: &str, listen: SocketAddr) -> Result<(), DriverError> {
+    /// Makes sure HAProxy runs with `app`'s frontend listening on `listen` and routing it
+    /// as `route` says: adopted if it already runs, started if not, reloaded if the app is
+    /// new, moved or routed anew. A host and prefix another app on `listen` claims is
+    /// refused, naming both.
+    pub async fn ensure_app(&self, app: &str, listen: SocketAddr, route: &HostRoute) -> Result<(), DriverError> {
         self.read_traffic()?;
         let mut applied = self.applied.lock().await;
         if !applied.running && self.command("show info").await.is_err() {
             // HAProxy starts with this app in its configuration: no reload.
-            applied.apps.entry(app.to_string()).or_default().listen = Some(listen);
+            let entry = applied.apps.entry(app.to_string()).or_default();
+            entry.listen = Some(listen);
+            entry.route = route.clone();
             self.ensure_running(&mut applied).await?;
             return wait_listening(listen).await;
         }
         self.ensure_running(&mut applied).await?;
+        for (other, entry) in applied.apps.iter().filter(|(other, _)| *other != app) {
+            if entry.listen != Some(listen) {
+                continue;
+            }
+            if let Some(host) = route.overlap(&entry.route) {
+                return Err(DriverError::Invalid(format!(
+                    "router.hosts: {host}{} on {listen} is routed to app {other} already, and app {app} claims it too; give one of them other hosts or another path prefix",
+                    route.prefix().trim_end_matches('/'),
+                )));
+            }
+        }
         let entry = applied.apps.entry(app.to_string()).or_default();
-        if entry.listen == Some(listen) {
+        if entry.listen == Some(listen) && entry.route == *route {
             return Ok(());
         }
         entry.listen = Some(listen);
+        entry.route = route.clone();
         self.write_files(&applied)?;
         self.reload().await?;
         wait_listening(listen).await
@@ -325,13 +407,18 @@ impl Haproxy {
     /// Reads the apps of a running HAProxy back: the app list from `apps.json`, weights and
     /// maintenance from each app's map, servers from `show servers state`.
     async fn read_back(&self, applied: &mut Applied) -> Result<(), DriverError> {
-        let listed: BTreeMap<String, SocketAddr> = std::fs::read(self.dir.join("apps.json"))
+        let listed: BTreeMap<String, Listed> = std::fs::read(self.dir.join("apps.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        for (app, listen) in listed {
+        for (app, listed) in listed {
+            let (listen, route) = match listed {
+                Listed::Routed { listen, route } => (listen, route),
+                Listed::Address(listen) => (listen, HostRoute::default()),
+            };
             let mut entry = AppApplied {
                 listen: Some(listen),
+                route,
                 ..AppApplied::default()
             };
             let map = self
@@ -387,10 +474,16 @@ impl Haproxy {
         for (app, entry) in &applied.apps {
             write(&format!("{app}.map"), map_text(entry))?;
         }
-        let listed: BTreeMap<&String, SocketAddr> = applied
+        let listed: BTreeMap<&String, Listed> = applied
             .apps
             .iter()
-            .filter_map(|(app, entry)| Some((app, entry.listen?)))
+            .filter_map(|(app, entry)| {
+                let listed = Listed::Routed {
+                    listen: entry.listen?,
+                    route: entry.route.clone(),
+                };
+                Some((app, listed))
+            })
             .collect();
         write("apps.json", serde_json::to_string(&listed).expect("plain map"))?;
         write("haproxy.cfg", self.config(applied))
@@ -412,7 +505,7 @@ global
 defaults
     mode http
     log global
-    log-format \"%f %[var(txn.rev)] %ST %Tr\"
+    log-format \"%[var(txn.app)] %[var(txn.rev)] %ST %Tr\"
     option http-keep-alive
     option forwardfor
     timeout connect 5s
@@ -425,45 +518,113 @@ defaults
     retry-on conn-failure empty-response
 "
         );
+        let mut by_address: BTreeMap<SocketAddr, Vec<(&String, &AppApplied)>> = BTreeMap::new();
         for (app, entry) in &applied.apps {
-            let Some(listen) = entry.listen else { continue };
-            let map = self.map_file(app);
-            let map = map.display();
-            text.push_str(&format!("\nfrontend {app}\n    bind {listen}\n"));
-            for index in 0..SLOTS {
-                let previous = if index == 0 {
-                    String::new()
-                } else {
-                    format!(",add(txn.c{})", index - 1)
-                };
-                text.push_str(&format!(
-                    "    http-request set-var(txn.c{index}) str(w{index}),map_str_int({map},0){previous}\n"
-                ));
+            if let Some(listen) = entry.listen {
+                by_address.entry(listen).or_default().push((app, entry));
             }
-            text.push_str(&format!(
-                "    http-request set-var(txn.pick) rand(256),mul(txn.c{last}),div(256)\n    use_backend {app}_maintenance if {{ str(maintenance),map_str_int({map},0) -m int eq 1 }}\n",
-                last = SLOTS - 1
-            ));
-            for index in 0..SLOTS {
+        }
+        let mut shared_any = false;
+        for (listen, mut apps) in by_address {
+            if let [(app, entry)] = apps.as_slice()
+                && entry.route.is_everything()
+            {
+                // An app alone on its address: its own frontend, every request its own.
                 text.push_str(&format!(
-                    "    use_backend {app}_s{index} if {{ var(txn.pick),sub(txn.c{index}) -m int lt 0 }}\n"
+                    "\nfrontend {app}\n    bind {listen}\n    http-request set-var(txn.app) str({app})\n"
                 ));
-            }
-            text.push_str(&format!("    default_backend {app}_unavailable\n"));
-            for (index, slot) in entry.slots.iter().enumerate() {
-                text.push_str(&format!(
-                    "\nbackend {app}_s{index}\n    balance roundrobin\n    http-request set-var(txn.rev) str(r{index}),map({map},0)\n    http-response set-header X-Slipway-Revision %[var(txn.rev)]\n"
-                ));
-                for (name, addr) in &slot.servers {
-                    text.push_str(&format!("    server {name} {addr}\n"));
+                text.push_str(&self.app_rules(app, None));
+            } else {
+                shared_any = true;
+                let name: String = listen
+                    .to_string()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                text.push_str(&format!("\nfrontend shared_{name}\n    bind {listen}\n"));
+                apps.sort_by_key(|(app, entry)| {
+                    (entry.route.rank(), std::cmp::Reverse(entry.route.prefix().len()), *app)
+                });
+                for (app, entry) in &apps {
+                    text.push_str(&route_acls(app, &entry.route));
                 }
-                for (name, addr) in &slot.leaving {
-                    text.push_str(&format!("    server {name} {addr} disabled\n"));
+                for (app, entry) in &apps {
+                    let mut condition = String::from("!{ var(txn.app) -m found }");
+                    if !entry.route.hosts.is_empty() {
+                        condition.push_str(&format!(" app_{app}_host"));
+                    }
+                    if entry.route.prefix() != "/" {
+                        condition.push_str(&format!(" app_{app}_path"));
+                    }
+                    text.push_str(&format!(
+                        "    http-request set-var(txn.app) str({app}) if {condition}\n"
+                    ));
                 }
+                for (app, _) in &apps {
+                    text.push_str(&self.app_rules(app, Some(&format!("{{ var(txn.app) -m str {app} }}"))));
+                }
+                text.push_str("    default_backend slipway_nobody\n");
             }
+            for (app, entry) in &apps {
+                let map = self.map_file(app);
+                let map = map.display();
+                for (index, slot) in entry.slots.iter().enumerate() {
+                    text.push_str(&format!(
+                        "\nbackend {app}_s{index}\n    balance roundrobin\n    http-request set-var(txn.rev) str(r{index}),map({map},0)\n    http-response set-header X-Slipway-Revision %[var(txn.rev)]\n"
+                    ));
+                    for (name, addr) in &slot.servers {
+                        text.push_str(&format!("    server {name} {addr}\n"));
+                    }
+                    for (name, addr) in &slot.leaving {
+                        text.push_str(&format!("    server {name} {addr} disabled\n"));
+                    }
+                }
+                text.push_str(&format!(
+                    "\nbackend {app}_maintenance\n    http-request return status 503 content-type \"text/html\" file {dir}/maintenance.html hdr Retry-After 5 hdr Cache-Control no-store\n\nbackend {app}_unavailable\n    http-request return status 503 content-type \"text/plain; charset=utf-8\" file {dir}/no-ready-instances.txt hdr Cache-Control no-store\n"
+                ));
+            }
+        }
+        if shared_any {
+            text.push_str(
+                "\nbackend slipway_nobody\n    http-request return status 404 content-type \"text/plain; charset=utf-8\" string \"no app is routed here for this host\" hdr Cache-Control no-store\n",
+            );
+        }
+        text
+    }
+
+    /// An app's frontend rules: the weighted pick of a slot (or maintenance, or none ready),
+    /// each rule also under `only` on a shared frontend.
+    fn app_rules(&self, app: &str, only: Option<&str>) -> String {
+        let map = self.map_file(app);
+        let map = map.display();
+        // `if COND` for a rule without a condition of its own; ` COND` to add to one.
+        let (alone, also) = match only {
+            Some(only) => (format!(" if {only}"), format!(" {only}")),
+            None => (String::new(), String::new()),
+        };
+        let mut text = String::new();
+        for index in 0..SLOTS {
+            let previous = if index == 0 {
+                String::new()
+            } else {
+                format!(",add(txn.c{})", index - 1)
+            };
             text.push_str(&format!(
-                "\nbackend {app}_maintenance\n    http-request return status 503 content-type \"text/html\" file {dir}/maintenance.html hdr Retry-After 5 hdr Cache-Control no-store\n\nbackend {app}_unavailable\n    http-request return status 503 content-type \"text/plain; charset=utf-8\" file {dir}/no-ready-instances.txt hdr Cache-Control no-store\n"
+                "    http-request set-var(txn.c{index}) str(w{index}),map_str_int({map},0){previous}{alone}\n"
             ));
+        }
+        text.push_str(&format!(
+            "    http-request set-var(txn.pick) rand(256),mul(txn.c{last}),div(256){alone}\n    use_backend {app}_maintenance if {{ str(maintenance),map_str_int({map},0) -m int eq 1 }}{also}\n",
+            last = SLOTS - 1
+        ));
+        for index in 0..SLOTS {
+            text.push_str(&format!(
+                "    use_backend {app}_s{index} if {{ var(txn.pick),sub(txn.c{index}) -m int lt 0 }}{also}\n"
+            ));
+        }
+        match only {
+            Some(_) => text.push_str(&format!("    use_backend {app}_unavailable{alone}\n")),
+            None => text.push_str(&format!("    default_backend {app}_unavailable\n")),
         }
         text
     }
@@ -818,6 +979,37 @@ fn map_text(entry: &AppApplied) -> String {
         .collect()
 }
 
+/// The ACLs that pick out `app`'s requests on a shared frontend: `app_APP_host` (the Host
+/// header without its port) and `app_APP_path` (the prefix itself, or anything under it).
+fn route_acls(app: &str, route: &HostRoute) -> String {
+    let mut text = String::new();
+    let exact: Vec<&str> = route
+        .hosts
+        .iter()
+        .filter(|h| !h.starts_with("*."))
+        .map(String::as_str)
+        .collect();
+    if !exact.is_empty() {
+        text.push_str(&format!(
+            "    acl app_{app}_host req.hdr(host),field(1,:),lower -m str {}\n",
+            exact.join(" ")
+        ));
+    }
+    for domain in route.hosts.iter().filter_map(|h| h.strip_prefix("*.")) {
+        text.push_str(&format!(
+            "    acl app_{app}_host req.hdr(host),field(1,:),lower -m reg '^[^.]+\\.{}$'\n",
+            domain.replace('.', "\\.")
+        ));
+    }
+    let prefix = route.prefix();
+    if prefix != "/" {
+        let bare = prefix.trim_end_matches('/');
+        text.push_str(&format!("    acl app_{app}_path path -m str {bare}\n"));
+        text.push_str(&format!("    acl app_{app}_path path -m beg {prefix}\n"));
+    }
+    text
+}
+
 /// Waits until something accepts connections on `listen` (HAProxy's new worker).
 async fn wait_listening(listen: SocketAddr) -> Result<(), DriverError> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -862,9 +1054,15 @@ pub struct HaproxyRouter {
 }
 
 impl HaproxyRouter {
-    /// `app` routed by `haproxy` on `listen`: its frontend is added (or adopted) now.
-    pub async fn new(app: &str, listen: SocketAddr, haproxy: Arc<Haproxy>) -> Result<Arc<HaproxyRouter>, DriverError> {
-        haproxy.ensure_app(app, listen).await?;
+    /// `app` routed by `haproxy` on `listen` as `route` says: its frontend is added (or
+    /// adopted) now.
+    pub async fn new(
+        app: &str,
+        listen: SocketAddr,
+        route: &HostRoute,
+        haproxy: Arc<Haproxy>,
+    ) -> Result<Arc<HaproxyRouter>, DriverError> {
+        haproxy.ensure_app(app, listen, route).await?;
         let mut wanted = Wanted::default();
         if let Some((weights, maintenance, endpoints)) = haproxy.adopted(app).await {
             wanted = Wanted {
@@ -891,10 +1089,10 @@ impl HaproxyRouter {
         &self.app
     }
 
-    /// Moves the app's frontend to `listen` (a reload: the old address is let go as the new
-    /// one is bound).
-    pub async fn move_to(&self, listen: SocketAddr) -> Result<(), DriverError> {
-        self.haproxy.ensure_app(&self.app, listen).await?;
+    /// Moves the app's frontend to `listen` and `route` (a reload: the old address is let go
+    /// as the new one is bound).
+    pub async fn move_to(&self, listen: SocketAddr, route: &HostRoute) -> Result<(), DriverError> {
+        self.haproxy.ensure_app(&self.app, listen, route).await?;
         *self.listen.lock().unwrap() = listen;
         Ok(())
     }
@@ -1012,6 +1210,38 @@ fn record_traffic(traffic: &Mutex<Traffic>, line: &str, now_ms: u64) {
 #[cfg(test)]
 mod traffic_tests {
     use super::*;
+
+    #[test]
+    fn apps_json_of_an_older_data_plane_still_reads() {
+        let older: BTreeMap<String, Listed> = serde_json::from_str(r#"{"shop":"127.0.0.1:8080"}"#).unwrap();
+        assert!(matches!(older["shop"], Listed::Address(addr) if addr.port() == 8080));
+        let newer: BTreeMap<String, Listed> = serde_json::from_str(
+            r#"{"shop":{"listen":"127.0.0.1:80","route":{"hosts":["shop.test"],"path_prefix":"/api"}}}"#,
+        )
+        .unwrap();
+        let Listed::Routed { listen, route } = &newer["shop"] else {
+            panic!("not read as routed")
+        };
+        assert_eq!((listen.port(), route.prefix().as_str()), (80, "/api/"));
+        assert_eq!(route.rank(), 0);
+        let acls = route_acls("shop", route);
+        assert!(
+            acls.contains("acl app_shop_host req.hdr(host),field(1,:),lower -m str shop.test"),
+            "{acls}"
+        );
+        assert!(acls.contains("acl app_shop_path path -m beg /api/"), "{acls}");
+        let wildcard = route_acls(
+            "blog",
+            &HostRoute {
+                hosts: vec!["*.blog.test".into()],
+                path_prefix: None,
+            },
+        );
+        assert_eq!(
+            wildcard,
+            "    acl app_blog_host req.hdr(host),field(1,:),lower -m reg '^[^.]+\\.blog\\.test$'\n"
+        );
+    }
 
     #[test]
     fn log_lines_become_each_revisions_traffic() {
