@@ -164,6 +164,16 @@ if [[ -n $BASELINE_BIN ]]; then
 fi
 
 mkdir -p "$work/nginx"
+# The same proxying on the plain and the HTTPS server (\$scheme says which to the app).
+nginx_location='location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }'
+
 cat >"$work/nginx.conf" <<EOF
 worker_processes $PROXY_WORKERS;
 daemon off;
@@ -187,13 +197,7 @@ http {
     }
     server {
         listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        }
+        $nginx_location
     }
     server {
         listen 127.0.0.1:$NGINX_TLS_PORT ssl;
@@ -201,14 +205,7 @@ http {
         ssl_certificate_key $key;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:bench:10m;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;
-        }
+        $nginx_location
     }
 }
 EOF

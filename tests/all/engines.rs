@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::containers::{engine, image, listed};
 use crate::lifecycle::{deploy, listen, push, runtime, sample, text};
-use crate::load::Load;
+use crate::load::{Load, assert_wrk_clean, wrk_by_host};
 use crate::runner::{HelloSpec, Server, free_port, unique_dir};
 use crate::support::exclusive;
 
@@ -327,27 +327,15 @@ fn haproxy_shares_one_port_among_apps_by_host_and_path_and_deploys_them_under_lo
     );
 
     // Both apps deployed blue-green while wrk loads both by host name.
-    let wrk = move |host: &str| {
-        Command::new("wrk")
-            .args(["-t1", "-c8", "-d10s", "-H", &format!("Host: {host}")])
-            .arg(format!("http://{web}/"))
-            .output()
-            .expect("run wrk")
-    };
     let loads = [
-        std::thread::spawn(move || wrk("shop.test")),
-        std::thread::spawn(move || wrk("blog.test")),
+        wrk_by_host(format!("http://{web}/"), "shop.test", 10),
+        wrk_by_host(format!("http://{web}/"), "blog.test", 10),
     ];
     std::thread::sleep(Duration::from_secs(1));
     deploy("shop", "shop2", "hosts = [\"shop.test\", \"*.shop.test\"]", "");
     deploy("blog", "blog2", "hosts = [\"blog.test\"]", "");
     for load in loads {
-        let out = load.join().unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        println!("{said}");
-        assert!(said.contains(" requests in "), "{said}");
-        assert!(!said.contains("Non-2xx"), "failed requests under load: {said}");
-        assert!(!said.contains("Socket errors"), "connection errors under load: {said}");
+        assert_wrk_clean(&load.join().unwrap());
     }
     assert_eq!(get("shop.test", "/"), "hello from shop2\n");
     assert_eq!(get("blog.test", "/"), "hello from blog2\n");

@@ -4,12 +4,12 @@
 //! HTTPS without a failed request.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::acme::{Pebble, acme_spec, wait_certificate, wait_served};
+use crate::acme::{Pebble, acme_spec, https_get, wait_certificate, wait_served};
 use crate::lifecycle::{listen, text};
+use crate::load::{assert_wrk_clean, wrk_by_host};
 use crate::runner::{ADMIN, HelloSpec, Server, free_port, unique_dir, write_spec};
 use crate::support::exclusive;
 
@@ -18,26 +18,6 @@ use crate::support::exclusive;
 fn spec(name: &str, host: &str, version: &str, plain: SocketAddr, https: SocketAddr) -> String {
     let spec = acme_spec(name, host, version, plain, https);
     spec.replace("[router]\n", "[router]\nredirect-https = true\n")
-}
-
-/// `curl` over HTTPS to `host` at `https`, trusting only `root`: (status, body).
-fn curl(root: &Path, host: &str, https: SocketAddr, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
-        .arg(root)
-        .arg("--resolve")
-        .arg(format!("{host}:{}:127.0.0.1", https.port()))
-        .arg(format!("https://{host}:{}{path}", https.port()))
-        .output()
-        .expect("run curl");
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = said.rsplit_once('\n').unwrap_or((&said, "0"));
-    assert!(
-        out.status.success(),
-        "curl {host}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (status.trim().parse().unwrap_or(0), body.to_string())
 }
 
 #[test]
@@ -67,8 +47,11 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
     }
 
     // Each name gets its app, over a certificate for that name.
-    assert_eq!(curl(&root, "shop.test", https, "/"), (200, "hello from v1\n".into()));
-    assert_eq!(curl(&root, "blog.test", https, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(
+        https_get(&root, "shop.test", https, "/").as_deref(),
+        Ok("hello from v1\n")
+    );
+    assert_eq!(https_get(&root, "blog.test", https, "/healthz").as_deref(), Ok("ok\n"));
     // Browsers get HTTP/2 (ALPN).
     let version = Command::new("curl")
         .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}", "--cacert"])
@@ -114,30 +97,25 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
     );
 
     // Both apps deployed blue-green while wrk loads both over HTTPS.
-    let wrk = move |host: &str| {
-        Command::new("wrk")
-            .args(["-t1", "-c8", "-d12s", "-H", &format!("Host: {host}")])
-            .arg(format!("https://127.0.0.1:{}/", https.port()))
-            .output()
-            .expect("run wrk")
-    };
+    let url = format!("https://127.0.0.1:{}/", https.port());
     let loads = [
-        std::thread::spawn(move || wrk("shop.test")),
-        std::thread::spawn(move || wrk("blog.test")),
+        wrk_by_host(url.clone(), "shop.test", 12),
+        wrk_by_host(url, "blog.test", 12),
     ];
     std::thread::sleep(Duration::from_secs(1));
     deploy("shop", "shop.test", "v2");
     deploy("blog", "blog.test", "v2");
     for load in loads {
-        let out = load.join().unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        println!("{said}");
-        assert!(said.contains(" requests in "), "{said}");
-        assert!(!said.contains("Non-2xx"), "failed requests under load: {said}");
-        assert!(!said.contains("Socket errors"), "connection errors under load: {said}");
+        assert_wrk_clean(&load.join().unwrap());
     }
-    assert_eq!(curl(&root, "shop.test", https, "/"), (200, "hello from v2\n".into()));
-    assert_eq!(curl(&root, "blog.test", https, "/"), (200, "hello from v2\n".into()));
+    assert_eq!(
+        https_get(&root, "shop.test", https, "/").as_deref(),
+        Ok("hello from v2\n")
+    );
+    assert_eq!(
+        https_get(&root, "blog.test", https, "/").as_deref(),
+        Ok("hello from v2\n")
+    );
 }
 
 #[test]

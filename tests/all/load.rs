@@ -376,6 +376,32 @@ fn describe(error: &hyper::Error) -> String {
     description
 }
 
+/// `wrk` (one thread, 8 keep-alive connections) against `url` for `seconds`, asking for
+/// `host`, on a thread of its own: join it for wrk's report.
+pub fn wrk_by_host(url: String, host: &str, seconds: u32) -> std::thread::JoinHandle<String> {
+    let host = format!("Host: {host}");
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c8", &format!("-d{seconds}s"), "-H", &host])
+            .arg(&url)
+            .output()
+            .expect("run wrk");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+}
+
+/// Asserts a `wrk` report shows requests, and none failed or lost its connection.
+#[track_caller]
+pub fn assert_wrk_clean(report: &str) {
+    println!("{report}");
+    assert!(report.contains(" requests in "), "{report}");
+    assert!(!report.contains("Non-2xx"), "failed requests under load: {report}");
+    assert!(
+        !report.contains("Socket errors"),
+        "connection errors under load: {report}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

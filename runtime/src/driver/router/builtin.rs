@@ -505,25 +505,29 @@ impl Shared {
                         .answered(now_ms, response.status.as_u16(), deadline.start.elapsed());
                     proxied_response(response, connection, pick, deadline.start)
                 }
-                Err(ProxyError::BodyTooLarge { .. }) => {
-                    pick.stats.traffic.answered(now_ms, 413, deadline.start.elapsed());
-                    body_too_large()
-                }
-                Err(error) => {
-                    pick.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    pick.stats.traffic.failed(now_ms);
-                    warn!(app = %self.app, instance = pick.backend().instance(), %error, "request failed");
-                    if let ProxyError::Timeout { .. } = error {
-                        fixed(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "text/plain; charset=utf-8",
-                            GATEWAY_TIMEOUT,
-                        )
-                    } else {
-                        fixed(StatusCode::BAD_GATEWAY, "text/plain; charset=utf-8", BAD_GATEWAY)
-                    }
-                }
+                Err(error) => self.failed(&pick, error, now_ms, deadline.start),
             }
+        }
+    }
+
+    /// The answer to a request that got no response from an instance: 413 for a body over the
+    /// limit, 504 when the instance was too slow, 502 otherwise; counted and logged.
+    fn failed(&self, pick: &Pick, error: ProxyError, now_ms: u64, started: TokioInstant) -> Response<RouterBody> {
+        if let ProxyError::BodyTooLarge { .. } = error {
+            pick.stats.traffic.answered(now_ms, 413, started.elapsed());
+            return body_too_large();
+        }
+        pick.stats.errors.fetch_add(1, Ordering::Relaxed);
+        pick.stats.traffic.failed(now_ms);
+        warn!(app = %self.app, instance = pick.backend().instance(), %error, "request failed");
+        if let ProxyError::Timeout { .. } = error {
+            fixed(
+                StatusCode::GATEWAY_TIMEOUT,
+                "text/plain; charset=utf-8",
+                GATEWAY_TIMEOUT,
+            )
+        } else {
+            fixed(StatusCode::BAD_GATEWAY, "text/plain; charset=utf-8", BAD_GATEWAY)
         }
     }
 

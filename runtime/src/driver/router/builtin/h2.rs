@@ -18,19 +18,17 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant as TokioInstant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::pool::{Backend, InFlight};
-use super::response::{
-    BAD_GATEWAY, GATEWAY_TIMEOUT, RouterBody, X_SLIPWAY_REVISION, fixed, prepare_request, strip_hop_by_hop,
-};
+use super::response::{RouterBody, X_SLIPWAY_REVISION, prepare_request, strip_hop_by_hop};
 use super::table::{Choice, Pick};
 use super::upstream::ProxyError;
-use super::{MAX_ATTEMPTS, RequestParts, Shared, body_too_large, lock};
+use super::{MAX_ATTEMPTS, RequestParts, Shared, lock};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type RequestBody = BoxBody<Bytes, BoxError>;
@@ -134,24 +132,7 @@ impl Shared {
                 };
                 Response::from_parts(parts, RouterBody::Streamed(Box::new(body)))
             }
-            Err(ProxyError::BodyTooLarge { .. }) => {
-                pick.stats.traffic.answered(now_ms, 413, start.elapsed());
-                body_too_large()
-            }
-            Err(error) => {
-                pick.stats.errors.fetch_add(1, Ordering::Relaxed);
-                pick.stats.traffic.failed(now_ms);
-                warn!(app = %self.app, instance = pick.backend().instance(), %error, "request failed");
-                if let ProxyError::Timeout { .. } = error {
-                    fixed(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "text/plain; charset=utf-8",
-                        GATEWAY_TIMEOUT,
-                    )
-                } else {
-                    fixed(StatusCode::BAD_GATEWAY, "text/plain; charset=utf-8", BAD_GATEWAY)
-                }
-            }
+            Err(error) => self.failed(&pick, error, now_ms, start),
         }
     }
 }
