@@ -1256,9 +1256,19 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
             "remove it, or use kind = \"gateway\" to route the app by host name",
         )?;
     }
+    if router.kind == RouterKind::Haproxy && router.tls.as_ref().is_some_and(|tls| tls.acme) {
+        problem(
+            keys(&["router", "tls", "acme"]),
+            "acme = true is for kind = \"builtin\" for now; HAProxy serves certificates from files",
+            "give cert and key files, or route the app with the built-in router",
+        )?;
+    }
     let builtin_only = [
-        ("tls", router.tls.is_some()),
-        ("redirect-https", router.redirect_https),
+        ("tls", router.tls.is_some() && router.kind != RouterKind::Haproxy),
+        (
+            "redirect-https",
+            router.redirect_https && router.kind != RouterKind::Haproxy,
+        ),
         ("max-header-size", router.max_header_size.is_some()),
         ("max-body-size", router.max_body_size.is_some()),
         ("max-connections", router.max_connections.is_some()),
@@ -2287,8 +2297,8 @@ maintenance-during-deploy = true
         .unwrap();
         assert_eq!(haproxy.router.hosts, ["a.example.com"]);
         refused(
-            "[router]\nkind = \"haproxy\"\n[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
-            "tls is only for kind = \"builtin\"",
+            "[router]\nkind = \"haproxy\"\nhosts = [\"a.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
+            "acme = true is for kind = \"builtin\" for now",
         );
         refused(
             "[router]\nkind = \"haproxy\"\nmax-body-size = \"1MiB\"\n",

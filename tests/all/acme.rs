@@ -207,7 +207,7 @@ pub fn wait_served(root: &Path, host: &str, https: SocketAddr) {
 }
 
 /// The serial number of the certificate served for `host` (as openssl prints it).
-fn served_serial(root: &Path, host: &str, https: SocketAddr) -> String {
+pub fn served_serial(root: &Path, host: &str, https: SocketAddr) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(

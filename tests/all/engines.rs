@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::acme::{https_get, served_serial};
 use crate::containers::{engine, image, listed};
 use crate::lifecycle::{deploy, listen, push, runtime, sample, text};
 use crate::load::{Load, assert_wrk_clean, wrk_by_host};
@@ -343,4 +344,94 @@ fn haproxy_shares_one_port_among_apps_by_host_and_path_and_deploys_them_under_lo
     // Each app's traffic is its own, though they share a frontend: api saw the two /env.
     let traffic = server.get_json("/v1/apps/api/traffic?window=60s");
     assert_eq!(traffic["stats"]["requests"], 2, "{traffic}");
+}
+
+#[test]
+fn haproxy_serves_https_by_sni_from_files_redirects_and_reads_a_renewed_certificate() {
+    let _serial = exclusive();
+    let ca = unique_dir("haproxy-ca");
+    let issue = |host: &str| {
+        let out = Command::new("sh")
+            .arg(crate::support::workspace().join("tests/tls/issue.sh"))
+            .arg(&ca)
+            .arg(host)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    issue("shop.test");
+    issue("blog.test");
+    let root = ca.join("ca.pem");
+    let server = Server::start();
+    let (web, https) = (listen(), listen());
+    let deploy = |name: &str, version: &str| {
+        let spec = HelloSpec {
+            listen: web,
+            version,
+            strategy: "builtin:blue-green",
+            params: "{ verify-path = \"/healthz\" }",
+            ..HelloSpec::default()
+        }
+        .toml()
+        .replacen("name = \"hello\"", &format!("name = \"{name}\""), 1);
+        let host = format!("{name}.test");
+        let spec = format!(
+            "{spec}\n[router]\nkind = \"haproxy\"\nhosts = [\"{host}\"]\nredirect-https = true\n[router.tls]\nlisten = \"{https}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.join(format!("{host}.pem")).display(),
+            ca.join(format!("{host}.key")).display()
+        );
+        let out = server.cli(&["deploy", crate::runner::write_spec(&spec).to_str().unwrap()]);
+        assert!(out.status.success(), "{name} {version}: {}", text(&out));
+    };
+    deploy("shop", "shop1");
+    deploy("blog", "blog1");
+    // Each name over its own certificate (curl checks the name against it).
+    assert_eq!(
+        https_get(&root, "shop.test", https, "/").as_deref(),
+        Ok("hello from shop1\n")
+    );
+    assert_eq!(
+        https_get(&root, "blog.test", https, "/").as_deref(),
+        Ok("hello from blog1\n")
+    );
+    // Plain HTTP is redirected, path and query kept.
+    let redirect = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            "Host: shop.test",
+        ])
+        .arg(format!("http://{web}/cart?x=1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&redirect.stdout),
+        format!("308 https://shop.test:{}/cart?x=1", https.port())
+    );
+
+    // A renewed certificate is served within seconds, without a reload.
+    let before = served_serial(&root, "shop.test", https);
+    issue("shop.test");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_serial(&root, "shop.test", https) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy still serves the old certificate"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A blue-green deploy under load over HTTPS fails no request.
+    let load = wrk_by_host(format!("https://127.0.0.1:{}/", https.port()), "shop.test", 8);
+    std::thread::sleep(Duration::from_secs(1));
+    deploy("shop", "shop2");
+    assert_wrk_clean(&load.join().unwrap());
+    assert_eq!(
+        https_get(&root, "shop.test", https, "/").as_deref(),
+        Ok("hello from shop2\n")
+    );
 }

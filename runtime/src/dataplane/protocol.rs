@@ -86,6 +86,11 @@ impl FrontSpec {
                 return FrontSpec {
                     hosts: router.hosts.clone(),
                     path_prefix: router.path_prefix.clone(),
+                    tls: router.tls.clone().map(|tls| crate::spec::TlsSpec {
+                        listen: tls.listen.or(Some(https)),
+                        ..tls
+                    }),
+                    redirect_https: router.redirect_https,
                     ..FrontSpec::default()
                 };
             }

@@ -21,7 +21,7 @@ use crate::driver::compute::instances::{InstanceDriver, Workload};
 use crate::driver::compute::output::OutputFiles;
 use crate::driver::router::RouterKind;
 use crate::driver::router::builtin::{BuiltinRouter, RouterMetrics, RouterOptions, Routing, TlsFiles};
-use crate::driver::router::haproxy::{Haproxy, HaproxyRouter, HostRoute};
+use crate::driver::router::haproxy::{HaTls, Haproxy, HaproxyRouter, HostRoute};
 use crate::driver::router::local::LocalRouter;
 use crate::driver::{Compute, Router, validate_weights};
 
@@ -402,18 +402,36 @@ impl Plane {
         let route = HostRoute {
             hosts: front.hosts.clone(),
             path_prefix: front.path_prefix.clone(),
+            tls: match &front.tls {
+                Some(tls) => match (tls.listen, &tls.cert, &tls.key, tls.acme) {
+                    (Some(listen), Some(cert), Some(key), false) => Some(HaTls {
+                        listen,
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        redirect: front.redirect_https,
+                    }),
+                    _ => {
+                        return Err(PlaneError::Invalid {
+                            message: "router.tls: HAProxy serves certificates from files (cert and key) here; acme = true is the built-in router's for now".into(),
+                        });
+                    }
+                },
+                None => None,
+            },
         };
         if kind == RouterKind::Haproxy
             && front
                 != (FrontSpec {
                     hosts: route.hosts.clone(),
                     path_prefix: route.path_prefix.clone(),
+                    tls: front.tls.clone(),
+                    redirect_https: front.redirect_https,
                     ..FrontSpec::default()
                 })
         {
             return Err(PlaneError::Invalid {
                 message:
-                    "router: HAProxy routes by host name and path prefix here, and does not serve HTTPS, limits, access logs or HTTP/2 yet; use kind = \"builtin\" for those"
+                    "router: HAProxy routes by host name and path prefix and serves HTTPS here, and has no limits, access logs or HTTP/2 settings yet; use kind = \"builtin\" for those"
                         .into(),
             });
         }

@@ -102,6 +102,44 @@ pub struct HostRoute {
     pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// HTTPS on another address, with a certificate from files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HaTls>,
+}
+
+/// An app's HTTPS through HAProxy: where, the certificate chain and key (PEM files, read
+/// again when they change), and whether its plain requests are redirected there.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HaTls {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+impl HaTls {
+    /// The chain and key in one PEM, as HAProxy loads them (no blank lines: the runtime
+    /// API ends a payload at the first one).
+    fn combined(&self) -> Result<String, DriverError> {
+        let mut pem = String::new();
+        for path in [&self.cert, &self.key] {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| DriverError::Invalid(format!("router.tls: cannot read {}: {e}", path.display())))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                pem.push_str(line);
+                pem.push('\n');
+            }
+        }
+        Ok(pem)
+    }
+
+    /// When the files last changed.
+    fn stamp(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        let cert = std::fs::metadata(&self.cert).and_then(|m| m.modified()).ok()?;
+        let key = std::fs::metadata(&self.key).and_then(|m| m.modified()).ok()?;
+        Some((cert, key))
+    }
 }
 
 impl HostRoute {
@@ -287,8 +325,10 @@ impl Haproxy {
             return wait_listening(listen).await;
         }
         self.ensure_running(&mut applied).await?;
+        let https = route.tls.as_ref().map(|tls| tls.listen);
         for (other, entry) in applied.apps.iter().filter(|(other, _)| *other != app) {
-            if entry.listen != Some(listen) {
+            let other_https = entry.route.tls.as_ref().map(|tls| tls.listen);
+            if entry.listen != Some(listen) && (https.is_none() || other_https != https) {
                 continue;
             }
             if let Some(host) = route.overlap(&entry.route) {
@@ -306,7 +346,25 @@ impl Haproxy {
         entry.route = route.clone();
         self.write_files(&applied)?;
         self.reload().await?;
+        if let Some(https) = https {
+            wait_listening(https).await?;
+        }
         wait_listening(listen).await
+    }
+
+    fn cert_file(&self, app: &str) -> PathBuf {
+        self.dir.join("certs").join(format!("{app}.pem"))
+    }
+
+    /// Serves `app`'s certificate anew from its files, without a reload (`set ssl cert`,
+    /// `commit ssl cert`); open connections go on.
+    pub async fn update_certificate(&self, app: &str, tls: &HaTls) -> Result<(), DriverError> {
+        let pem = tls.combined()?;
+        let path = self.cert_file(app);
+        write_private(&path, &pem)?;
+        self.must(&format!("set ssl cert {} <<\n{pem}", path.display())).await?;
+        self.must(&format!("commit ssl cert {}", path.display())).await?;
+        Ok(())
     }
 
     /// Takes `app`'s frontend and backends out of HAProxy.
@@ -473,6 +531,17 @@ impl Haproxy {
         };
         for (app, entry) in &applied.apps {
             write(&format!("{app}.map"), map_text(entry))?;
+            if let Some(tls) = &entry.route.tls {
+                write_private(&self.cert_file(app), &tls.combined()?)?;
+            }
+        }
+        for (listen, apps) in by_https_address(applied) {
+            // The first certificate is the one for clients that name no host it lists.
+            let lines: String = apps
+                .iter()
+                .map(|(app, entry)| format!("{} {}\n", self.cert_file(app).display(), entry.route.hosts.join(" ")))
+                .collect();
+            write(&format!("tls_{}.crtlist", address_name(listen)), lines)?;
         }
         let listed: BTreeMap<&String, Listed> = applied
             .apps
@@ -524,8 +593,9 @@ defaults
                 by_address.entry(listen).or_default().push((app, entry));
             }
         }
-        let mut shared_any = false;
-        for (listen, mut apps) in by_address {
+        let https = by_https_address(applied);
+        let mut shared_any = !https.is_empty();
+        for (listen, apps) in &by_address {
             if let [(app, entry)] = apps.as_slice()
                 && entry.route.is_everything()
             {
@@ -533,62 +603,78 @@ defaults
                 text.push_str(&format!(
                     "\nfrontend {app}\n    bind {listen}\n    http-request set-var(txn.app) str({app})\n"
                 ));
+                text.push_str(&redirect(app, entry));
                 text.push_str(&self.app_rules(app, None));
             } else {
                 shared_any = true;
-                let name: String = listen
-                    .to_string()
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
-                text.push_str(&format!("\nfrontend shared_{name}\n    bind {listen}\n"));
-                apps.sort_by_key(|(app, entry)| {
-                    (entry.route.rank(), std::cmp::Reverse(entry.route.prefix().len()), *app)
-                });
-                for (app, entry) in &apps {
-                    text.push_str(&route_acls(app, &entry.route));
-                }
-                for (app, entry) in &apps {
-                    let mut condition = String::from("!{ var(txn.app) -m found }");
-                    if !entry.route.hosts.is_empty() {
-                        condition.push_str(&format!(" app_{app}_host"));
-                    }
-                    if entry.route.prefix() != "/" {
-                        condition.push_str(&format!(" app_{app}_path"));
-                    }
-                    text.push_str(&format!(
-                        "    http-request set-var(txn.app) str({app}) if {condition}\n"
-                    ));
-                }
-                for (app, _) in &apps {
-                    text.push_str(&self.app_rules(app, Some(&format!("{{ var(txn.app) -m str {app} }}"))));
-                }
-                text.push_str("    default_backend slipway_nobody\n");
+                let bind = format!("bind {listen}");
+                text.push_str(&self.shared_frontend(&format!("shared_{}", address_name(*listen)), &bind, apps, false));
             }
-            for (app, entry) in &apps {
-                let map = self.map_file(app);
-                let map = map.display();
-                for (index, slot) in entry.slots.iter().enumerate() {
-                    text.push_str(&format!(
-                        "\nbackend {app}_s{index}\n    balance roundrobin\n    http-request set-var(txn.rev) str(r{index}),map({map},0)\n    http-response set-header X-Slipway-Revision %[var(txn.rev)]\n"
-                    ));
-                    for (name, addr) in &slot.servers {
-                        text.push_str(&format!("    server {name} {addr}\n"));
-                    }
-                    for (name, addr) in &slot.leaving {
-                        text.push_str(&format!("    server {name} {addr} disabled\n"));
-                    }
-                }
+        }
+        for (listen, apps) in &https {
+            let list = self.dir.join(format!("tls_{}.crtlist", address_name(*listen)));
+            let bind = format!("bind {listen} ssl crt-list {} alpn h2,http/1.1", list.display());
+            text.push_str(&self.shared_frontend(&format!("tls_{}", address_name(*listen)), &bind, apps, true));
+        }
+        for (app, entry) in applied.apps.iter().filter(|(_, entry)| entry.listen.is_some()) {
+            let map = self.map_file(app);
+            let map = map.display();
+            for (index, slot) in entry.slots.iter().enumerate() {
                 text.push_str(&format!(
-                    "\nbackend {app}_maintenance\n    http-request return status 503 content-type \"text/html\" file {dir}/maintenance.html hdr Retry-After 5 hdr Cache-Control no-store\n\nbackend {app}_unavailable\n    http-request return status 503 content-type \"text/plain; charset=utf-8\" file {dir}/no-ready-instances.txt hdr Cache-Control no-store\n"
+                    "\nbackend {app}_s{index}\n    balance roundrobin\n    http-request set-var(txn.rev) str(r{index}),map({map},0)\n    http-response set-header X-Slipway-Revision %[var(txn.rev)]\n"
                 ));
+                for (name, addr) in &slot.servers {
+                    text.push_str(&format!("    server {name} {addr}\n"));
+                }
+                for (name, addr) in &slot.leaving {
+                    text.push_str(&format!("    server {name} {addr} disabled\n"));
+                }
             }
+            text.push_str(&format!(
+                "\nbackend {app}_maintenance\n    http-request return status 503 content-type \"text/html\" file {dir}/maintenance.html hdr Retry-After 5 hdr Cache-Control no-store\n\nbackend {app}_unavailable\n    http-request return status 503 content-type \"text/plain; charset=utf-8\" file {dir}/no-ready-instances.txt hdr Cache-Control no-store\n"
+            ));
         }
         if shared_any {
             text.push_str(
                 "\nbackend slipway_nobody\n    http-request return status 404 content-type \"text/plain; charset=utf-8\" string \"no app is routed here for this host\" hdr Cache-Control no-store\n",
             );
         }
+        text
+    }
+
+    /// A frontend apps share, `bind` being its bind line: each request's app found first
+    /// (most specific route first), then only that app's rules; nobody's requests get 404.
+    fn shared_frontend(&self, name: &str, bind: &str, apps: &[(&String, &AppApplied)], https: bool) -> String {
+        let mut apps = apps.to_vec();
+        apps.sort_by_key(|(app, entry)| (entry.route.rank(), std::cmp::Reverse(entry.route.prefix().len()), *app));
+        let mut text = format!("\nfrontend {name}\n    {bind}\n");
+        if https {
+            text.push_str("    http-request set-header X-Forwarded-Proto https\n");
+        }
+        for (app, entry) in &apps {
+            text.push_str(&route_acls(app, &entry.route));
+        }
+        for (app, entry) in &apps {
+            let mut condition = String::from("!{ var(txn.app) -m found }");
+            if !entry.route.hosts.is_empty() {
+                condition.push_str(&format!(" app_{app}_host"));
+            }
+            if entry.route.prefix() != "/" {
+                condition.push_str(&format!(" app_{app}_path"));
+            }
+            text.push_str(&format!(
+                "    http-request set-var(txn.app) str({app}) if {condition}\n"
+            ));
+        }
+        if !https {
+            for (app, entry) in &apps {
+                text.push_str(&redirect(app, entry));
+            }
+        }
+        for (app, _) in &apps {
+            text.push_str(&self.app_rules(app, Some(&format!("{{ var(txn.app) -m str {app} }}"))));
+        }
+        text.push_str("    default_backend slipway_nobody\n");
         text
     }
 
@@ -979,6 +1065,95 @@ fn map_text(entry: &AppApplied) -> String {
         .collect()
 }
 
+/// How often an app's certificate files are looked at for changes.
+const CERT_POLL: Duration = Duration::from_secs(1);
+
+/// Serves the router's certificate anew whenever its files change, while the router lives.
+/// A pair that cannot be used (half written, say) keeps the certificate in use, with a
+/// warning, and is tried again at the next change.
+async fn watch_certificate(router: std::sync::Weak<HaproxyRouter>) {
+    let mut seen = None;
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        let Some(router) = router.upgrade() else { return };
+        let Some(tls) = router.route.lock().unwrap().tls.clone() else {
+            seen = None;
+            continue;
+        };
+        let now = tls.stamp();
+        if seen.is_none() {
+            // The files as HAProxy loaded them when the app was (re)configured.
+            seen = now;
+            continue;
+        }
+        if now == seen {
+            continue;
+        }
+        match router.haproxy.update_certificate(&router.app, &tls).await {
+            Ok(()) => {
+                seen = now;
+                tracing::info!(app = %router.app, cert = %tls.cert.display(), "certificate read again");
+            }
+            Err(error) => tracing::warn!(app = %router.app, %error, "keeping the certificate in use"),
+        }
+    }
+}
+
+/// The apps served over HTTPS, by HTTPS address.
+fn by_https_address(applied: &Applied) -> BTreeMap<SocketAddr, Vec<(&String, &AppApplied)>> {
+    let mut https: BTreeMap<SocketAddr, Vec<(&String, &AppApplied)>> = BTreeMap::new();
+    for (app, entry) in &applied.apps {
+        if let (Some(_), Some(tls)) = (entry.listen, &entry.route.tls) {
+            https.entry(tls.listen).or_default().push((app, entry));
+        }
+    }
+    https
+}
+
+/// An address as part of a name HAProxy accepts.
+fn address_name(listen: SocketAddr) -> String {
+    listen
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The rule redirecting `app`'s plain requests to HTTPS (308, path and query kept), if it
+/// asks for that.
+fn redirect(app: &str, entry: &AppApplied) -> String {
+    let Some(tls) = entry.route.tls.as_ref().filter(|tls| tls.redirect) else {
+        return String::new();
+    };
+    let port = match tls.listen.port() {
+        443 => String::new(),
+        port => format!(":{port}"),
+    };
+    format!(
+        "    http-request redirect location https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 308 if {{ var(txn.app) -m str {app} }}\n"
+    )
+}
+
+/// Writes `text` to `path` for the data plane's user only (a certificate's key is in it).
+fn write_private(path: &Path, text: &str) -> Result<(), DriverError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot create {}", dir.display()), e))?;
+    }
+    let temporary = path.with_extension("partial");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot write {}", path.display()), e))
+}
+
 /// The ACLs that pick out `app`'s requests on a shared frontend: `app_APP_host` (the Host
 /// header without its port) and `app_APP_path` (the prefix itself, or anything under it).
 fn route_acls(app: &str, route: &HostRoute) -> String {
@@ -1050,6 +1225,8 @@ pub struct HaproxyRouter {
     /// Serializes applying: each sync applies the newest wanted state.
     syncing: tokio::sync::Mutex<()>,
     listen: Mutex<SocketAddr>,
+    /// Its host names, path prefix and HTTPS.
+    route: Mutex<HostRoute>,
     this: std::sync::Weak<HaproxyRouter>,
 }
 
@@ -1071,14 +1248,17 @@ impl HaproxyRouter {
                 endpoints,
             };
         }
-        Ok(Arc::new_cyclic(|this| HaproxyRouter {
+        let router = Arc::new_cyclic(|this| HaproxyRouter {
             app: app.to_string(),
             haproxy,
             wanted: Mutex::new(wanted),
             syncing: tokio::sync::Mutex::new(()),
             listen: Mutex::new(listen),
+            route: Mutex::new(route.clone()),
             this: this.clone(),
-        }))
+        });
+        tokio::spawn(watch_certificate(Arc::downgrade(&router)));
+        Ok(router)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -1094,6 +1274,7 @@ impl HaproxyRouter {
     pub async fn move_to(&self, listen: SocketAddr, route: &HostRoute) -> Result<(), DriverError> {
         self.haproxy.ensure_app(&self.app, listen, route).await?;
         *self.listen.lock().unwrap() = listen;
+        *self.route.lock().unwrap() = route.clone();
         Ok(())
     }
 
@@ -1234,7 +1415,7 @@ mod traffic_tests {
             "blog",
             &HostRoute {
                 hosts: vec!["*.blog.test".into()],
-                path_prefix: None,
+                ..HostRoute::default()
             },
         );
         assert_eq!(
