@@ -402,7 +402,8 @@ impl Plane {
         let route = HostRoute {
             hosts: front.hosts.clone(),
             path_prefix: front.path_prefix.clone(),
-            tls: match &front.tls {
+            // The built-in router reads `front` itself; this is HAProxy's view of it.
+            tls: match front.tls.as_ref().filter(|_| kind == RouterKind::Haproxy) {
                 Some(tls) => match (tls.listen, &tls.cert, &tls.key, tls.acme) {
                     (Some(listen), Some(cert), Some(key), false) => Some(HaTls {
                         listen,
