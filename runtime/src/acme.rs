@@ -459,23 +459,9 @@ fn private_dirs(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, readable by the owner
-/// only: a reader sees the old file or the new one, never half of one.
+/// Writes `bytes` to `path` whole, for the runner's user only.
 fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("partial");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
+    crate::files::replace_private(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The validity (Unix seconds) of the first certificate in a PEM chain.

@@ -339,18 +339,7 @@ impl ModuleLoader {
 }
 
 fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let serialized = component.serialize()?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&serialized)?;
-    std::fs::rename(&tmp, path)?;
+    crate::files::replace_private(path, &component.serialize()?)?;
     Ok(())
 }
 

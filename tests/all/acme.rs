@@ -179,6 +179,17 @@ pub fn https_get(root: &Path, host: &str, https: SocketAddr, path: &str) -> Resu
     }
 }
 
+/// What plain HTTP at `plain` answers a GET of `path` for `host`: "STATUS LOCATION".
+pub fn plain_redirect(plain: SocketAddr, host: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://{plain}{path}"))
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits until the app's certificate is in `state` (`valid`, `failed`): its status.
 pub fn wait_certificate(server: &Server, app: &str, state: &str, within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::acme::{https_get, served_serial};
+use crate::acme::{https_get, plain_redirect, served_serial};
 use crate::containers::{engine, image, listed};
 use crate::lifecycle::{deploy, listen, push, runtime, sample, text};
 use crate::load::{Load, assert_wrk_clean, wrk_by_host};
@@ -395,21 +395,8 @@ fn haproxy_serves_https_by_sni_from_files_redirects_and_reads_a_renewed_certific
         Ok("hello from blog1\n")
     );
     // Plain HTTP is redirected, path and query kept.
-    let redirect = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{redirect_url}",
-            "-H",
-            "Host: shop.test",
-        ])
-        .arg(format!("http://{web}/cart?x=1"))
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&redirect.stdout),
+        plain_redirect(web, "shop.test", "/cart?x=1"),
         format!("308 https://shop.test:{}/cart?x=1", https.port())
     );
 

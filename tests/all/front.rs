@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::acme::{Pebble, acme_spec, https_get, wait_certificate, wait_served};
+use crate::acme::{Pebble, acme_spec, https_get, plain_redirect, wait_certificate, wait_served};
 use crate::lifecycle::{listen, text};
 use crate::load::{assert_wrk_clean, wrk_by_host};
 use crate::runner::{ADMIN, HelloSpec, Server, free_port, unique_dir, write_spec};
@@ -63,21 +63,8 @@ fn two_apps_share_one_https_port_by_host_and_deploy_blue_green_under_load_withou
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&version.stdout), "2");
     // Plain HTTP is redirected, path and query kept.
-    let redirect = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{redirect_url}",
-            "-H",
-            "Host: shop.test",
-        ])
-        .arg(format!("http://{plain}/cart?x=1"))
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&redirect.stdout),
+        plain_redirect(plain, "shop.test", "/cart?x=1"),
         format!("308 https://shop.test:{}/cart?x=1", https.port())
     );
     // A third app claiming a host already served is refused, naming both apps.

@@ -79,24 +79,8 @@ impl FrontSpec {
     /// What the spec's `[router]` says of it, with the HTTPS address defaulting to `https`
     /// (the runner's front door).
     pub fn of(router: &crate::spec::RouterSpec, https: SocketAddr) -> FrontSpec {
-        match router.kind {
-            RouterKind::Builtin => {}
-            // HAProxy routes by host name and path prefix; the rest is the built-in router's.
-            RouterKind::Haproxy => {
-                return FrontSpec {
-                    hosts: router.hosts.clone(),
-                    path_prefix: router.path_prefix.clone(),
-                    tls: router.tls.clone().map(|tls| crate::spec::TlsSpec {
-                        listen: tls.listen.or(Some(https)),
-                        ..tls
-                    }),
-                    redirect_https: router.redirect_https,
-                    ..FrontSpec::default()
-                };
-            }
-            RouterKind::Gateway | RouterKind::Service => return FrontSpec::default(),
-        }
-        FrontSpec {
+        // What HAProxy does too: host names, path prefix, HTTPS.
+        let routed = FrontSpec {
             hosts: router.hosts.clone(),
             path_prefix: router.path_prefix.clone(),
             tls: router.tls.clone().map(|tls| crate::spec::TlsSpec {
@@ -104,6 +88,14 @@ impl FrontSpec {
                 ..tls
             }),
             redirect_https: router.redirect_https,
+            ..FrontSpec::default()
+        };
+        match router.kind {
+            RouterKind::Builtin => {}
+            RouterKind::Haproxy => return routed,
+            RouterKind::Gateway | RouterKind::Service => return FrontSpec::default(),
+        }
+        FrontSpec {
             max_header_bytes: router.max_header_bytes(),
             max_body_bytes: router.max_body_bytes(),
             max_connections: router.max_connections,
@@ -111,6 +103,7 @@ impl FrontSpec {
             access_log: router.access_log,
             h2c: router.h2c,
             instance_http2: router.instance_protocol == crate::spec::InstanceProtocol::Http2,
+            ..routed
         }
     }
 

@@ -1136,21 +1136,12 @@ fn redirect(app: &str, entry: &AppApplied) -> String {
 
 /// Writes `text` to `path` for the data plane's user only (a certificate's key is in it).
 fn write_private(path: &Path, text: &str) -> Result<(), DriverError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot create {}", dir.display()), e))?;
-    }
-    let temporary = path.with_extension("partial");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
-        .and_then(|()| std::fs::rename(&temporary, path))
+    let written = match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir),
+        None => Ok(()),
+    };
+    written
+        .and_then(|()| crate::files::replace_private(path, text.as_bytes()))
         .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot write {}", path.display()), e))
 }
 
