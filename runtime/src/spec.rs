@@ -1256,13 +1256,6 @@ fn check_listen_and_router(spec: &Spec) -> Result<(), Problem> {
             "remove it, or use kind = \"gateway\" to route the app by host name",
         )?;
     }
-    if router.kind == RouterKind::Haproxy && router.tls.as_ref().is_some_and(|tls| tls.acme) {
-        problem(
-            keys(&["router", "tls", "acme"]),
-            "acme = true is for kind = \"builtin\" for now; HAProxy serves certificates from files",
-            "give cert and key files, or route the app with the built-in router",
-        )?;
-    }
     let builtin_only = [
         ("tls", router.tls.is_some() && router.kind != RouterKind::Haproxy),
         (
@@ -2296,10 +2289,11 @@ maintenance-during-deploy = true
         ))
         .unwrap();
         assert_eq!(haproxy.router.hosts, ["a.example.com"]);
-        refused(
+        let acme = parse_toml(&minimal_with(
             "[router]\nkind = \"haproxy\"\nhosts = [\"a.example.com\"]\n[router.tls]\nlisten = \"127.0.0.1:8443\"\nacme = true\n",
-            "acme = true is for kind = \"builtin\" for now",
-        );
+        ))
+        .unwrap();
+        assert!(acme.router.tls.is_some_and(|tls| tls.acme));
         refused(
             "[router]\nkind = \"haproxy\"\nmax-body-size = \"1MiB\"\n",
             "max-body-size is only for kind = \"builtin\"",

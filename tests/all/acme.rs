@@ -352,3 +352,46 @@ fn a_name_the_ca_cannot_reach_is_a_failure_the_app_and_status_show_while_plain_h
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from v1\n");
     assert!(https_get(&pebble.root(), "broken.test", https, "/").is_err());
 }
+
+#[test]
+fn haproxy_answers_the_challenges_serves_the_certificate_from_pebble_and_redirects_the_rest() {
+    let _serial = exclusive();
+    let (plain, https) = (listen(), listen());
+    let pebble = Pebble::start(plain.port(), Duration::from_secs(3600));
+    let env = pebble.runner_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start_with(&unique_dir("acme-data"), free_port(), &env);
+    // Every plain request is redirected to HTTPS, but the CA's challenges are answered.
+    let spec = acme_spec("shop", "shop.test", "v1", plain, https)
+        .replace("[router]\n", "[router]\nkind = \"haproxy\"\nredirect-https = true\n");
+    let out = server.cli(&["deploy", write_spec(&spec).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    wait_certificate(&server, "shop", "valid", Duration::from_secs(60));
+    let root = pebble.root();
+    wait_served(&root, "shop.test", https);
+    assert_eq!(
+        https_get(&root, "shop.test", https, "/").as_deref(),
+        Ok("hello from v1\n")
+    );
+    let seen = https_get(&root, "shop.test", https, "/headers").unwrap();
+    assert!(
+        seen.contains("x-forwarded-proto: https\n")
+            && seen.contains(&format!(
+                "forwarded: for=127.0.0.1;host=\"shop.test:{}\";proto=https\n",
+                https.port()
+            )),
+        "{seen}"
+    );
+    assert_eq!(
+        plain_redirect(plain, "shop.test", "/cart"),
+        format!("308 https://shop.test:{}/cart", https.port())
+    );
+    // A token no order waits for is a 404 from the data plane, not a redirect.
+    assert_eq!(
+        plain_redirect(plain, "shop.test", "/.well-known/acme-challenge/nothing-here"),
+        "404 "
+    );
+    let events = server.get_json("/v1/apps/shop/revisions")["events"].to_string();
+    assert!(events.contains("certificate for shop.test obtained from"), "{events}");
+}

@@ -312,6 +312,25 @@ fn haproxy_shares_one_port_among_apps_by_host_and_path_and_deploys_them_under_lo
     assert_eq!(get("blog.test", "/"), "hello from blog1\n");
     assert_eq!(get("shop.test", "/env"), "VERSION=api1\n");
     assert_eq!(get("elsewhere.test", "/"), "no app is routed here for this host");
+    // The app learns how the client came, whatever the client claimed.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-H", "Host: shop.test:8080"])
+        .args(["-H", "X-Forwarded-Proto: https", "-H", "X-Forwarded-Host: evil.test"])
+        .args(["-H", "Forwarded: for=203.0.113.9"])
+        .arg(format!("http://{web}/headers"))
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "x-forwarded-proto: http\n",
+        "x-forwarded-host: shop.test:8080\n",
+        "x-forwarded-for: 127.0.0.1\n",
+        "forwarded: for=203.0.113.9\n",
+        "forwarded: for=127.0.0.1;host=\"shop.test:8080\";proto=http\n",
+    ] {
+        assert!(seen.contains(line), "{line:?} not in\n{seen}");
+    }
+    assert!(!seen.contains("https") && !seen.contains("evil"), "{seen}");
     // A host already routed on the address is refused, naming both apps.
     let (status, body) = server.request(
         "PUT",

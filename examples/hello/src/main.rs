@@ -62,6 +62,9 @@ use tokio::sync::{mpsc, watch};
 const HEALTH_PATH: &str = "/healthz";
 /// The WebSocket echo.
 const WEBSOCKET_PATH: &str = "/ws";
+/// The request's headers as the app got them, a `name: value` line each (to see what a
+/// router in front forwards).
+const HEADERS_PATH: &str = "/headers";
 
 fn main() -> ExitCode {
     // Checked before anything else so that a crash is a crash, whatever else is set.
@@ -348,6 +351,14 @@ impl App {
                 .show_env
                 .iter()
                 .map(|name| format!("{name}={}\n", std::env::var(name).unwrap_or_default()))
+                .collect();
+            return text(StatusCode::OK, lines);
+        }
+        if path == HEADERS_PATH {
+            let lines: String = request
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
                 .collect();
             return text(StatusCode::OK, lines);
         }

@@ -404,19 +404,29 @@ impl Plane {
             path_prefix: front.path_prefix.clone(),
             // The built-in router reads `front` itself; this is HAProxy's view of it.
             tls: match front.tls.as_ref().filter(|_| kind == RouterKind::Haproxy) {
-                Some(tls) => match (tls.listen, &tls.cert, &tls.key, tls.acme) {
-                    (Some(listen), Some(cert), Some(key), false) => Some(HaTls {
-                        listen,
-                        cert: cert.clone(),
-                        key: key.clone(),
-                        redirect: front.redirect_https,
-                    }),
-                    _ => {
+                Some(tls) => {
+                    let files = match (&tls.cert, &tls.key, tls.acme) {
+                        (Some(cert), Some(key), false) => (cert.clone(), key.clone()),
+                        (None, None, true) => crate::acme::cert_files(&self.data_dir, app),
+                        _ => {
+                            return Err(PlaneError::Invalid {
+                                message: "router.tls: give cert and key, or acme = true".into(),
+                            });
+                        }
+                    };
+                    let Some(listen) = tls.listen else {
                         return Err(PlaneError::Invalid {
-                            message: "router.tls: HAProxy serves certificates from files (cert and key) here; acme = true is the built-in router's for now".into(),
+                            message: "router.tls.listen: HAProxy needs the HTTPS address".into(),
                         });
-                    }
-                },
+                    };
+                    Some(HaTls {
+                        listen,
+                        cert: files.0,
+                        key: files.1,
+                        redirect: front.redirect_https,
+                        acme: tls.acme,
+                    })
+                }
                 None => None,
             },
         };

@@ -52,6 +52,7 @@ pub mod traffic;
 mod tunnel;
 mod upstream;
 
+pub(crate) use frontend::answer_acme_challenges;
 pub use frontend::{Routing, TlsFiles};
 pub use metrics::RouterMetrics;
 pub use pool::Backend;

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::builtin::traffic::{TrafficLog, TrafficStats};
-use super::builtin::{MAINTENANCE_PAGE, NO_READY_INSTANCES};
+use super::builtin::{MAINTENANCE_PAGE, NO_READY_INSTANCES, answer_acme_challenges};
 use crate::driver::compute::instances::Backends;
 use crate::driver::{DriverError, Endpoint, Router};
 
@@ -63,6 +63,10 @@ pub struct Haproxy {
     traffic: Arc<Mutex<Traffic>>,
     /// The task reading those lines from `traffic.sock`, once bound.
     reading: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+    /// Where the runner writes the answers to ACME HTTP-01 challenges, and the task serving
+    /// them to HAProxy on `acme.sock`, once an app asks for certificates over ACME.
+    challenges: PathBuf,
+    answering: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 /// Traffic logs by app and revision.
@@ -70,7 +74,7 @@ type Traffic = BTreeMap<String, BTreeMap<u32, Arc<TrafficLog>>>;
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        if let Some(task) = self.reading.get() {
+        for task in [self.reading.get(), self.answering.get()].into_iter().flatten() {
             task.abort();
         }
     }
@@ -108,7 +112,10 @@ pub struct HostRoute {
 }
 
 /// An app's HTTPS through HAProxy: where, the certificate chain and key (PEM files, read
-/// again when they change), and whether its plain requests are redirected there.
+/// again when they change), and whether its plain requests are redirected there. With
+/// `acme`, the files are the ones the runner obtains over ACME: until they exist a
+/// self-signed stand-in is served, and HTTP-01 challenges are answered on the plain
+/// listener.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HaTls {
     pub listen: SocketAddr,
@@ -116,30 +123,59 @@ pub struct HaTls {
     pub key: PathBuf,
     #[serde(default)]
     pub redirect: bool,
+    #[serde(default)]
+    pub acme: bool,
 }
 
 impl HaTls {
     /// The chain and key in one PEM, as HAProxy loads them (no blank lines: the runtime
-    /// API ends a payload at the first one).
-    fn combined(&self) -> Result<String, DriverError> {
+    /// API ends a payload at the first one). For ACME before the first certificate, a
+    /// self-signed one for `hosts`.
+    fn combined(&self, hosts: &[String]) -> Result<String, DriverError> {
+        if self.acme && self.changed().is_none() {
+            return stand_in(hosts);
+        }
         let mut pem = String::new();
         for path in [&self.cert, &self.key] {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| DriverError::Invalid(format!("router.tls: cannot read {}: {e}", path.display())))?;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                pem.push_str(line);
-                pem.push('\n');
-            }
+            pem.push_str(&without_blank_lines(&text));
         }
         Ok(pem)
     }
 
-    /// When the files last changed.
-    fn stamp(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    /// When the files last changed (the later of the two); `None` while either is missing.
+    fn changed(&self) -> Option<std::time::SystemTime> {
         let cert = std::fs::metadata(&self.cert).and_then(|m| m.modified()).ok()?;
         let key = std::fs::metadata(&self.key).and_then(|m| m.modified()).ok()?;
-        Some((cert, key))
+        Some(cert.max(key))
     }
+}
+
+fn without_blank_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A self-signed certificate for `hosts`, served until the CA's arrives (HAProxy needs one
+/// to listen; a browser shows it as untrusted, as it would show no certificate at all).
+fn stand_in(hosts: &[String]) -> Result<String, DriverError> {
+    let names = if hosts.is_empty() {
+        vec!["slipway.invalid".to_string()]
+    } else {
+        hosts.to_vec()
+    };
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| DriverError::Invalid(format!("router.tls: cannot make a stand-in certificate: {e}")))?;
+    Ok(without_blank_lines(&format!(
+        "{}{}",
+        made.cert.pem(),
+        made.signing_key.serialize_pem()
+    )))
 }
 
 impl HostRoute {
@@ -210,7 +246,34 @@ impl Haproxy {
             applied: tokio::sync::Mutex::new(Applied::default()),
             traffic: Arc::default(),
             reading: std::sync::OnceLock::new(),
+            challenges: crate::acme::challenge_dir(data_dir),
+            answering: std::sync::OnceLock::new(),
         })
+    }
+
+    fn acme_socket(&self) -> PathBuf {
+        self.dir.join("acme.sock")
+    }
+
+    /// Answers the ACME HTTP-01 challenges HAProxy passes on (`backend slipway_acme`) on
+    /// `acme.sock`, from the answers the runner writes; started once, by the first app that
+    /// asks (under `applied`'s lock, so never twice).
+    fn answer_challenges(&self) -> Result<(), DriverError> {
+        if self.answering.get().is_some() {
+            return Ok(());
+        }
+        let socket = self.acme_socket();
+        let bound = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| match std::fs::remove_file(&socket) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+            .and_then(|()| tokio::net::UnixListener::bind(&socket));
+        let listener = bound
+            .map_err(|e| DriverError::infrastructure(DRIVER, format!("cannot listen on {}", socket.display()), e))?;
+        let task = tokio::spawn(answer_acme_challenges(listener, self.challenges.clone()));
+        let _ = self.answering.set(task);
+        Ok(())
     }
 
     fn traffic_socket(&self) -> PathBuf {
@@ -316,6 +379,9 @@ impl Haproxy {
     pub async fn ensure_app(&self, app: &str, listen: SocketAddr, route: &HostRoute) -> Result<(), DriverError> {
         self.read_traffic()?;
         let mut applied = self.applied.lock().await;
+        if route.tls.as_ref().is_some_and(|tls| tls.acme) {
+            self.answer_challenges()?;
+        }
         if !applied.running && self.command("show info").await.is_err() {
             // HAProxy starts with this app in its configuration: no reload.
             let entry = applied.apps.entry(app.to_string()).or_default();
@@ -357,14 +423,23 @@ impl Haproxy {
     }
 
     /// Serves `app`'s certificate anew from its files, without a reload (`set ssl cert`,
-    /// `commit ssl cert`); open connections go on.
-    pub async fn update_certificate(&self, app: &str, tls: &HaTls) -> Result<(), DriverError> {
-        let pem = tls.combined()?;
+    /// `commit ssl cert`); open connections go on. The combined file HAProxy reads at a
+    /// reload is written once HAProxy took the certificate, so its time says what is served.
+    pub async fn update_certificate(&self, app: &str, route: &HostRoute) -> Result<(), DriverError> {
+        let Some(tls) = &route.tls else { return Ok(()) };
+        let pem = tls.combined(&route.hosts)?;
         let path = self.cert_file(app);
-        write_private(&path, &pem)?;
         self.must(&format!("set ssl cert {} <<\n{pem}", path.display())).await?;
         self.must(&format!("commit ssl cert {}", path.display())).await?;
-        Ok(())
+        write_private(&path, &pem)
+    }
+
+    /// Whether `app`'s certificate files changed since HAProxy was given them: the time
+    /// they changed, if so.
+    fn certificate_changed(&self, app: &str, tls: &HaTls) -> Option<std::time::SystemTime> {
+        let changed = tls.changed()?;
+        let served = std::fs::metadata(self.cert_file(app)).and_then(|m| m.modified()).ok()?;
+        (changed > served).then_some(changed)
     }
 
     /// Takes `app`'s frontend and backends out of HAProxy.
@@ -532,7 +607,7 @@ impl Haproxy {
         for (app, entry) in &applied.apps {
             write(&format!("{app}.map"), map_text(entry))?;
             if let Some(tls) = &entry.route.tls {
-                write_private(&self.cert_file(app), &tls.combined()?)?;
+                write_private(&self.cert_file(app), &tls.combined(&entry.route.hosts)?)?;
             }
         }
         for (listen, apps) in by_https_address(applied) {
@@ -603,7 +678,10 @@ defaults
                 text.push_str(&format!(
                     "\nfrontend {app}\n    bind {listen}\n    http-request set-var(txn.app) str({app})\n"
                 ));
+                text.push_str(&forwarding(false));
+                text.push_str(&challenges(apps));
                 text.push_str(&redirect(app, entry));
+                text.push_str(&answer_challenge(app, entry));
                 text.push_str(&self.app_rules(app, None));
             } else {
                 shared_any = true;
@@ -639,6 +717,12 @@ defaults
                 "\nbackend slipway_nobody\n    http-request return status 404 content-type \"text/plain; charset=utf-8\" string \"no app is routed here for this host\" hdr Cache-Control no-store\n",
             );
         }
+        if applied.apps.values().any(|entry| entry.listen.is_some() && acme(entry)) {
+            text.push_str(&format!(
+                "\nbackend slipway_acme\n    server challenges {}\n",
+                self.acme_socket().display()
+            ));
+        }
         text
     }
 
@@ -648,11 +732,12 @@ defaults
         let mut apps = apps.to_vec();
         apps.sort_by_key(|(app, entry)| (entry.route.rank(), std::cmp::Reverse(entry.route.prefix().len()), *app));
         let mut text = format!("\nfrontend {name}\n    {bind}\n");
-        if https {
-            text.push_str("    http-request set-header X-Forwarded-Proto https\n");
-        }
+        text.push_str(&forwarding(https));
         for (app, entry) in &apps {
             text.push_str(&route_acls(app, &entry.route));
+        }
+        if !https {
+            text.push_str(&challenges(&apps));
         }
         for (app, entry) in &apps {
             let mut condition = String::from("!{ var(txn.app) -m found }");
@@ -669,6 +754,9 @@ defaults
         if !https {
             for (app, entry) in &apps {
                 text.push_str(&redirect(app, entry));
+            }
+            for (app, entry) in &apps {
+                text.push_str(&answer_challenge(app, entry));
             }
         }
         for (app, _) in &apps {
@@ -1068,33 +1156,34 @@ fn map_text(entry: &AppApplied) -> String {
 /// How often an app's certificate files are looked at for changes.
 const CERT_POLL: Duration = Duration::from_secs(1);
 
-/// Serves the router's certificate anew whenever its files change, while the router lives.
-/// A pair that cannot be used (half written, say) keeps the certificate in use, with a
-/// warning, and is tried again at the next change.
+/// Serves the router's certificate anew whenever its files change (are newer than what
+/// HAProxy was given), while the router lives. A pair that cannot be used (half written, say)
+/// keeps the certificate in use, with a warning, and is tried again at the next change.
 async fn watch_certificate(router: std::sync::Weak<HaproxyRouter>) {
-    let mut seen = None;
+    let mut refused = None;
     loop {
         tokio::time::sleep(CERT_POLL).await;
         let Some(router) = router.upgrade() else { return };
-        let Some(tls) = router.route.lock().unwrap().tls.clone() else {
-            seen = None;
+        let route = router.route.lock().unwrap().clone();
+        let Some(changed) = route
+            .tls
+            .as_ref()
+            .and_then(|tls| router.haproxy.certificate_changed(&router.app, tls))
+        else {
             continue;
         };
-        let now = tls.stamp();
-        if seen.is_none() {
-            // The files as HAProxy loaded them when the app was (re)configured.
-            seen = now;
+        if refused == Some(changed) {
             continue;
         }
-        if now == seen {
-            continue;
-        }
-        match router.haproxy.update_certificate(&router.app, &tls).await {
+        match router.haproxy.update_certificate(&router.app, &route).await {
             Ok(()) => {
-                seen = now;
-                tracing::info!(app = %router.app, cert = %tls.cert.display(), "certificate read again");
+                refused = None;
+                tracing::info!(app = %router.app, "certificate read again");
             }
-            Err(error) => tracing::warn!(app = %router.app, %error, "keeping the certificate in use"),
+            Err(error) => {
+                refused = Some(changed);
+                tracing::warn!(app = %router.app, %error, "keeping the certificate in use");
+            }
         }
     }
 }
@@ -1120,7 +1209,7 @@ fn address_name(listen: SocketAddr) -> String {
 }
 
 /// The rule redirecting `app`'s plain requests to HTTPS (308, path and query kept), if it
-/// asks for that.
+/// asks for that; never an ACME challenge's.
 fn redirect(app: &str, entry: &AppApplied) -> String {
     let Some(tls) = entry.route.tls.as_ref().filter(|tls| tls.redirect) else {
         return String::new();
@@ -1129,8 +1218,50 @@ fn redirect(app: &str, entry: &AppApplied) -> String {
         443 => String::new(),
         port => format!(":{port}"),
     };
+    let unless_challenge = if tls.acme { " !slipway_acme" } else { "" };
     format!(
-        "    http-request redirect location https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 308 if {{ var(txn.app) -m str {app} }}\n"
+        "    http-request redirect location https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 308 if {{ var(txn.app) -m str {app} }}{unless_challenge}\n"
+    )
+}
+
+fn acme(entry: &AppApplied) -> bool {
+    entry.route.tls.as_ref().is_some_and(|tls| tls.acme)
+}
+
+/// `slipway_acme`, the ACL of ACME HTTP-01 challenge requests, on a plain frontend that
+/// has an app with certificates over ACME.
+fn challenges(apps: &[(&String, &AppApplied)]) -> String {
+    if apps.iter().any(|(_, entry)| acme(entry)) {
+        format!("    acl slipway_acme path_beg {}\n", crate::acme::CHALLENGE_PATH)
+    } else {
+        String::new()
+    }
+}
+
+/// The rule passing `app`'s ACME challenges to the data plane, which answers them from the
+/// runner's files (before the app's own backends).
+fn answer_challenge(app: &str, entry: &AppApplied) -> String {
+    if acme(entry) {
+        format!("    use_backend slipway_acme if slipway_acme {{ var(txn.app) -m str {app} }}\n")
+    } else {
+        String::new()
+    }
+}
+
+/// The headers telling the app how the client came: `X-Forwarded-Proto`, `-Host` and
+/// `Forwarded` (a line for this hop after any the client sent), set here whatever the client
+/// claimed, as the built-in router does (`X-Forwarded-For` is `option forwardfor`'s).
+fn forwarding(https: bool) -> String {
+    let proto = if https { "https" } else { "http" };
+    format!(
+        r#"    http-request set-header X-Forwarded-Proto {proto}
+    http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }}
+    http-request del-header X-Forwarded-Host unless {{ req.hdr(host) -m found }}
+    http-request set-var-fmt(txn.fwd_for) "for=%[src]"
+    http-request set-var-fmt(txn.fwd_for) "for=\"[%[src]]\"" if {{ src -m sub : }}
+    http-request set-var-fmt(txn.fwd_host) ";host=\"%[req.hdr(host)]\"" if {{ req.hdr(host) -m reg ^[A-Za-z0-9.:\[\]-]+$ }}
+    http-request add-header Forwarded "%[var(txn.fwd_for)]%[var(txn.fwd_host)];proto={proto}"
+"#
     )
 }
 

@@ -423,12 +423,53 @@ pub(super) fn nobody_here() -> Response<RouterBody> {
 pub(super) async fn challenge_answer(file: &std::path::Path) -> Response<RouterBody> {
     match tokio::fs::read(file).await {
         Ok(answer) => fixed_bytes(StatusCode::OK, "application/octet-stream", answer.into()),
-        Err(_) => fixed(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            b"no ACME challenge is pending for this token\n",
-        ),
+        Err(_) => no_challenge(),
     }
+}
+
+/// Answers ACME HTTP-01 challenge requests arriving on `listener` from the answers in
+/// `dir`, for ever (HAProxy passes these requests on to the data plane).
+pub(crate) async fn answer_acme_challenges(listener: tokio::net::UnixListener, dir: PathBuf) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept an ACME challenge request");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let dir = dir.clone();
+                async move { Ok::<_, std::convert::Infallible>(acme_answer(&dir, request.uri().path()).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The answer to a request for `path` that should be an ACME HTTP-01 challenge's, from the
+/// answers in `dir`.
+async fn acme_answer(dir: &std::path::Path, path: &str) -> Response<RouterBody> {
+    match path
+        .strip_prefix(crate::acme::CHALLENGE_PATH)
+        .filter(|token| crate::acme::valid_token(token))
+    {
+        Some(token) => challenge_answer(&dir.join(token)).await,
+        None => no_challenge(),
+    }
+}
+
+fn no_challenge() -> Response<RouterBody> {
+    fixed(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        b"no ACME challenge is pending for this token\n",
+    )
 }
 
 /// A permanent redirect to `location`, method and body kept (308).
