@@ -7,21 +7,19 @@ mod serve;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::bindings::{HookPoint, Revision};
+use crate::bindings::HookPoint;
 use crate::engine::WasmEngine;
-use crate::events::{RolloutOutcome, Timeline};
+use crate::events::RolloutOutcome;
 use crate::modules::{ModuleLoader, World};
 use crate::protocol::{
     AppList, AppStatus, Deleted, DeployAccepted, History, MaintenanceRequest, MaintenanceSet, ModuleList,
     RedeployRequest, RollbackRequest, RouteRequest, Routed, ScaleRequest, Scaled, Steer, Steered,
 };
-use crate::rollout::{self, RolloutPlan};
-use crate::sim::{SIM_EPOCH_MS, SimCluster, SimConfig, SimHooks};
+use crate::sim::{SimConfig, SimRollout};
 use crate::store::{ModuleRow, RolloutState};
 
 /// Slipway: deployments whose strategies and hooks are sandboxed WebAssembly components.
@@ -77,6 +75,11 @@ enum Command {
     /// Run one rollout from revision 1 to revision 2 against a simulated cluster and print
     /// its timeline. Exits 0 when the rollout succeeds, 1 when it fails.
     Simulate(SimulateArgs),
+    /// Run scenario files: simulated rollouts of a strategy, each with assertions checked
+    /// over its whole timeline (ready instances never below N, surge never above M,
+    /// finished within T, the outcome, the weights at the end). Exits 0 when every
+    /// assertion holds, 1 when one breaks, 2 when a file or the strategy cannot be read.
+    Test(test::TestArgs),
 }
 
 /// Where the runner is and how to authenticate.
@@ -328,6 +331,16 @@ enum HookArg {
     Post,
 }
 
+impl From<HookArg> for HookPoint {
+    fn from(point: HookArg) -> HookPoint {
+        match point {
+            HookArg::Pre => HookPoint::Pre,
+            HookArg::Mid => HookPoint::Mid,
+            HookArg::Post => HookPoint::Post,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     Human,
@@ -365,6 +378,7 @@ pub async fn main() -> ExitCode {
         Command::Traffic(args) => traffic(args).await,
         Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::Test(args) => test::run(args).await,
     };
     match result {
         Ok(code) => code,
@@ -382,6 +396,9 @@ macro_rules! say {
         $crate::cli::print_line(format_args!($($arg)*))
     };
 }
+
+// After `say!`, which it uses.
+mod test;
 
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -890,51 +907,26 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         args.strategy
     );
 
-    let timeline = Timeline::new(SIM_EPOCH_MS);
-    let config = SimConfig {
-        seed: args.seed,
-        start_delay_ms: args.start_delay_ms,
-        fail_readiness: args.fail_readiness,
-        crash: args.crash,
-        fail_http: args.fail_http,
-        traffic_rps: args.traffic,
-        error_rates: args.errors.iter().copied().collect(),
-        latencies: args.latency.iter().copied().collect(),
-        ..SimConfig::default()
-    };
-    let sim = Arc::new(SimCluster::new(config));
-    sim.add_ready_revision(1, args.replicas, 256);
-    sim.add_faulty_revision(2);
-    let failing = args
-        .fail_hook
-        .iter()
-        .map(|h| match h {
-            HookArg::Pre => HookPoint::Pre,
-            HookArg::Mid => HookPoint::Mid,
-            HookArg::Post => HookPoint::Post,
-        })
-        .collect();
-    let hooks = Arc::new(SimHooks { failing });
-
-    let mut plan = RolloutPlan::new(
-        "simulated",
-        "sim-1",
-        Revision {
-            number: 2,
-            replicas: args.replicas,
+    let rollout = SimRollout {
+        replicas: args.replicas,
+        params: args.params.clone(),
+        cluster: SimConfig {
+            seed: args.seed,
+            start_delay_ms: args.start_delay_ms,
+            fail_readiness: args.fail_readiness,
+            crash: args.crash,
+            fail_http: args.fail_http,
+            traffic_rps: args.traffic,
+            error_rates: args.errors.iter().copied().collect(),
+            latencies: args.latency.iter().copied().collect(),
+            ..SimConfig::default()
         },
-        Some(Revision {
-            number: 1,
-            replicas: args.replicas,
-        }),
-    );
-    plan.params = args.params.clone();
-    plan.auto_rollback = !args.no_rollback;
-    plan.progress_deadline = Duration::from_secs(args.deadline);
-    plan.soak = args.soak;
-    plan.seed = args.seed;
-
-    let report = rollout::run(&module, &plan, sim.cluster(), hooks, timeline).await;
+        failing_hooks: args.fail_hook.iter().map(|&h| h.into()).collect(),
+        deadline: Duration::from_secs(args.deadline),
+        rollback: !args.no_rollback,
+        soak: args.soak,
+    };
+    let (report, last) = rollout.run(&module).await;
     match args.output {
         Output::Json => {
             let document = serde_json::json!({
@@ -943,7 +935,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 "outcome": report.outcome,
                 "summary": report.summary,
                 "failure": report.failure,
-                "final": sim.snapshot(),
+                "final": last,
                 "events": report.events,
             });
             say!("{}", serde_json::to_string_pretty(&document)?);

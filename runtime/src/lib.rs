@@ -24,6 +24,7 @@ pub mod probe;
 pub mod protocol;
 pub mod rollout;
 pub mod runner;
+pub mod scenario;
 pub mod secrets;
 pub mod sim;
 pub mod spec;

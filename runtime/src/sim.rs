@@ -512,6 +512,49 @@ impl Router for SimCluster {
     }
 }
 
+/// One simulated rollout from revision 1 (ready, all traffic) to revision 2 (the faulty
+/// one: `cluster`'s faults apply to it): what `slipway simulate` and `slipway test` run.
+#[derive(Clone, Debug)]
+pub struct SimRollout {
+    pub replicas: u32,
+    /// The strategy's parameters, as JSON.
+    pub params: String,
+    pub cluster: SimConfig,
+    pub failing_hooks: Vec<HookPoint>,
+    pub deadline: Duration,
+    pub rollback: bool,
+    pub soak: Duration,
+}
+
+impl SimRollout {
+    /// Runs `module` as the strategy: the report, and every revision as it ended.
+    pub async fn run(
+        &self,
+        module: &crate::modules::LoadedModule,
+    ) -> (crate::rollout::RolloutReport, BTreeMap<u32, RevisionSnapshot>) {
+        use crate::bindings::Revision;
+        let sim = Arc::new(SimCluster::new(self.cluster.clone()));
+        sim.add_ready_revision(1, self.replicas, 256);
+        sim.add_faulty_revision(2);
+        let hooks = Arc::new(SimHooks {
+            failing: self.failing_hooks.clone(),
+        });
+        let revision = |number| Revision {
+            number,
+            replicas: self.replicas,
+        };
+        let mut plan = crate::rollout::RolloutPlan::new("simulated", "sim-1", revision(2), Some(revision(1)));
+        plan.params = self.params.clone();
+        plan.auto_rollback = self.rollback;
+        plan.progress_deadline = self.deadline;
+        plan.soak = self.soak;
+        plan.seed = self.cluster.seed;
+        let timeline = crate::events::Timeline::new(SIM_EPOCH_MS);
+        let report = crate::rollout::run(module, &plan, sim.cluster(), hooks, timeline).await;
+        (report, sim.snapshot())
+    }
+}
+
 /// Simulated hooks: every point succeeds except those told to fail (policy `abort`).
 #[derive(Debug, Default)]
 pub struct SimHooks {

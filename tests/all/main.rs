@@ -23,6 +23,7 @@ mod logs;
 mod recovery;
 mod runner;
 mod sandbox;
+mod scenarios;
 mod strategies;
 mod support;
 mod surfaces;
