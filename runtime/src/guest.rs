@@ -1,5 +1,6 @@
 //! Running one guest invocation in its sandbox: a fresh store, no ambient capabilities, a
-//! memory cap, a CPU budget that yields, host-call and log budgets, and a captured stderr.
+//! memory cap, a CPU budget that yields, host-call and log budgets, and its output: each
+//! line on stdout and stderr into the rollout's log, and stderr's tail kept for a failure.
 //!
 //! **Invariant:** a store is used for exactly one call and then dropped. After a trap an
 //! instance may be in any state, so nothing of it is ever reused.
@@ -19,6 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{self, HookContext, Outcome, RolloutContext};
 use crate::engine::{EPOCH_TICK, Limits};
+use crate::events::EventKind;
 use crate::failure::{self, FailureKind, GuestFailure, GuestLimit};
 use crate::host::RolloutEnv;
 use crate::host::Translate;
@@ -304,12 +306,17 @@ fn failure(module: &LoadedModule, kind: FailureKind, message: String, stderr: &T
 }
 
 fn new_store(engine: &Engine, env: Arc<RolloutEnv>, limits: &Limits) -> (Store<GuestState>, TailPipe) {
-    let stderr = TailPipe::new(limits.stderr_tail_bytes);
+    // `console.log`, `print`, `println!`: every language's plain output reaches the log.
+    let budget = Arc::new(Mutex::new(limits.log_bytes));
+    let lines = |level| Lines::new(env.clone(), level, limits.log_line_bytes, budget.clone());
+    let stdout = TailPipe::new(0).logging(lines("info"));
+    let stderr = TailPipe::new(limits.stderr_tail_bytes).logging(lines("warn"));
     // No preopened directories, no environment, no arguments, no network: the guest reaches
     // the world only through the host API. Its clocks and randomness are the rollout's, so a
     // simulation replays exactly.
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stderr(stderr.clone())
+    wasi.stdout(stdout)
+        .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
@@ -404,12 +411,14 @@ impl wasmtime_wasi::HostMonotonicClock for RolloutClock {
     }
 }
 
-/// A stderr that keeps only its last `capacity` bytes, so a guest can write as much as it
-/// likes without growing the runner's memory, and a panic message at the end survives.
+/// A guest's output stream: it keeps only its last `capacity` bytes, so a guest can write as
+/// much as it likes without growing the runner's memory and a panic message at the end
+/// survives, and with `logging`, logs each line.
 #[derive(Clone)]
 pub(crate) struct TailPipe {
     capacity: usize,
     buffer: Arc<Mutex<VecDeque<u8>>>,
+    lines: Option<Arc<Lines>>,
 }
 
 impl TailPipe {
@@ -417,10 +426,22 @@ impl TailPipe {
         TailPipe {
             capacity,
             buffer: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))),
+            lines: None,
         }
     }
 
+    fn logging(mut self, lines: Lines) -> Self {
+        self.lines = Some(Arc::new(lines));
+        self
+    }
+
     fn push(&self, bytes: &[u8]) {
+        if let Some(lines) = &self.lines {
+            lines.write(bytes);
+        }
+        if self.capacity == 0 {
+            return;
+        }
         let mut buffer = self.buffer.lock().unwrap();
         let bytes = &bytes[bytes.len().saturating_sub(self.capacity)..];
         let overflow = (buffer.len() + bytes.len()).saturating_sub(self.capacity);
@@ -434,6 +455,82 @@ impl TailPipe {
         let mut bytes = a.to_vec();
         bytes.extend_from_slice(b);
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// A guest output stream as the rollout's log: a `log` event per line at `level`, each cut at
+/// `line_cap` bytes, until the guest's output as a whole (stdout and stderr share `budget`)
+/// has used the log's byte budget; then one warning, and the rest is not logged (the guest
+/// goes on). A line left open when the guest's store goes away is logged then.
+pub(crate) struct Lines {
+    env: Arc<RolloutEnv>,
+    level: &'static str,
+    line_cap: usize,
+    budget: Arc<Mutex<usize>>,
+    partial: Mutex<Vec<u8>>,
+}
+
+impl Lines {
+    fn new(env: Arc<RolloutEnv>, level: &'static str, line_cap: usize, budget: Arc<Mutex<usize>>) -> Lines {
+        Lines {
+            env,
+            level,
+            line_cap: line_cap.max(1),
+            budget,
+            partial: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut partial = self.partial.lock().unwrap();
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            match piece.strip_suffix(b"\n") {
+                Some(end) => {
+                    partial.extend_from_slice(end);
+                    self.emit(std::mem::take(&mut *partial));
+                }
+                None => {
+                    partial.extend_from_slice(piece);
+                    if partial.len() >= self.line_cap {
+                        self.emit(std::mem::take(&mut *partial));
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&self, line: Vec<u8>) {
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end();
+        if line.is_empty() {
+            return;
+        }
+        let mut left = self.budget.lock().unwrap();
+        if *left == 0 {
+            return;
+        }
+        if line.len() > *left {
+            *left = 0;
+            self.env.record(EventKind::Log {
+                level: "warn".into(),
+                message: "the guest's output went over the log's byte budget; the rest of it is not logged".into(),
+            });
+            return;
+        }
+        *left -= line.len();
+        self.env.record(EventKind::Log {
+            level: self.level.into(),
+            message: failure::cap(line.to_string(), self.line_cap),
+        });
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let partial = std::mem::take(self.partial.get_mut().unwrap());
+        if !partial.is_empty() {
+            self.emit(partial);
+        }
     }
 }
 
@@ -486,6 +583,42 @@ impl tokio::io::AsyncWrite for TailPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_lines_reach_the_log_within_the_budget() {
+        let env = Arc::new(RolloutEnv::detached("test"));
+        let budget = Arc::new(Mutex::new(60));
+        let stdout = TailPipe::new(0).logging(Lines::new(env.clone(), "info", 16, budget.clone()));
+        let stderr = TailPipe::new(64).logging(Lines::new(env.clone(), "warn", 16, budget));
+        stdout.push(b"wave 1 ");
+        stdout.push(b"done\n\nsecond\r\n");
+        stderr.push(b"a line far longer than sixteen bytes\n");
+        stderr.push(b"open");
+        drop(stderr);
+        stdout.push(b"over the budget\n");
+        stdout.push(b"and after it\n");
+        let logged: Vec<(String, String)> = env
+            .timeline
+            .events()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Log { level, message } => Some((level, message)),
+                _ => None,
+            })
+            .collect();
+        let expected = [
+            ("info", "wave 1 done"),
+            ("info", "second"),
+            ("warn", "a line far longe …[20 more bytes cut]"),
+            ("warn", "open"),
+            (
+                "warn",
+                "the guest's output went over the log's byte budget; the rest of it is not logged",
+            ),
+        ];
+        let logged: Vec<(&str, &str)> = logged.iter().map(|(l, m)| (l.as_str(), m.as_str())).collect();
+        assert_eq!(logged, expected);
+    }
 
     #[test]
     fn tail_pipe_keeps_the_end() {
