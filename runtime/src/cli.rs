@@ -80,6 +80,10 @@ enum Command {
     /// finished within T, the outcome, the weights at the end). Exits 0 when every
     /// assertion holds, 1 when one breaks, 2 when a file or the strategy cannot be read.
     Test(test::TestArgs),
+    /// Start a project: a strategy in Rust, Python or JavaScript that builds with one
+    /// command, simulates as it is, and has a README and a scenario file.
+    #[command(subcommand)]
+    New(new::NewCommand),
 }
 
 /// Where the runner is and how to authenticate.
@@ -379,6 +383,7 @@ pub async fn main() -> ExitCode {
         Command::Module(command) => module(command).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Test(args) => test::run(args).await,
+        Command::New(command) => new::run(command).await,
     };
     match result {
         Ok(code) => code,
@@ -397,7 +402,8 @@ macro_rules! say {
     };
 }
 
-// After `say!`, which it uses.
+// After `say!`, which they use.
+mod new;
 mod test;
 
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

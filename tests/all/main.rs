@@ -6,6 +6,7 @@
 
 mod acme;
 mod analysis;
+mod authoring;
 mod cli;
 mod containers;
 mod dataplane;

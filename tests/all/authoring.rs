@@ -1,0 +1,136 @@
+//! `slipway new strategy` as an author runs it: for each language the project builds with
+//! the command its README gives, simulates, and passes its own scenario file.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::cli::{slipway, stdout};
+use crate::runner::unique_dir;
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `command` in `dir`, failing the test with its output if it fails.
+fn run(dir: &Path, command: &str) {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        // The project builds on its own, not as part of this workspace's build.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "`{command}` in {} failed:\n{}{}",
+        dir.display(),
+        stdout(&output),
+        stderr(&output)
+    );
+}
+
+/// Creates a strategy in `lang`, builds it as its README says, and runs its scenarios.
+fn new_strategy_builds_and_passes_its_scenarios(lang: &str, build: &str) {
+    let root = unique_dir(&format!("new-{lang}"));
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = root.join("my-rollout");
+    let output = slipway(&[
+        "new",
+        "strategy",
+        "my-rollout",
+        "--lang",
+        lang,
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("slipway test scenarios.toml"),
+        "{}",
+        stdout(&output)
+    );
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for line in build.lines() {
+        assert!(readme.contains(line), "the README does not say {line:?}:\n{readme}");
+    }
+    assert!(!readme.contains("{{"), "{readme}");
+    run(&dir, build);
+    let scenarios = dir.join("scenarios.toml");
+    let output = slipway(&["test", scenarios.to_str().unwrap()]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    assert!(
+        stdout(&output).contains("3 scenarios: 3 passed, 0 failed"),
+        "{}",
+        stdout(&output)
+    );
+    // What the strategy prints reaches the rollout's log.
+    let wasm = std::fs::read_to_string(&scenarios)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("strategy = \"")
+                .map(|s| s.trim_end_matches('"').to_string())
+        })
+        .unwrap();
+    let output = slipway(&[
+        "simulate",
+        "--strategy",
+        dir.join(wasm).to_str().unwrap(),
+        "--replicas",
+        "4",
+    ]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("[info] 4 of 4 ready on revision 2"),
+        "{}",
+        stdout(&output)
+    );
+    // A second `new` into the same place is refused, and nothing is overwritten.
+    let again = slipway(&[
+        "new",
+        "strategy",
+        "my-rollout",
+        "--lang",
+        lang,
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("exists and is not empty"), "{}", stderr(&again));
+}
+
+#[test]
+fn a_new_rust_strategy_builds_simulates_and_passes_its_scenarios() {
+    new_strategy_builds_and_passes_its_scenarios("rust", "cargo build --release");
+}
+
+#[test]
+fn a_new_python_strategy_builds_simulates_and_passes_its_scenarios() {
+    new_strategy_builds_and_passes_its_scenarios("python", "./build.sh");
+}
+
+#[test]
+fn a_new_javascript_strategy_builds_simulates_and_passes_its_scenarios() {
+    new_strategy_builds_and_passes_its_scenarios("js", "npm ci\nnpm run build");
+}
+
+#[test]
+fn a_bad_name_or_language_is_refused_with_the_reason() {
+    let output = slipway(&["new", "strategy", "My_Rollout", "--lang", "rust"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("is not a strategy name"),
+        "{}",
+        stderr(&output)
+    );
+    let output = slipway(&["new", "strategy", "x", "--lang", "cobol"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("possible values: rust, python, js"),
+        "{}",
+        stderr(&output)
+    );
+}
