@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::BodyExt;
@@ -65,6 +65,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/rollouts/{id}/abort", post(abort))
         .route("/v1/rollouts/{id}/events", get(rollout_events))
         .route("/v1/modules", post(upload_module).get(list_modules))
+        .route("/v1/modules/{module}", delete(delete_module))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -132,6 +133,8 @@ impl From<DeployError> for ApiError {
             DeployError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             DeployError::Conflict { .. } => (StatusCode::CONFLICT, "rollout-running"),
             DeployError::UnknownRollout(_) => (StatusCode::NOT_FOUND, "unknown-rollout"),
+            DeployError::NoSuchModule(_) => (StatusCode::NOT_FOUND, "unknown-module"),
+            DeployError::ModulePinned(_) => (StatusCode::CONFLICT, "module-in-use"),
             DeployError::NotPossible(_) => (StatusCode::CONFLICT, "not-possible"),
             DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -644,12 +647,33 @@ async fn upload_module(
 }
 
 async fn list_modules(_: Auth<Read>, State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let modules = state.runner.store().modules()?;
+    let modules = state.runner.list_modules()?;
     let builtin = crate::modules::builtin_names()
         .iter()
         .map(|n| format!("builtin:{n}"))
         .collect();
     Ok(Json(ModuleList { modules, builtin }).into_response())
+}
+
+/// `DELETE /v1/modules/NAME` (every upload under the name) or `NAME@sha256:…` (that one).
+async fn delete_module(
+    _: Auth<Deploy>,
+    State(state): State<ApiState>,
+    Path(module): Path<String>,
+) -> Result<Response, ApiError> {
+    let (name, digest) = match module.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (module.as_str(), None),
+    };
+    if let Some(digest) = digest
+        && !(digest.len() == 71 && digest.starts_with("sha256:") && digest[7..].bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "{digest:?} is not a digest: name a module as NAME or NAME@sha256:<64 hex digits>"
+        )));
+    }
+    let deleted = state.runner.delete_module(name, digest).await?;
+    Ok(Json(crate::protocol::ModulesDeleted { deleted }).into_response())
 }
 
 /// Prometheus text format.

@@ -265,8 +265,15 @@ enum ModuleCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// List uploaded modules and the built-ins.
+    /// List uploaded modules (with the revisions that keep each) and the built-ins.
     List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a module: every upload under NAME, or NAME@sha256:… alone. Refused while a
+    /// revision an app keeps uses it (that revision could be rolled back to).
+    Rm {
+        module: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -843,14 +850,39 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
             for builtin in &list.builtin {
                 say!("{builtin:<24} built in");
             }
-            for module in &list.modules {
+            for listed in &list.modules {
+                let module = &listed.module;
+                let pins: Vec<String> = listed
+                    .pinned_by
+                    .iter()
+                    .map(|p| format!("{} r{}", p.app, p.revision))
+                    .collect();
                 say!(
-                    "{:<24} {} {} {} bytes",
+                    "{:<24} {} {} {} bytes, uploaded {} UTC{}",
                     module.name,
                     module.world,
                     module.digest,
-                    module.size
+                    module.size,
+                    format_time(module.uploaded_at),
+                    if pins.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", in use by {}", pins.join(", "))
+                    }
                 );
+            }
+        }
+        ModuleCommand::Rm { module, remote } => {
+            let deleted: crate::protocol::ModulesDeleted = remote
+                .client()
+                .call(
+                    hyper::Method::DELETE,
+                    &format!("/v1/modules/{module}"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            for row in &deleted.deleted {
+                say!("deleted {}@{}", row.name, row.digest);
             }
         }
     }

@@ -201,8 +201,30 @@ pub struct History {
 /// `GET /v1/modules`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModuleList {
-    pub modules: Vec<ModuleRow>,
+    pub modules: Vec<ListedModule>,
     pub builtin: Vec<String>,
+}
+
+/// An uploaded module, and the revisions that keep it (it cannot be deleted while any does).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListedModule {
+    #[serde(flatten)]
+    pub module: ModuleRow,
+    #[serde(default)]
+    pub pinned_by: Vec<RevisionPin>,
+}
+
+/// A revision of an app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionPin {
+    pub app: String,
+    pub revision: u32,
+}
+
+/// `DELETE /v1/modules/{module}`: what was deleted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModulesDeleted {
+    pub deleted: Vec<ModuleRow>,
 }
 
 /// `GET /v1/rollouts/{id}/events` with `Accept: application/json`.

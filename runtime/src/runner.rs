@@ -87,6 +87,12 @@ pub enum DeployError {
     /// No such rollout.
     #[error("there is no running or recorded rollout {0:?}")]
     UnknownRollout(String),
+    /// No uploaded module by that name (and digest).
+    #[error("{0}")]
+    NoSuchModule(String),
+    /// A module that retained revisions use, which cannot be deleted.
+    #[error("{0}")]
+    ModulePinned(String),
     /// The request is valid but cannot be done in this state.
     #[error("{0}")]
     NotPossible(String),
@@ -160,6 +166,9 @@ pub struct Runner {
     loader: ModuleLoader,
     data_dir: PathBuf,
     modules_dir: cap_std::fs::Dir,
+    /// Held (shared) from resolving a deploy's modules until its revision is recorded, and
+    /// (alone) while a module is deleted: a module is never deleted under a deploy pinning it.
+    module_use: tokio::sync::RwLock<()>,
     uploads_dir: cap_std::fs::Dir,
     limits: Limits,
     apps: Mutex<HashMap<String, Arc<AppHandle>>>,
@@ -253,6 +262,7 @@ impl Runner {
             loader,
             data_dir: config.data_dir.clone(),
             modules_dir,
+            module_use: tokio::sync::RwLock::new(()),
             uploads_dir,
             limits: config.limits.clone(),
             apps: Mutex::new(HashMap::new()),

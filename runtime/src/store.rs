@@ -679,6 +679,48 @@ impl Store {
         })
     }
 
+    /// The revisions that use module `name` at `digest` (as their strategy or a hook), of
+    /// apps not deleted: each may be rolled back to, so the module must stay.
+    pub fn module_pins(&self, name: &str, digest: &str) -> Result<Vec<(String, u32)>> {
+        let candidates: Vec<(String, u32, String, String, String)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT r.app, r.number, r.strategy, r.strategy_digest, r.hooks FROM revisions r
+                 JOIN apps a ON a.name = r.app
+                 WHERE a.deleted_at IS NULL AND (r.strategy_digest = ?1 OR instr(r.hooks, ?1) > 0)
+                 ORDER BY r.app, r.number",
+            )?;
+            let rows = stmt.query_map([digest], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u32, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
+            rows.collect()
+        })?;
+        Ok(candidates
+            .into_iter()
+            .filter(|(_, _, strategy, strategy_digest, hooks)| {
+                let uses = |module: &serde_json::Value| module["module"] == name && module["digest"] == digest;
+                (strategy == name && strategy_digest == digest)
+                    || serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(hooks)
+                        .is_ok_and(|hooks| hooks.values().any(uses))
+            })
+            .map(|(app, number, ..)| (app, number))
+            .collect())
+    }
+
+    /// Forgets the upload of `digest` under `name`. Whether another name still has the same
+    /// component.
+    pub fn delete_module(&self, name: &str, digest: &str) -> Result<bool> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM modules WHERE name = ?1 AND digest = ?2",
+                params![name, digest],
+            )?;
+            c.query_row("SELECT COUNT(*) FROM modules WHERE digest = ?1", [digest], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+        })
+    }
+
     /// The newest upload under `name`, or the one with `digest` when given.
     pub fn module(&self, name: &str, digest: Option<&str>) -> Result<Option<ModuleRow>> {
         self.with(|c| match digest {

@@ -167,6 +167,67 @@ fn a_custom_strategy_uploaded_over_http_is_used_by_a_deploy() {
     let history = server.get_json("/v1/apps/hello/revisions");
     assert_eq!(history["revisions"][1]["strategy_digest"], digest.as_str(), "{history}");
     all_v2(addr);
+
+    // The module's lifecycle: listed with the revisions that keep it, which it cannot be
+    // deleted from under; the same component under another name is its own upload.
+    let push = server.cli_as(DEPLOY, &["module", "push", wasm.to_str().unwrap(), "--name", "spare"]);
+    assert!(push.status.success(), "{}", text(&push));
+    let modules = server.get_json("/v1/modules");
+    let listed = |name: &str| {
+        modules["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {modules}"))
+    };
+    assert_eq!(
+        listed("waves")["pinned_by"],
+        serde_json::json!([{"app": "hello", "revision": 1}, {"app": "hello", "revision": 2}])
+    );
+    assert_eq!(listed("spare")["pinned_by"], serde_json::json!([]));
+    let list = server.cli(&["module", "list"]);
+    assert!(text(&list).contains("in use by hello r1, hello r2"), "{}", text(&list));
+    let rm = server.cli_as(DEPLOY, &["module", "rm", "waves"]);
+    assert!(!rm.status.success());
+    assert!(
+        text(&rm).contains("module waves is in use by hello revision 1 (waves@")
+            && text(&rm).contains("hello revision 2"),
+        "{}",
+        text(&rm)
+    );
+    let (status, body) = server.request("DELETE", "/v1/modules/waves", Some(DEPLOY), "application/json", b"");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"code\":\"module-in-use\""), "{body}");
+    let (status, body) = server.request("DELETE", "/v1/modules/waves", Some(READ), "application/json", b"");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = server.request("DELETE", "/v1/modules/nothing", Some(DEPLOY), "application/json", b"");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("there is no uploaded module nothing"), "{body}");
+    let (status, body) = server.request(
+        "DELETE",
+        "/v1/modules/waves@sha256:12",
+        Some(DEPLOY),
+        "application/json",
+        b"",
+    );
+    assert_eq!(status, 400, "{body}");
+    let file = server
+        .data
+        .join("modules")
+        .join(format!("{}.wasm", digest.trim_start_matches("sha256:")));
+    let rm = server.cli_as(DEPLOY, &["module", "rm", &format!("spare@{digest}")]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    assert!(text(&rm).contains(&format!("deleted spare@{digest}")), "{}", text(&rm));
+    assert!(file.exists(), "waves still needs the component");
+    // Once no app keeps a revision using it, it goes, file and all.
+    let (status, body) = server.request("DELETE", "/v1/apps/hello", Some(ADMIN), "application/json", b"");
+    assert!(status < 300, "{status} {body}");
+    let rm = server.cli_as(DEPLOY, &["module", "rm", "waves"]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    assert!(!file.exists());
+    assert_eq!(server.get_json("/v1/modules")["modules"], serde_json::json!([]));
 }
 
 #[test]

@@ -68,6 +68,7 @@ impl Runner {
         }
         self.not_while_rolling(&spec.name)?;
         self.check_secrets(&spec)?;
+        let _modules = self.module_use.read().await;
         let strategy = self.resolve(&spec.strategy.module, World::Strategy).await?;
         self.check_strategy_params(&spec, &strategy).await?;
         let hooks = self.resolve_hooks(&spec, None).await?;

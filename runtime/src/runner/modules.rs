@@ -111,6 +111,69 @@ impl Runner {
         Ok(self.store.module(&upload.name, Some(&digest))?.expect("just stored"))
     }
 
+    /// The uploaded modules, each with the revisions that pin it.
+    pub fn list_modules(&self) -> Result<Vec<crate::protocol::ListedModule>, DeployError> {
+        let mut listed = Vec::new();
+        for module in self.store.modules()? {
+            let pinned_by = self
+                .store
+                .module_pins(&module.name, &module.digest)?
+                .into_iter()
+                .map(|(app, revision)| crate::protocol::RevisionPin { app, revision })
+                .collect();
+            listed.push(crate::protocol::ListedModule { module, pinned_by });
+        }
+        Ok(listed)
+    }
+
+    /// Deletes the uploads of `name` (every one, or the one with `digest`) and their
+    /// components, unless a revision an app keeps uses one: then nothing is deleted.
+    pub async fn delete_module(&self, name: &str, digest: Option<&str>) -> Result<Vec<ModuleRow>, DeployError> {
+        let shown = match digest {
+            Some(digest) => format!("{name}@{digest}"),
+            None => name.to_string(),
+        };
+        let _alone = self.module_use.write().await;
+        let rows: Vec<ModuleRow> = self
+            .store
+            .modules()?
+            .into_iter()
+            .filter(|m| m.name == name && digest.is_none_or(|d| m.digest == d))
+            .collect();
+        if rows.is_empty() {
+            return Err(DeployError::NoSuchModule(format!(
+                "there is no uploaded module {shown}; `slipway module list` shows them"
+            )));
+        }
+        let mut pins = Vec::new();
+        for row in &rows {
+            for (app, revision) in self.store.module_pins(&row.name, &row.digest)? {
+                pins.push(format!(
+                    "{app} revision {revision} ({}@{})",
+                    row.name,
+                    short(&row.digest)
+                ));
+            }
+        }
+        if !pins.is_empty() {
+            return Err(DeployError::ModulePinned(format!(
+                "module {shown} is in use by {}: a revision an app keeps can be rolled back to, so its module stays; deploy those apps with another module and let their history pass those revisions (or delete the apps) first",
+                pins.join(", ")
+            )));
+        }
+        for row in &rows {
+            if !self.store.delete_module(&row.name, &row.digest)? {
+                match self.modules_dir.remove_file(module_file(&row.digest)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(module = %row.name, digest = %row.digest, error = %e, "cannot remove a deleted module's file");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(rows)
+    }
+
     /// Removes uploads a previous runner left half-received.
     pub(super) fn clear_uploads(&self) {
         let Ok(entries) = self.uploads_dir.entries() else {
@@ -228,6 +291,11 @@ impl Runner {
 }
 
 /// Where a module with `digest` is kept in the modules directory.
+fn short(digest: &str) -> &str {
+    let hex = digest.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
+}
+
 fn module_file(digest: &str) -> String {
     format!("{}.wasm", digest.trim_start_matches("sha256:"))
 }
