@@ -858,9 +858,10 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
                     .map(|p| format!("{} r{}", p.app, p.revision))
                     .collect();
                 say!(
-                    "{:<24} {} {} {} bytes, uploaded {} UTC{}",
+                    "{:<24} {} (API {}) {} {} bytes, uploaded {} UTC{}",
                     module.name,
                     module.world,
+                    module.api_version.as_deref().unwrap_or("?"),
                     module.digest,
                     module.size,
                     format_time(module.uploaded_at),

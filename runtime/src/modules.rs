@@ -148,6 +148,8 @@ pub struct ModuleLoader {
     engine: WasmEngine,
     linkers: Arc<Linkers>,
     cache_dir: Option<PathBuf>,
+    /// The most the cache directory may hold; the least recently used artifacts go first.
+    cache_limit: u64,
     /// Every module loaded, by digest; a cell being filled makes later askers wait for it.
     loaded: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<LoadedModule>>>>>,
     compiling: Arc<tokio::sync::Semaphore>,
@@ -177,10 +179,17 @@ impl ModuleLoader {
             engine,
             linkers: Arc::new(linkers),
             cache_dir,
+            cache_limit: DEFAULT_CACHE_LIMIT,
             loaded: Arc::default(),
             compiling: Arc::new(tokio::sync::Semaphore::new(1)),
             stats: Arc::default(),
         })
+    }
+
+    /// Bounds the cache directory to `bytes` (default [`DEFAULT_CACHE_LIMIT`]).
+    pub fn with_cache_limit(mut self, bytes: u64) -> Self {
+        self.cache_limit = bytes;
+        self
     }
 
     /// How many modules were compiled and how many read from the cache.
@@ -320,6 +329,11 @@ impl ModuleLoader {
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(component) => {
                     self.stats.from_cache.fetch_add(1, Ordering::Relaxed);
+                    // Used now: the last to be evicted.
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                     return Ok(component);
                 }
                 Err(error) => {
@@ -329,12 +343,49 @@ impl ModuleLoader {
         }
         let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
-        if let Some(path) = &cached
-            && let Err(error) = write_atomically(path, &component)
-        {
-            tracing::warn!(path = %path.display(), %error, "could not cache the precompiled module");
+        if let Some(path) = &cached {
+            match write_atomically(path, &component) {
+                Ok(()) => evict(path, self.cache_limit),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "could not cache the precompiled module"),
+            }
         }
         Ok(component)
+    }
+}
+
+/// The default bound of the precompiled-module cache: room for about a hundred Python or
+/// JavaScript components (≈ 35 MB each precompiled) or thousands of Rust ones.
+pub const DEFAULT_CACHE_LIMIT: u64 = 4 << 30;
+
+/// Removes the least recently used artifacts of `kept`'s cache directory until it holds at
+/// most `limit` bytes; `kept`, just written, stays whatever its size.
+fn evict(kept: &Path, limit: u64) {
+    let Some(dir) = kept.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut artifacts: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = artifacts.iter().map(|(_, size, _)| size).sum();
+    artifacts.sort();
+    for (_, size, path) in artifacts {
+        if total <= limit {
+            break;
+        }
+        if path == kept {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total -= size;
+                tracing::debug!(path = %path.display(), "evicted from the module cache");
+            }
+            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot evict from the module cache"),
+        }
     }
 }
 
@@ -452,6 +503,62 @@ mod tests {
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
         let big = vec![0u8; MAX_MODULE_BYTES + 1];
         assert!(matches!(check_header(&big), Err(LoadError::TooLarge { .. })));
+    }
+
+    fn scratch(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("slipway-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_down_to_its_bound() {
+        let dir = scratch("evict");
+        let ago = |seconds| std::time::SystemTime::now() - std::time::Duration::from_secs(seconds);
+        for (name, used) in [("a", 30), ("b", 10), ("c", 20), ("new", 40)] {
+            let path = dir.join(format!("{name}.cwasm"));
+            std::fs::write(&path, [0u8; 100]).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(ago(used))
+                .unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), [0u8; 1000]).unwrap();
+        // 400 bytes of artifacts, room for 250: a (oldest but for the one just written) and
+        // c go; the one just written stays however old its time says it is.
+        evict(&dir.join("new.cwasm"), 250);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b.cwasm", "new.cwasm", "notes.txt"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_cache_hit_marks_the_artifact_used() {
+        let dir = scratch("cache-hit");
+        let fresh = || ModuleLoader::new(WasmEngine::new().unwrap(), Some(dir.clone())).unwrap();
+        fresh().load_builtin("rolling").await.unwrap();
+        let artifact = std::fs::read_dir(&dir).unwrap().flatten().next().unwrap().path();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&artifact)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let loader = fresh();
+        loader.load_builtin("rolling").await.unwrap();
+        assert_eq!(loader.stats().from_cache.load(Ordering::Relaxed), 1);
+        let used = std::fs::metadata(&artifact).unwrap().modified().unwrap();
+        assert!(used > old + std::time::Duration::from_secs(3000));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

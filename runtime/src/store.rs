@@ -200,6 +200,9 @@ pub struct ModuleRow {
     pub world: String,
     pub size: u64,
     pub uploaded_at: u64,
+    /// The host API version it was built against (`0.2.0`); unknown for older uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// Something that happened to an app outside any rollout (a restart it could not fully
@@ -318,6 +321,10 @@ CREATE TABLE app_events (
     message TEXT NOT NULL
 );
 CREATE INDEX app_events_by_app ON app_events(app, at);
+",
+    // 3: the host API version a module was built against (unknown for older uploads).
+    "
+ALTER TABLE modules ADD COLUMN api_version TEXT;
 ",
 ];
 
@@ -659,12 +666,12 @@ impl Store {
         })
     }
 
-    pub fn put_module(&self, name: &str, digest: &str, world: &str, size: u64) -> Result<()> {
+    pub fn put_module(&self, name: &str, digest: &str, world: &str, api_version: &str, size: u64) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO modules (name, digest, world, size, uploaded_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(name, digest) DO UPDATE SET uploaded_at = excluded.uploaded_at",
-                params![name, digest, world, size as i64, now_ms() as i64],
+                "INSERT INTO modules (name, digest, world, size, uploaded_at, api_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(name, digest) DO UPDATE SET uploaded_at = excluded.uploaded_at, api_version = excluded.api_version",
+                params![name, digest, world, size as i64, now_ms() as i64, api_version],
             )
         })?;
         Ok(())
@@ -672,8 +679,9 @@ impl Store {
 
     pub fn modules(&self) -> Result<Vec<ModuleRow>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, digest, world, size, uploaded_at FROM modules ORDER BY name, uploaded_at")?;
+            let mut stmt = c.prepare(
+                "SELECT name, digest, world, size, uploaded_at, api_version FROM modules ORDER BY name, uploaded_at",
+            )?;
             let rows = stmt.query_map([], module_row)?;
             rows.collect()
         })
@@ -725,11 +733,11 @@ impl Store {
     pub fn module(&self, name: &str, digest: Option<&str>) -> Result<Option<ModuleRow>> {
         self.with(|c| match digest {
             Some(digest) => c
-                .query_row("SELECT name, digest, world, size, uploaded_at FROM modules WHERE name = ?1 AND digest = ?2", params![name, digest], module_row)
+                .query_row("SELECT name, digest, world, size, uploaded_at, api_version FROM modules WHERE name = ?1 AND digest = ?2", params![name, digest], module_row)
                 .optional(),
             None => c
                 .query_row(
-                    "SELECT name, digest, world, size, uploaded_at FROM modules WHERE name = ?1 ORDER BY uploaded_at DESC, rowid DESC LIMIT 1",
+                    "SELECT name, digest, world, size, uploaded_at, api_version FROM modules WHERE name = ?1 ORDER BY uploaded_at DESC, rowid DESC LIMIT 1",
                     [name],
                     module_row,
                 )
@@ -878,6 +886,7 @@ fn module_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModuleRow> {
         world: r.get(2)?,
         size: r.get::<_, i64>(3)? as u64,
         uploaded_at: r.get::<_, i64>(4)? as u64,
+        api_version: r.get(5)?,
     })
 }
 

@@ -187,6 +187,7 @@ fn a_custom_strategy_uploaded_over_http_is_used_by_a_deploy() {
         serde_json::json!([{"app": "hello", "revision": 1}, {"app": "hello", "revision": 2}])
     );
     assert_eq!(listed("spare")["pinned_by"], serde_json::json!([]));
+    assert_eq!(listed("spare")["api_version"], "0.2.0");
     let list = server.cli(&["module", "list"]);
     assert!(text(&list).contains("in use by hello r1, hello r2"), "{}", text(&list));
     let rm = server.cli_as(DEPLOY, &["module", "rm", "waves"]);

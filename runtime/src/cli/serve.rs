@@ -52,6 +52,14 @@ pub struct ServeArgs {
     /// The HTTPS address apps share when their `[router.tls]` names no listen address.
     #[arg(long, env = "SLIPWAY_FRONT_HTTPS", default_value = "0.0.0.0:443")]
     front_https: SocketAddr,
+    /// The most the precompiled-module cache (DATA/cache) may hold, e.g. "4GiB"; the least
+    /// recently used modules are evicted first (and compiled again when next needed).
+    #[arg(long, env = "SLIPWAY_MODULE_CACHE_SIZE", default_value = "4GiB", value_parser = cache_size)]
+    module_cache_size: u64,
+}
+
+fn cache_size(text: &str) -> Result<u64, String> {
+    crate::spec::bytes(text).map_err(|e| format!("{e}; write a size such as \"4GiB\""))
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,7 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         specs.push(crate::spec::load_file(file)?);
     }
     let engine = WasmEngine::new()?;
-    let loader = ModuleLoader::new(engine, Some(args.data_dir.join("cache")))?;
+    let loader = ModuleLoader::new(engine, Some(args.data_dir.join("cache")))?.with_cache_limit(args.module_cache_size);
     let runner = Runner::start(
         RunnerConfig {
             data_dir: args.data_dir.clone(),

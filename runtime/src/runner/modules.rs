@@ -106,8 +106,13 @@ impl Runner {
             .rename(&upload.temp, &self.modules_dir, &file)
             .map_err(|e| anyhow::anyhow!("keeping an upload: {e}"))?;
         upload.done = true;
-        self.store
-            .put_module(&upload.name, &digest, &module.world.to_string(), upload.size as u64)?;
+        self.store.put_module(
+            &upload.name,
+            &digest,
+            &module.world.to_string(),
+            &module.api_version,
+            upload.size as u64,
+        )?;
         Ok(self.store.module(&upload.name, Some(&digest))?.expect("just stored"))
     }
 
