@@ -4,12 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::cli::{slipway, stdout};
+use crate::cli::{slipway, stderr, stdout};
 use crate::runner::unique_dir;
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// Runs `command` in `dir`, failing the test with its output if it fails.
 fn run(dir: &Path, command: &str) {

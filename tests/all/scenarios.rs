@@ -2,12 +2,8 @@
 //! scenario that breaks (named, with its timeline line, exit 1, JUnit), and files with
 //! mistakes (exit 2, saying what is wrong).
 
-use crate::cli::{slipway, stdout};
+use crate::cli::{slipway, stderr, stdout};
 use crate::support::{guest, workspace};
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn the_builtins_keep_what_their_scenario_files_promise() {
