@@ -643,7 +643,7 @@ async fn upload_module(
         upload.write(&chunk).await?;
     }
     let module = state.runner.finish_upload(upload).await?;
-    Ok((StatusCode::CREATED, Json(module)).into_response())
+    Ok((StatusCode::CREATED, Json(state.runner.listed(module)?)).into_response())
 }
 
 async fn list_modules(_: Auth<Read>, State(state): State<ApiState>) -> Result<Response, ApiError> {

@@ -20,7 +20,7 @@ use crate::protocol::{
     RedeployRequest, RollbackRequest, RouteRequest, Routed, ScaleRequest, Scaled, Steer, Steered,
 };
 use crate::sim::{SimConfig, SimRollout};
-use crate::store::{ModuleRow, RolloutState};
+use crate::store::RolloutState;
 
 /// Slipway: deployments whose strategies and hooks are sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -833,10 +833,11 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
         ModuleCommand::Push { file, name, remote } => {
             let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let path = format!("/v1/modules?name={name}");
-            let module: ModuleRow = remote
+            let listed: crate::protocol::ListedModule = remote
                 .client()
                 .call_raw(hyper::Method::POST, &path, "application/wasm", bytes.into())
                 .await?;
+            let module = &listed.module;
             say!(
                 "uploaded {} as {}@{} ({} world)",
                 file.display(),
@@ -844,6 +845,11 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
                 module.digest,
                 module.world
             );
+            if listed.compile == crate::protocol::CompileState::Compiling {
+                say!(
+                    "it is compiling in the background (`slipway module list` shows when it is ready); a deploy that uses it waits for it"
+                );
+            }
         }
         ModuleCommand::List { remote } => {
             let list: ModuleList = remote.client().get("/v1/modules").await?;
@@ -857,8 +863,13 @@ async fn module(command: ModuleCommand) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|p| format!("{} r{}", p.app, p.revision))
                     .collect();
+                let compile = match (&listed.compile, &listed.compile_error) {
+                    (_, Some(error)) => format!(", compiling FAILED: {error}"),
+                    (crate::protocol::CompileState::Compiling, None) => ", compiling".to_string(),
+                    _ => String::new(),
+                };
                 say!(
-                    "{:<24} {} (API {}) {} {} bytes, uploaded {} UTC{}",
+                    "{:<24} {} (API {}) {} {} bytes, uploaded {} UTC{compile}{}",
                     module.name,
                     module.world,
                     module.api_version.as_deref().unwrap_or("?"),

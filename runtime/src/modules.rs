@@ -192,6 +192,15 @@ impl ModuleLoader {
         self
     }
 
+    /// Whether the component `digest` is compiled and loaded in this process.
+    pub fn is_loaded(&self, digest: &str) -> bool {
+        self.loaded
+            .lock()
+            .unwrap()
+            .get(digest)
+            .is_some_and(|cell| cell.initialized())
+    }
+
     /// How many modules were compiled and how many read from the cache.
     pub fn stats(&self) -> &LoadStats {
         &self.stats
@@ -433,8 +442,39 @@ fn params_check(component: &Component) -> Option<ComponentExportIndex> {
 fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<(World, String), LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    world_from_exports(&exports)
+}
+
+/// Validates a component without compiling it and says what it is: its world and host API
+/// version, from its exports (as [`ModuleLoader::load`] will find them). An upload answers
+/// once this holds; compiling (and linking) follows.
+pub fn inspect(bytes: &[u8]) -> Result<(World, String), LoadError> {
+    check_header(bytes)?;
+    let invalid = |e: wasmparser::BinaryReaderError| LoadError::Invalid(e.to_string());
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(bytes)
+        .map_err(invalid)?;
+    let mut exports = Vec::new();
+    // Nested modules and components have exports of their own: only the outer ones count.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    exports.push(export.map_err(invalid)?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    world_from_exports(&exports)
+}
+
+fn world_from_exports(exports: &[String]) -> Result<(World, String), LoadError> {
     let mut found = None;
-    for export in &exports {
+    for export in exports {
         let Some((package_interface, version)) = export.split_once('@') else {
             continue;
         };

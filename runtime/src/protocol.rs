@@ -212,6 +212,26 @@ pub struct ListedModule {
     pub module: ModuleRow,
     #[serde(default)]
     pub pinned_by: Vec<RevisionPin>,
+    /// Where compiling it stands in this runner.
+    pub compile: CompileState,
+    /// Why compiling it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile_error: Option<String>,
+}
+
+/// Where compiling an uploaded module stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompileState {
+    /// Compiled and loaded: deploys use it at once.
+    Ready,
+    /// Compiling in the background since its upload; a deploy that needs it waits.
+    Compiling,
+    /// Compiling failed (`compile_error` says why); deploys that name it are refused.
+    Failed,
+    /// Not loaded since the runner started: read from the precompiled cache, or compiled,
+    /// when first used.
+    OnDemand,
 }
 
 /// A revision of an app.

@@ -169,6 +169,8 @@ pub struct Runner {
     /// Held (shared) from resolving a deploy's modules until its revision is recorded, and
     /// (alone) while a module is deleted: a module is never deleted under a deploy pinning it.
     module_use: tokio::sync::RwLock<()>,
+    /// Uploads still compiling in the background, and those whose compiling failed.
+    compiles: Arc<Mutex<HashMap<String, crate::runner::modules::Compiling>>>,
     uploads_dir: cap_std::fs::Dir,
     limits: Limits,
     apps: Mutex<HashMap<String, Arc<AppHandle>>>,
@@ -263,6 +265,7 @@ impl Runner {
             data_dir: config.data_dir.clone(),
             modules_dir,
             module_use: tokio::sync::RwLock::new(()),
+            compiles: Arc::default(),
             uploads_dir,
             limits: config.limits.clone(),
             apps: Mutex::new(HashMap::new()),

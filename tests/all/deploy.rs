@@ -232,6 +232,42 @@ fn a_custom_strategy_uploaded_over_http_is_used_by_a_deploy() {
 }
 
 #[test]
+fn a_large_upload_answers_before_it_compiles_and_a_deploy_waits_for_it() {
+    let _serial = exclusive();
+    let server = Server::start();
+    // 12 MB of JavaScript engine: seconds to compile, more from a debug build.
+    let wasm = crate::examples::js_example();
+    let started = std::time::Instant::now();
+    let push = server.cli_as(
+        DEPLOY,
+        &["module", "push", wasm.to_str().unwrap(), "--name", "js-waves"],
+    );
+    let answered = started.elapsed();
+    assert!(push.status.success(), "{}", text(&push));
+    assert!(text(&push).contains("compiling in the background"), "{}", text(&push));
+    let modules = server.get_json("/v1/modules");
+    assert_eq!(modules["modules"][0]["compile"], "compiling", "{modules}");
+    assert_eq!(modules["modules"][0]["world"], "strategy", "{modules}");
+    assert_eq!(modules["modules"][0]["api_version"], "0.2.0", "{modules}");
+    // The deploy waits for the compile, then rolls out with it.
+    let addr = listen();
+    let spec = write_spec(&hello_spec(addr, "v1", "js-waves", "{ wave-size = 2 }", ""));
+    let output = server.cli(&["deploy", spec.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("wave(s) of up to 2"), "{}", text(&output));
+    let modules = server.get_json("/v1/modules");
+    assert_eq!(modules["modules"][0]["compile"], "ready", "{modules}");
+    assert_eq!(
+        modules["modules"][0]["pinned_by"],
+        serde_json::json!([{"app": "hello", "revision": 1}])
+    );
+    eprintln!(
+        "upload answered in {answered:?}; upload to a finished deploy {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let server = Server::start();
     let addr = listen();

@@ -100,6 +100,21 @@ fn js_toolchain() -> std::path::PathBuf {
     dir
 }
 
+/// The JavaScript example, built once per test process: its component.
+pub fn js_example() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let dir = js_toolchain();
+    BUILT.get_or_init(|| {
+        let build = Command::new("npm")
+            .args(["run", "build"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    });
+    dir.join("out/strategy.wasm")
+}
+
 #[test]
 fn the_javascript_example_builds_simulates_logs_its_console_and_passes_its_scenarios() {
     let dir = js_toolchain();
@@ -109,14 +124,8 @@ fn the_javascript_example_builds_simulates_logs_its_console_and_passes_its_scena
         std::fs::read_to_string(workspace().join("sdk/js/slipway.js")).unwrap(),
         "examples/strategies/js-waves/slipway.js differs from sdk/js/slipway.js: copy it again"
     );
-    let build = Command::new("npm")
-        .args(["run", "build"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let wasm = js_example();
     assert!(dir.join("out/types/interfaces/slipway-deploy-scaling.d.ts").exists());
-    let wasm = dir.join("out/strategy.wasm");
     let output = slipway(&[
         "simulate",
         "--strategy",

@@ -87,7 +87,11 @@ impl Runner {
         })
     }
 
-    /// Validates and compiles a received upload, keeps it under its digest and records it.
+    /// Validates a received upload, keeps it under its digest, records it and compiles it:
+    /// the answer waits for the compiler only as long as [`UPLOAD_COMPILE_WAIT`] (a Rust
+    /// component takes milliseconds, and one that cannot be linked is refused as before);
+    /// a larger one goes on compiling in the background, its state in the module list, and
+    /// a deploy that needs it waits for it.
     pub async fn finish_upload(&self, mut upload: Upload) -> Result<ModuleRow, DeployError> {
         upload
             .file
@@ -96,10 +100,12 @@ impl Runner {
             .map_err(|e| anyhow::anyhow!("writing an upload: {e}"))?;
         let digest = format!("sha256:{}", hex::encode(upload.hasher.clone().finalize()));
         let path = self.data_dir.join("uploads").join(&upload.temp);
-        let module = self
-            .loader
-            .load_file(&upload.name, &digest, path)
+        let bytes = tokio::fs::read(&path)
             .await
+            .map_err(|e| anyhow::anyhow!("reading an upload: {e}"))?;
+        let (world, api_version) = tokio::task::spawn_blocking(move || crate::modules::inspect(&bytes))
+            .await
+            .map_err(|e| anyhow::anyhow!("the validating thread failed: {e}"))?
             .map_err(|e| DeployError::BadModule(e.to_string()))?;
         let file = module_file(&digest);
         self.uploads_dir
@@ -109,26 +115,84 @@ impl Runner {
         self.store.put_module(
             &upload.name,
             &digest,
-            &module.world.to_string(),
-            &module.api_version,
+            &world.to_string(),
+            &api_version,
             upload.size as u64,
         )?;
-        Ok(self.store.module(&upload.name, Some(&digest))?.expect("just stored"))
+        let row = self.store.module(&upload.name, Some(&digest))?.expect("just stored");
+
+        let loader = self.loader.clone();
+        let stored = self.data_dir.join("modules").join(&file);
+        let (name, key) = (upload.name.clone(), digest.clone());
+        let mut compiling = tokio::spawn(async move { loader.load_file(&name, &key, stored).await.map(|_| ()) });
+        self.compiles.lock().unwrap().insert(digest.clone(), Compiling::Running);
+        match tokio::time::timeout(UPLOAD_COMPILE_WAIT, &mut compiling).await {
+            Ok(done) => {
+                self.compiles.lock().unwrap().remove(&digest);
+                let done = done.map_err(|e| anyhow::anyhow!("the compiler task failed: {e}"))?;
+                if let Err(error) = done {
+                    // Refused as a whole, as if it had never arrived.
+                    if !self.store.delete_module(&row.name, &digest)? {
+                        let _ = self.modules_dir.remove_file(&file);
+                    }
+                    return Err(DeployError::BadModule(error.to_string()));
+                }
+            }
+            Err(_) => {
+                let compiles = self.compiles.clone();
+                tokio::spawn(async move {
+                    let result = compiling.await;
+                    let mut compiles = compiles.lock().unwrap();
+                    match result {
+                        Ok(Ok(())) => {
+                            compiles.remove(&digest);
+                        }
+                        Ok(Err(error)) => {
+                            compiles.insert(digest, Compiling::Failed(error.to_string()));
+                        }
+                        Err(error) => {
+                            compiles.insert(digest, Compiling::Failed(format!("the compiler task failed: {error}")));
+                        }
+                    }
+                });
+            }
+        }
+        Ok(row)
     }
 
-    /// The uploaded modules, each with the revisions that pin it.
-    pub fn list_modules(&self) -> Result<Vec<crate::protocol::ListedModule>, DeployError> {
-        let mut listed = Vec::new();
-        for module in self.store.modules()? {
-            let pinned_by = self
-                .store
-                .module_pins(&module.name, &module.digest)?
-                .into_iter()
-                .map(|(app, revision)| crate::protocol::RevisionPin { app, revision })
-                .collect();
-            listed.push(crate::protocol::ListedModule { module, pinned_by });
+    /// Where compiling the component `digest` stands in this runner.
+    pub fn compile_state(&self, digest: &str) -> (crate::protocol::CompileState, Option<String>) {
+        use crate::protocol::CompileState;
+        if self.loader.is_loaded(digest) {
+            return (CompileState::Ready, None);
         }
-        Ok(listed)
+        match self.compiles.lock().unwrap().get(digest) {
+            Some(Compiling::Running) => (CompileState::Compiling, None),
+            Some(Compiling::Failed(error)) => (CompileState::Failed, Some(error.clone())),
+            None => (CompileState::OnDemand, None),
+        }
+    }
+
+    /// The uploaded modules, each with the revisions that pin it and its compile state.
+    pub fn list_modules(&self) -> Result<Vec<crate::protocol::ListedModule>, DeployError> {
+        self.store.modules()?.into_iter().map(|m| self.listed(m)).collect()
+    }
+
+    /// `module` with the revisions that pin it and its compile state.
+    pub fn listed(&self, module: ModuleRow) -> Result<crate::protocol::ListedModule, DeployError> {
+        let pinned_by = self
+            .store
+            .module_pins(&module.name, &module.digest)?
+            .into_iter()
+            .map(|(app, revision)| crate::protocol::RevisionPin { app, revision })
+            .collect();
+        let (compile, compile_error) = self.compile_state(&module.digest);
+        Ok(crate::protocol::ListedModule {
+            module,
+            pinned_by,
+            compile,
+            compile_error,
+        })
     }
 
     /// Deletes the uploads of `name` (every one, or the one with `digest`) and their
@@ -296,6 +360,17 @@ impl Runner {
 }
 
 /// Where a module with `digest` is kept in the modules directory.
+/// How long an upload's answer waits for its compiling; longer, it goes on in the
+/// background.
+pub const UPLOAD_COMPILE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A background compile of an upload.
+#[derive(Clone, Debug)]
+pub enum Compiling {
+    Running,
+    Failed(String),
+}
+
 fn short(digest: &str) -> &str {
     let hex = digest.trim_start_matches("sha256:");
     &hex[..hex.len().min(12)]
