@@ -153,6 +153,8 @@ pub struct ModuleLoader {
     /// Every module loaded, by digest; a cell being filled makes later askers wait for it.
     loaded: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<LoadedModule>>>>>,
     compiling: Arc<tokio::sync::Semaphore>,
+    /// Uploads are validated one at a time too: each holds its whole component in memory.
+    validating: Arc<tokio::sync::Semaphore>,
     stats: Arc<LoadStats>,
 }
 
@@ -182,6 +184,7 @@ impl ModuleLoader {
             cache_limit: DEFAULT_CACHE_LIMIT,
             loaded: Arc::default(),
             compiling: Arc::new(tokio::sync::Semaphore::new(1)),
+            validating: Arc::new(tokio::sync::Semaphore::new(1)),
             stats: Arc::default(),
         })
     }
@@ -190,6 +193,17 @@ impl ModuleLoader {
     pub fn with_cache_limit(mut self, bytes: u64) -> Self {
         self.cache_limit = bytes;
         self
+    }
+
+    /// [`inspect`] of the component in the file at `path`, one file at a time.
+    pub async fn inspect_file(&self, path: PathBuf) -> Result<(World, String), LoadError> {
+        let _one_at_a_time = self.validating.acquire().await.expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
+            inspect(&bytes)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(format!("the validating thread failed: {e}")))?
     }
 
     /// Whether the component `digest` is compiled and loaded in this process.

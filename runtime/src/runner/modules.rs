@@ -1,9 +1,10 @@
 //! Module uploads, and resolving the module references in a spec.
 //!
-//! **Invariant:** an upload never sits in memory whole. Its bytes go to a private file in the
-//! data directory as they arrive, hashed on the way; the compiler (one at a time, see
-//! [`crate::modules::ModuleLoader`]) reads it from there. So any number of uploads in parallel cost a chunk
-//! each, and only the one being compiled costs more.
+//! **Invariant:** an upload never sits in memory whole while it arrives. Its bytes go to a
+//! private file in the data directory as they arrive, hashed on the way; the validator and
+//! the compiler (one at a time each, see [`crate::modules::ModuleLoader`]) read it from
+//! there. So any number of uploads in parallel cost a chunk each, and only the one being
+//! validated and the one being compiled cost more.
 
 use crate::driver::compute::instances::Workload;
 use std::path::PathBuf;
@@ -100,12 +101,10 @@ impl Runner {
             .map_err(|e| anyhow::anyhow!("writing an upload: {e}"))?;
         let digest = format!("sha256:{}", hex::encode(upload.hasher.clone().finalize()));
         let path = self.data_dir.join("uploads").join(&upload.temp);
-        let bytes = tokio::fs::read(&path)
+        let (world, api_version) = self
+            .loader
+            .inspect_file(path)
             .await
-            .map_err(|e| anyhow::anyhow!("reading an upload: {e}"))?;
-        let (world, api_version) = tokio::task::spawn_blocking(move || crate::modules::inspect(&bytes))
-            .await
-            .map_err(|e| anyhow::anyhow!("the validating thread failed: {e}"))?
             .map_err(|e| DeployError::BadModule(e.to_string()))?;
         let file = module_file(&digest);
         self.uploads_dir
