@@ -563,10 +563,14 @@ mod tests {
             .output()
             .expect("run openssl");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (not_before, not_after) = leaf_validity(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let (not_before, not_after) = leaf_validity(&pem).unwrap();
         let now = now_seconds();
         assert!(not_before.abs_diff(now) < 300, "{not_before} vs {now}");
-        assert_eq!(not_after - not_before, 90 * 86_400);
+        // openssl reads the clock once per bound, so "90 days" may be a second
+        // longer; its own reading of the certificate is the exact answer.
+        assert_eq!((not_before, not_after), openssl_dates(&pem));
+        assert!((90 * 86_400..=90 * 86_400 + 1).contains(&(not_after - not_before)));
         let held = Held {
             hosts: vec![],
             directory: String::new(),
@@ -583,6 +587,31 @@ mod tests {
             crate::civil::unix_seconds(2050, 1, 1, 0, 0, 0)
         );
         assert_eq!(validity(b"\x30\x03\x02\x01\x01"), None);
+    }
+
+    /// The validity openssl itself reads from a certificate, as Unix seconds.
+    fn openssl_dates(pem: &str) -> (u64, u64) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-startdate", "-enddate", "-dateopt", "iso_8601"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run openssl x509");
+        child.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        // notBefore=2026-12-01 10:08:05Z
+        let date = |key: &str| -> u64 {
+            let line = text.lines().find_map(|l| l.strip_prefix(key)).expect(key);
+            let n: Vec<u32> = line
+                .trim_end_matches('Z')
+                .split(['-', ' ', ':'])
+                .map(|f| f.parse().unwrap())
+                .collect();
+            crate::civil::unix_seconds(n[0].into(), n[1], n[2], n[3], n[4], n[5]).unwrap()
+        };
+        (date("notBefore="), date("notAfter="))
     }
 
     #[test]
