@@ -48,11 +48,16 @@ fn gone(pids: &[u32]) {
 /// leaves the data plane serving).
 fn stop_or_kill(server: &mut Server, kill: bool) {
     if kill {
-        let instances = server.instances();
         server.kill();
+        // An instance the runner was stopping when it died may still finish stopping (a
+        // rolling step retires old instances); once that settles, every instance stays.
+        let instances = settled_instances(server);
+        assert!(!instances.is_empty(), "instances outlive a killed runner");
+        std::thread::sleep(Duration::from_secs(1));
+        let dead: Vec<_> = instances.iter().filter(|pid| !alive(**pid)).collect();
         assert!(
-            instances.iter().all(|pid| alive(*pid)),
-            "instances outlive a killed runner"
+            dead.is_empty(),
+            "instances {dead:?} stopped after the runner was killed"
         );
     } else {
         let plane = server.plane_pid();
@@ -60,6 +65,31 @@ fn stop_or_kill(server: &mut Server, kill: bool) {
         assert!(server.stop().success());
         gone(&instances);
         gone(&plane.into_iter().collect::<Vec<_>>());
+    }
+}
+
+/// The data plane's instances once they have stayed the same for a second (within 20 s).
+fn settled_instances(server: &Server) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sorted = || {
+        let mut pids = server.instances();
+        pids.sort_unstable();
+        pids
+    };
+    let mut seen = sorted();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sorted();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the instances kept changing after the runner was killed: {seen:?}"
+        );
     }
 }
 
