@@ -316,6 +316,16 @@ struct SimulateArgs {
     /// Make the hook at this point fail (policy abort). Repeatable.
     #[arg(long, value_enum)]
     fail_hook: Vec<HookArg>,
+    /// Run a real hook module at a point, as POINT=PATH.wasm (pre, mid, post or rollback;
+    /// repeatable). It runs with policy abort, `exec` granted and any host reachable, and
+    /// every `exec` and HTTP request it makes succeeds at once (exit 0, 200) without
+    /// running anything; for chosen answers, policies and grants, use `slipway test` with
+    /// fakes in a scenario file.
+    #[arg(long, value_parser = point_value)]
+    hook: Vec<(&'static str, String)>,
+    /// A hook's parameters, as POINT=JSON, e.g. 'pre={"command": ["./migrate"]}'.
+    #[arg(long, value_parser = point_value)]
+    hook_params: Vec<(&'static str, String)>,
     /// Seed for every random choice; the same inputs and seed give the same trace.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -957,6 +967,34 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         args.strategy
     );
 
+    let mut hooks = crate::spec::Hooks::default();
+    for (point, module) in &args.hook {
+        let slot = hooks.at_mut(point).expect("point_value names a point");
+        anyhow::ensure!(
+            slot.is_none(),
+            "--hook {point}= is given twice; give each point one module"
+        );
+        *slot = Some(crate::spec::Hook {
+            module: module.clone(),
+            params: serde_json::Map::new(),
+            timeout: Duration::from_secs(60),
+            policy: crate::spec::HookPolicy::Abort,
+            grants: vec!["exec".into()],
+        });
+    }
+    for (point, params) in &args.hook_params {
+        let Some(hook) = hooks.at_mut(point).expect("point_value names a point") else {
+            anyhow::bail!("--hook-params {point}=…: no --hook {point}=PATH.wasm to give them to");
+        };
+        hook.params = match serde_json::from_str(params) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => anyhow::bail!(
+                "--hook-params {point}=…: {params:?} is not a JSON object; pass e.g. '{point}={{\"command\": [\"./migrate\"]}}'"
+            ),
+        };
+    }
+    let hooks = test::load_hooks(&loader, &hooks).await?;
+
     let rollout = SimRollout {
         replicas: args.replicas,
         params: args.params.clone(),
@@ -972,11 +1010,15 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             ..SimConfig::default()
         },
         failing_hooks: args.fail_hook.iter().map(|&h| h.into()).collect(),
+        fakes: crate::fakes::Fakes {
+            answer_unmatched: true,
+            ..Default::default()
+        },
         deadline: Duration::from_secs(args.deadline),
         rollback: !args.no_rollback,
         soak: args.soak,
     };
-    let (report, last) = rollout.run(&module).await;
+    let (report, last) = rollout.run(&module, &hooks).await;
     match args.output {
         Output::Json => {
             let document = serde_json::json!({
@@ -1006,6 +1048,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 /// A duration argument: "30s", "500ms", "5m" or a number of seconds.
 fn duration_arg(text: &str) -> Result<Duration, String> {
     crate::spec::duration::parse(text)
+}
+
+/// `--hook pre=PATH`: a hook point and a value.
+fn point_value(text: &str) -> Result<(&'static str, String), String> {
+    let (point, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not POINT=VALUE, e.g. pre=target/wasm32-wasip2/release/migrate.wasm"))?;
+    let point = ["pre", "mid", "post", "rollback"]
+        .into_iter()
+        .find(|p| *p == point.trim())
+        .ok_or_else(|| format!("{point:?} is not a hook point; use pre, mid, post or rollback"))?;
+    Ok((point, value.to_string()))
 }
 
 /// `--errors 2=0.05`.

@@ -31,6 +31,9 @@ pub struct Limits {
     pub log_line_bytes: usize,
     /// How much of the guest's stderr is kept for the failure report (default 8 KiB).
     pub stderr_tail_bytes: usize,
+    /// The most replicas one revision may have, in a spec, a scale by hand or a strategy's
+    /// `scale` (default and at most [`crate::spec::MAX_REPLICAS`]).
+    pub max_replicas: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             log_bytes: 1 << 20,
             log_line_bytes: 4 << 10,
             stderr_tail_bytes: 8 << 10,
+            max_replicas: crate::spec::MAX_REPLICAS,
         }
     }
 }

@@ -45,6 +45,16 @@ pub enum FailurePolicy {
     Ignore,
 }
 
+impl From<crate::spec::HookPolicy> for FailurePolicy {
+    fn from(policy: crate::spec::HookPolicy) -> Self {
+        match policy {
+            crate::spec::HookPolicy::Abort => FailurePolicy::Abort,
+            crate::spec::HookPolicy::Retry => FailurePolicy::Retry,
+            crate::spec::HookPolicy::Ignore => FailurePolicy::Ignore,
+        }
+    }
+}
+
 /// Capabilities a hook or strategy may be granted, and nothing else.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
@@ -54,6 +64,8 @@ pub struct Grants {
     pub http_hosts: Vec<String>,
     /// The Prometheus a strategy may query (`prometheus:URL`): its base URL.
     pub prometheus: Option<String>,
+    /// In simulation: what `exec` and outbound HTTP answer instead of running anything.
+    pub fakes: Option<Arc<crate::fakes::Fakes>>,
 }
 
 /// Where `exec` runs: the target revision's working directory and environment.
@@ -74,6 +86,34 @@ pub struct Hook {
     pub timeout: Duration,
     pub policy: FailurePolicy,
     pub grants: Grants,
+}
+
+impl Hook {
+    /// `spec`'s hook as a simulation runs it: its parameters, timeout, policy and grants,
+    /// `exec` granted with an empty environment (a simulation's calls out are answered by
+    /// fakes). An unknown grant is an error naming it.
+    pub fn simulated(spec: &crate::spec::Hook, module: LoadedModule) -> Result<Hook, String> {
+        let mut grants = Grants::default();
+        for text in &spec.grants {
+            match crate::spec::grant(text).map_err(|e| format!("grants: {}; {}", e.message, e.hint))? {
+                crate::spec::Grant::Exec => {
+                    grants.exec = Some(ExecEnv {
+                        env: BTreeMap::new(),
+                        secret_env: BTreeMap::new(),
+                        workdir: None,
+                    })
+                }
+                crate::spec::Grant::Http { host } => grants.http_hosts.push(host),
+            }
+        }
+        Ok(Hook {
+            module,
+            params: serde_json::Value::Object(spec.params.clone()).to_string(),
+            timeout: spec.timeout,
+            policy: spec.policy.into(),
+            grants,
+        })
+    }
 }
 
 /// The first retry waits this long; each further one doubles it, up to [`MAX_RETRY_BACKOFF`].

@@ -14,6 +14,7 @@ pub mod driver;
 pub mod engine;
 pub mod events;
 pub mod failure;
+pub mod fakes;
 pub mod files;
 pub mod guest;
 pub mod hooks;

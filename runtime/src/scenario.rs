@@ -14,6 +14,23 @@
 //! faults = { crash = 0.2, start-delay = "5s" }
 //! expect = { outcome = "succeeded", min-ready = 4, max-surge = 1, within = "2m", weights = { 2 = 256 } }
 //! ```
+//!
+//! Hooks are the app spec's `[hooks.POINT]` tables, with `module` a `.wasm` path: the real
+//! modules run. What their `exec` and outbound HTTP calls answer is up to each scenario's
+//! fakes (a call no fake answers fails, naming the fake to add):
+//!
+//! ```toml
+//! [hooks.pre]
+//! module = "target/wasm32-wasip2/release/migrate.wasm"
+//! params = { command = ["./migrate", "--up"] }
+//! grants = ["exec"]
+//!
+//! [[scenario]]
+//! name = "a failed migration rolls nothing out"
+//! exec = [{ args = ["./migrate"], exit = 1, output = "relation exists", takes = "3s" }]
+//! http = [{ url = "http://hooks.example.com/*", status = 200 }]
+//! expect = { outcome = "rolled-back", hooks = { pre = "failed" } }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,7 +41,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 
 use crate::bindings::HookPoint;
-use crate::events::{Event, EventKind, RevisionSnapshot, RolloutOutcome};
+use crate::events::{Event, EventKind, HookOutcome, RevisionSnapshot, RolloutOutcome};
 use crate::rollout::RolloutReport;
 use crate::sim::{SimConfig, SimRollout};
 
@@ -34,6 +51,8 @@ pub struct ScenarioFile {
     pub path: PathBuf,
     /// `builtin:NAME`, or a component path (made absolute against the file's directory).
     pub strategy: Option<String>,
+    /// Real hook modules every scenario runs (module paths made absolute, like `strategy`).
+    pub hooks: crate::spec::Hooks,
     pub scenarios: Vec<Scenario>,
 }
 
@@ -59,12 +78,55 @@ pub struct Expect {
     pub weights: Option<BTreeMap<u32, u32>>,
     /// Text the failure (or the summary) contains.
     pub failure_contains: Option<String>,
+    /// How each named hook point ended (the last time it ran).
+    pub hooks: BTreeMap<&'static str, HookEnd>,
+}
+
+/// How a hook point ended, as a scenario expects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookEnd {
+    Succeeded,
+    Failed,
+    FailureIgnored,
+    NotConfigured,
+    /// The rollout never reached that point.
+    NotRun,
+}
+
+impl HookEnd {
+    const NAMES: [(&str, HookEnd); 5] = [
+        ("succeeded", HookEnd::Succeeded),
+        ("failed", HookEnd::Failed),
+        ("failure-ignored", HookEnd::FailureIgnored),
+        ("not-configured", HookEnd::NotConfigured),
+        ("not-run", HookEnd::NotRun),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, end)| *end == self)
+            .map_or("?", |(name, _)| name)
+    }
+
+    /// What happened, for a report.
+    fn said(self) -> &'static str {
+        match self {
+            HookEnd::Succeeded => "it succeeded",
+            HookEnd::Failed => "it failed",
+            HookEnd::FailureIgnored => "it failed and its failure was ignored",
+            HookEnd::NotConfigured => "no hook is configured there",
+            HookEnd::NotRun => "the rollout never reached it",
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileToml {
     strategy: Option<String>,
+    #[serde(default)]
+    hooks: crate::spec::Hooks,
     #[serde(default)]
     scenario: Vec<ScenarioToml>,
 }
@@ -85,6 +147,12 @@ struct ScenarioToml {
     soak: Option<String>,
     #[serde(default)]
     faults: FaultsToml,
+    /// Answers to the hooks' `exec` calls, the first that matches.
+    #[serde(default)]
+    exec: Vec<crate::fakes::FakeExec>,
+    /// Answers to the hooks' outbound HTTP requests, the first that matches.
+    #[serde(default)]
+    http: Vec<crate::fakes::FakeHttp>,
     expect: Option<ExpectToml>,
 }
 
@@ -128,6 +196,8 @@ struct ExpectToml {
     within: Option<String>,
     weights: Option<BTreeMap<String, u32>>,
     failure_contains: Option<String>,
+    #[serde(default)]
+    hooks: BTreeMap<String, String>,
 }
 
 /// Reads a scenario file; a mistake in it is an error naming the scenario and the key.
@@ -146,13 +216,32 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<ScenarioFile> {
         );
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    let strategy = file.strategy.map(|s| {
+    let resolve = |s: String| {
         if s.starts_with("builtin:") || Path::new(&s).is_absolute() {
             s
         } else {
             base.join(s).display().to_string()
         }
-    });
+    };
+    let strategy = file.strategy.map(resolve);
+    let mut hooks = file.hooks;
+    for point in ["pre", "mid", "post", "rollback"] {
+        let Some(Some(hook)) = hooks.at_mut(point) else {
+            continue;
+        };
+        if hook.module.starts_with("builtin:") || !hook.module.ends_with(".wasm") {
+            bail!(
+                "{}: hooks.{point}.module: {:?} is not a path to a .wasm component; a scenario runs the hook's build, e.g. module = \"target/wasm32-wasip2/release/my_hook.wasm\"",
+                path.display(),
+                hook.module
+            );
+        }
+        for grant in &hook.grants {
+            crate::spec::grant(grant)
+                .map_err(|e| anyhow!("{}: hooks.{point}.grants: {}; {}", path.display(), e.message, e.hint))?;
+        }
+        hook.module = resolve(std::mem::take(&mut hook.module));
+    }
     let mut names = std::collections::BTreeSet::new();
     let mut scenarios = Vec::new();
     for (index, raw) in file.scenario.into_iter().enumerate() {
@@ -165,6 +254,7 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<ScenarioFile> {
     Ok(ScenarioFile {
         path: path.to_path_buf(),
         strategy,
+        hooks,
         scenarios,
     })
 }
@@ -228,11 +318,18 @@ fn scenario(raw: ScenarioToml) -> anyhow::Result<Scenario> {
             )),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let fakes = crate::fakes::Fakes {
+        exec: raw.exec,
+        http: raw.http,
+        answer_unmatched: false,
+    };
+    fakes.check().map_err(|e| anyhow!("{e}"))?;
     let rollout = SimRollout {
         replicas: raw.replicas,
         params: serde_json::to_string(&raw.params).context("params")?,
         cluster,
         failing_hooks,
+        fakes,
         deadline: match &raw.deadline {
             Some(text) => duration("deadline", text)?,
             None => Duration::from_secs(600),
@@ -278,6 +375,24 @@ fn scenario(raw: ScenarioToml) -> anyhow::Result<Scenario> {
             }
         },
         failure_contains: expect.failure_contains,
+        hooks: expect
+            .hooks
+            .iter()
+            .map(|(point, end)| {
+                let point = ["pre", "mid", "post", "rollback"]
+                    .into_iter()
+                    .find(|p| p == point)
+                    .ok_or_else(|| anyhow!("expect.hooks: {point:?} is not a hook point; use pre, mid, post or rollback"))?;
+                let end = HookEnd::NAMES
+                    .iter()
+                    .find(|(name, _)| name == end)
+                    .map(|(_, end)| *end)
+                    .ok_or_else(|| {
+                        anyhow!("expect.hooks.{point}: {end:?} is not how a hook ends; use succeeded, failed, failure-ignored, not-configured or not-run")
+                    })?;
+                Ok((point, end))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     if expect.outcome.is_none()
         && expect.min_ready.is_none()
@@ -285,8 +400,9 @@ fn scenario(raw: ScenarioToml) -> anyhow::Result<Scenario> {
         && expect.within.is_none()
         && expect.weights.is_none()
         && expect.failure_contains.is_none()
+        && expect.hooks.is_empty()
     {
-        bail!("expect asserts nothing; set outcome, min-ready, max-surge, within, weights or failure-contains");
+        bail!("expect asserts nothing; set outcome, min-ready, max-surge, within, weights, failure-contains or hooks");
     }
     Ok(Scenario {
         name: raw.name,
@@ -406,6 +522,30 @@ pub fn check(
                     failure, report.summary
                 ),
                 line: finished,
+            });
+        }
+    }
+    for (point, expected) in &expect.hooks {
+        let last_run = events.iter().enumerate().rev().find_map(|(i, e)| match &e.kind {
+            EventKind::Hook { point: p, outcome, .. } if p == point => Some((i + 1, outcome)),
+            _ => None,
+        });
+        let (line, ended) = match last_run {
+            None => (None, HookEnd::NotRun),
+            Some((line, outcome)) => (
+                Some(line),
+                match outcome {
+                    HookOutcome::Succeeded => HookEnd::Succeeded,
+                    HookOutcome::Failed => HookEnd::Failed,
+                    HookOutcome::FailureIgnored => HookEnd::FailureIgnored,
+                    HookOutcome::NotConfigured => HookEnd::NotConfigured,
+                },
+            ),
+        };
+        if ended != *expected {
+            broken.push(Broken {
+                message: format!("hooks.{point} = {:?}: {}", expected.name(), ended.said()),
+                line: line.or(finished),
             });
         }
     }

@@ -17,7 +17,7 @@ use crate::driver::{
     Clock, Cluster, Compute, Counts, DriverError, DriverEvent, Happened, HttpResult, ProbeResult, Router, TrafficStats,
 };
 use crate::events::RevisionSnapshot;
-use crate::hooks::HookRunner;
+use crate::hooks::{HookRunner, WasmHooks};
 use crate::host::RolloutEnv;
 
 /// Where virtual time starts: a fixed instant, so traces do not depend on the machine's clock.
@@ -520,24 +520,35 @@ pub struct SimRollout {
     /// The strategy's parameters, as JSON.
     pub params: String,
     pub cluster: SimConfig,
+    /// Hooks that fail whatever they are (policy `abort`), real or not.
     pub failing_hooks: Vec<HookPoint>,
+    /// What the real hooks' `exec` and outbound HTTP calls answer.
+    pub fakes: crate::fakes::Fakes,
     pub deadline: Duration,
     pub rollback: bool,
     pub soak: Duration,
 }
 
 impl SimRollout {
-    /// Runs `module` as the strategy: the report, and every revision as it ended.
+    /// Runs `module` as the strategy, with `hooks` (real hook modules, whose calls out are
+    /// answered by [`SimRollout::fakes`]): the report, and every revision as it ended.
     pub async fn run(
         &self,
         module: &crate::modules::LoadedModule,
+        hooks: &WasmHooks,
     ) -> (crate::rollout::RolloutReport, BTreeMap<u32, RevisionSnapshot>) {
         use crate::bindings::Revision;
         let sim = Arc::new(SimCluster::new(self.cluster.clone()));
         sim.add_ready_revision(1, self.replicas, 256);
         sim.add_faulty_revision(2);
+        let mut real = hooks.clone();
+        let fakes = Arc::new(self.fakes.clone());
+        for hook in real.hooks.values_mut() {
+            hook.grants.fakes = Some(fakes.clone());
+        }
         let hooks = Arc::new(SimHooks {
             failing: self.failing_hooks.clone(),
+            real,
         });
         let revision = |number| Revision {
             number,
@@ -555,19 +566,21 @@ impl SimRollout {
     }
 }
 
-/// Simulated hooks: every point succeeds except those told to fail (policy `abort`).
+/// A simulation's hooks: the points told to fail fail (policy `abort`); the others run
+/// their real hook module, if one is configured.
 #[derive(Debug, Default)]
 pub struct SimHooks {
     pub failing: Vec<HookPoint>,
+    pub real: WasmHooks,
 }
 
 #[async_trait]
 impl HookRunner for SimHooks {
-    async fn run_hook(&self, point: HookPoint, _env: &std::sync::Arc<RolloutEnv>) -> Result<HookStatus, String> {
+    async fn run_hook(&self, point: HookPoint, env: &std::sync::Arc<RolloutEnv>) -> Result<HookStatus, String> {
         if self.failing.contains(&point) {
             Err("simulated hook failure".to_string())
         } else {
-            Ok(HookStatus::NotConfigured)
+            self.real.run_hook(point, env).await
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `slipway new strategy` as an author runs it: for each language the project builds with
-//! the command its README gives, simulates, and passes its own scenario file.
+//! `slipway new strategy|hook` as an author runs it: for each language the project builds
+//! with the command its README gives, simulates, and passes its own scenario file.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,20 +28,22 @@ fn run(dir: &Path, command: &str) {
     );
 }
 
-/// Creates a strategy in `lang`, builds it as its README says, and runs its scenarios.
-fn new_strategy_builds_and_passes_its_scenarios(lang: &str, build: &str) {
-    let root = unique_dir(&format!("new-{lang}"));
+/// Creates a `kind` (strategy or hook) in `lang`, builds it as its README says, runs its
+/// scenarios, and simulates it.
+fn new_project_builds_and_passes_its_scenarios(kind: &str, lang: &str, build: &str) {
+    let root = unique_dir(&format!("new-{kind}-{lang}"));
     std::fs::create_dir_all(&root).unwrap();
-    let dir = root.join("my-rollout");
-    let output = slipway(&[
+    let dir = root.join("my-project");
+    let new = [
         "new",
-        "strategy",
-        "my-rollout",
+        kind,
+        "my-project",
         "--lang",
         lang,
         "--dir",
         dir.to_str().unwrap(),
-    ]);
+    ];
+    let output = slipway(&new);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stdout(&output).contains("slipway test scenarios.toml"),
@@ -57,60 +59,87 @@ fn new_strategy_builds_and_passes_its_scenarios(lang: &str, build: &str) {
     let scenarios = dir.join("scenarios.toml");
     let output = slipway(&["test", scenarios.to_str().unwrap()]);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let count = if kind == "strategy" { 3 } else { 2 };
     assert!(
-        stdout(&output).contains("3 scenarios: 3 passed, 0 failed"),
+        stdout(&output).contains(&format!("{count} scenarios: {count} passed, 0 failed")),
         "{}",
         stdout(&output)
     );
-    // What the strategy prints reaches the rollout's log.
+    // The module the scenario file names is the build's.
+    let key = if kind == "strategy" {
+        "strategy = \""
+    } else {
+        "module = \""
+    };
     let wasm = std::fs::read_to_string(&scenarios)
         .unwrap()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("strategy = \"")
-                .map(|s| s.trim_end_matches('"').to_string())
-        })
+        .find_map(|l| l.strip_prefix(key).map(|s| s.trim_end_matches('"').to_string()))
         .unwrap();
-    let output = slipway(&[
-        "simulate",
-        "--strategy",
-        dir.join(wasm).to_str().unwrap(),
-        "--replicas",
-        "4",
-    ]);
+    let wasm = dir.join(wasm);
+    // What it prints reaches the rollout's log.
+    let (output, printed) = if kind == "strategy" {
+        let output = slipway(&["simulate", "--strategy", wasm.to_str().unwrap(), "--replicas", "4"]);
+        (output, "[info] 4 of 4 ready on revision 2".to_string())
+    } else {
+        let hook = format!("pre={}", wasm.display());
+        let output = slipway(&[
+            "simulate",
+            "--strategy",
+            "builtin:rolling",
+            "--hook",
+            &hook,
+            "--hook-params",
+            "pre={\"command\": [\"./migrate\"]}",
+        ]);
+        (output, "[info] my-project: running".to_string())
+    };
     assert!(output.status.success(), "{}", stdout(&output));
-    assert!(
-        stdout(&output).contains("[info] 4 of 4 ready on revision 2"),
-        "{}",
-        stdout(&output)
-    );
+    assert!(stdout(&output).contains(&printed), "{}", stdout(&output));
     // A second `new` into the same place is refused, and nothing is overwritten.
-    let again = slipway(&[
-        "new",
-        "strategy",
-        "my-rollout",
-        "--lang",
-        lang,
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
+    let again = slipway(&new);
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("exists and is not empty"), "{}", stderr(&again));
 }
 
 #[test]
 fn a_new_rust_strategy_builds_simulates_and_passes_its_scenarios() {
-    new_strategy_builds_and_passes_its_scenarios("rust", "cargo build --release");
+    new_project_builds_and_passes_its_scenarios("strategy", "rust", "cargo build --release");
 }
 
 #[test]
 fn a_new_python_strategy_builds_simulates_and_passes_its_scenarios() {
-    new_strategy_builds_and_passes_its_scenarios("python", "./build.sh");
+    new_project_builds_and_passes_its_scenarios("strategy", "python", "./build.sh");
 }
 
 #[test]
 fn a_new_javascript_strategy_builds_simulates_and_passes_its_scenarios() {
-    new_strategy_builds_and_passes_its_scenarios("js", "npm ci\nnpm run build");
+    new_project_builds_and_passes_its_scenarios("strategy", "js", "npm ci\nnpm run build");
+}
+
+#[test]
+fn a_new_c_strategy_builds_simulates_and_passes_its_scenarios() {
+    new_project_builds_and_passes_its_scenarios("strategy", "c", "make");
+}
+
+#[test]
+fn a_new_rust_hook_builds_simulates_and_passes_its_scenarios() {
+    new_project_builds_and_passes_its_scenarios("hook", "rust", "cargo build --release");
+}
+
+#[test]
+fn a_new_python_hook_builds_simulates_and_passes_its_scenarios() {
+    new_project_builds_and_passes_its_scenarios("hook", "python", "./build.sh");
+}
+
+#[test]
+fn a_new_javascript_hook_builds_simulates_and_passes_its_scenarios() {
+    new_project_builds_and_passes_its_scenarios("hook", "js", "npm ci\nnpm run build");
+}
+
+#[test]
+fn a_new_c_hook_builds_simulates_and_passes_its_scenarios() {
+    new_project_builds_and_passes_its_scenarios("hook", "c", "make");
 }
 
 #[test]
@@ -122,10 +151,13 @@ fn a_bad_name_or_language_is_refused_with_the_reason() {
         "{}",
         stderr(&output)
     );
+    let output = slipway(&["new", "hook", "My-Hook", "--lang", "c"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("is not a hook name"), "{}", stderr(&output));
     let output = slipway(&["new", "strategy", "x", "--lang", "cobol"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("possible values: rust, python, js"),
+        stderr(&output).contains("possible values: rust, python, js, c"),
         "{}",
         stderr(&output)
     );

@@ -1,29 +1,37 @@
-//! The example custom strategies, in Rust and Python, built from source and run through
+//! The example custom strategies, in Rust, Python, JavaScript and C, built from source and run through
 //! `slipway simulate` exactly as their READMEs say.
 
 use std::process::Command;
 
 use crate::cli::{slipway, stdout};
-use crate::support::{guest, workspace};
+use crate::support::{guest, npm_ci, workspace};
 
-#[test]
-fn the_rust_example_strategy_runs_in_the_simulator() {
-    let wasm = guest("example-strategy-waves");
+/// Simulates a waves example (whichever its language) in waves of two: its timeline.
+fn simulate_waves(wasm: &std::path::Path, replicas: u32) -> String {
     let output = slipway(&[
         "simulate",
         "--strategy",
         wasm.to_str().unwrap(),
         "--replicas",
-        "6",
+        &replicas.to_string(),
         "--params",
         r#"{"wave-size": 2}"#,
     ]);
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
+    let waves = replicas / 2;
     assert!(
-        text.contains("SUCCEEDED 6 of 6 replicas on revision 2 in 3 wave(s)"),
+        text.contains(&format!(
+            "SUCCEEDED {replicas} of {replicas} replicas on revision 2 in {waves} wave(s) of up to 2"
+        )),
         "{text}"
     );
+    text
+}
+
+#[test]
+fn the_rust_example_strategy_runs_in_the_simulator() {
+    simulate_waves(&guest("example-strategy-waves"), 6);
 }
 
 #[test]
@@ -39,18 +47,7 @@ fn the_python_example_strategy_builds_with_componentize_py_and_runs() {
         String::from_utf8_lossy(&build.stderr)
     );
     let wasm = dir.join("out/strategy.wasm");
-    let output = slipway(&[
-        "simulate",
-        "--strategy",
-        wasm.to_str().unwrap(),
-        "--replicas",
-        "4",
-        "--params",
-        r#"{"wave-size": 2}"#,
-    ]);
-    let text = stdout(&output);
-    assert!(output.status.success(), "{text}");
-    assert!(text.contains("SUCCEEDED 4 of 4 replicas on revision 2"), "{text}");
+    simulate_waves(&wasm, 4);
 
     let bad = slipway(&[
         "simulate",
@@ -85,18 +82,7 @@ fn the_example_specs_are_valid() {
 fn js_toolchain() -> std::path::PathBuf {
     static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let dir = workspace().join("examples/strategies/js-waves");
-    READY.get_or_init(|| {
-        let install = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .output()
-            .expect("run npm (Node.js 20 and npm are needed for the JavaScript example)");
-        assert!(
-            install.status.success(),
-            "npm ci failed:\n{}",
-            String::from_utf8_lossy(&install.stderr)
-        );
-    });
+    READY.get_or_init(|| npm_ci(&dir, "the JavaScript example"));
     dir
 }
 
@@ -126,21 +112,7 @@ fn the_javascript_example_builds_simulates_logs_its_console_and_passes_its_scena
     );
     let wasm = js_example();
     assert!(dir.join("out/types/interfaces/slipway-deploy-scaling.d.ts").exists());
-    let output = slipway(&[
-        "simulate",
-        "--strategy",
-        wasm.to_str().unwrap(),
-        "--replicas",
-        "4",
-        "--params",
-        r#"{"wave-size": 2}"#,
-    ]);
-    let text = stdout(&output);
-    assert!(output.status.success(), "{text}");
-    assert!(
-        text.contains("SUCCEEDED 4 of 4 replicas on revision 2 in 2 wave(s)"),
-        "{text}"
-    );
+    let text = simulate_waves(&wasm, 4);
     // console.log reached the rollout's log.
     assert!(
         text.contains("log       [info] wave 1: 2 ready on revision 2, weights r2=128 r1=128"),
@@ -195,6 +167,87 @@ fn a_javascript_strategy_that_throws_or_passes_a_huge_u32_gets_a_clear_report() 
         assert!(
             text.contains(&format!("log       [warn] about to go wrong on purpose: {mode}")),
             "{text}"
+        );
+    }
+}
+
+#[test]
+fn the_c_example_strategy_builds_with_make_and_runs() {
+    let dir = workspace().join("examples/strategies/c-waves");
+    let out = crate::runner::unique_dir("c-waves");
+    let build = Command::new("make")
+        .arg(format!("OUT={}", out.display()))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "make in {}: {}{}",
+        dir.display(),
+        stdout(&build),
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = out.join("c-waves.wasm");
+    simulate_waves(&wasm, 6);
+    let output = slipway(&[
+        "test",
+        dir.join("scenarios.toml").to_str().unwrap(),
+        "--strategy",
+        wasm.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    // A bad parameter is refused by the C code with a message built on the heap, whole.
+    let bad = slipway(&[
+        "simulate",
+        "--strategy",
+        wasm.to_str().unwrap(),
+        "--params",
+        r#"{"wave-sise": 2}"#,
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stdout(&bad).contains("unknown field `wave-sise`, expected one of `wave-size`, `timeout-seconds`"),
+        "{}",
+        stdout(&bad)
+    );
+}
+
+/// The committed C bindings are what wit-bindgen's C generator writes for the WIT today.
+/// With SLIPWAY_WRITE_C_BINDINGS=1 it writes them instead (after a change to the WIT).
+#[test]
+fn the_c_bindings_match_the_wit() {
+    let write = std::env::var_os("SLIPWAY_WRITE_C_BINDINGS").is_some();
+    for world in ["strategy", "hook"] {
+        let mut resolve = wit_parser::Resolve::default();
+        let package = resolve.push_file(workspace().join("sdk/wit/deploy.wit")).unwrap();
+        let id = resolve.select_world(&[package], Some(world)).unwrap();
+        let mut files = wit_bindgen_core::Files::default();
+        wit_bindgen_c::Opts::default()
+            .build()
+            .generate(&mut resolve, id, &mut files)
+            .unwrap();
+        let mut names = Vec::new();
+        for (name, generated) in files.iter() {
+            let path = workspace().join("sdk/c").join(world).join(name);
+            if write {
+                std::fs::write(&path, generated).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{} differs from what wit-bindgen-c generates from sdk/wit/deploy.wit: regenerate the C bindings (see sdk/c/README.md)",
+                path.display()
+            );
+            names.push(name.to_string());
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("{world}.c"),
+                format!("{world}.h"),
+                format!("{world}_component_type.o")
+            ]
         );
     }
 }

@@ -136,3 +136,181 @@ fn mistakes_in_scenario_files_are_exit_2_with_the_reason() {
         stderr(&output)
     );
 }
+
+/// A hook example's scenario file, run against the hook's fresh build.
+fn hook_example(name: &str, point: &str, extra: &[&str]) -> std::process::Output {
+    let wasm = guest(&format!("example-hook-{name}"));
+    let file = workspace().join(format!("examples/hooks/{name}/scenarios.toml"));
+    let hook = format!("{point}={}", wasm.display());
+    let mut args = vec!["test", file.to_str().unwrap(), "--hook", &hook];
+    args.extend(extra);
+    slipway(&args)
+}
+
+#[test]
+fn hooks_run_their_real_modules_against_the_scenarios_fakes() {
+    // migrate's exec is answered by each scenario's fake: success, exit 1, a hang killed at
+    // its timeout on the simulated clock.
+    let output = hook_example("migrate", "pre", &["--verbose"]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(text.contains("3 scenarios: 3 passed"), "{text}");
+    assert!(
+        text.contains("exec ./migrate --up → exit 0: migrated 3 tables"),
+        "{text}"
+    );
+    assert!(text.contains("exec ./migrate --up → killed"), "{text}");
+    // notify's webhook answers 204, 500 and not at all; its policy is ignore.
+    let output = hook_example("notify", "post", &["--verbose"]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(text.contains("3 scenarios: 3 passed"), "{text}");
+    assert!(
+        text.contains("hook POST http://chat.internal:8080/hooks/deploys: answered 500"),
+        "{text}"
+    );
+    assert!(text.contains("connection refused"), "{text}");
+}
+
+#[test]
+fn a_call_no_fake_answers_or_a_grant_missing_fails_the_hook_saying_what_to_add() {
+    let dir = crate::runner::unique_dir("scenarios");
+    std::fs::create_dir_all(&dir).unwrap();
+    let migrate = guest("example-hook-migrate");
+    let notify = guest("example-hook-notify");
+    let file = dir.join("hooks.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"strategy = "builtin:rolling"
+
+[hooks.pre]
+module = "{}"
+params = {{ command = ["./seed"] }}
+grants = ["exec"]
+
+[hooks.post]
+module = "{}"
+params = {{ url = "http://chat.internal/x" }}
+
+[[scenario]]
+name = "no fake for ./seed"
+exec = [{{ args = ["./migrate"] }}]
+expect = {{ hooks = {{ pre = "succeeded" }} }}
+
+[[scenario]]
+name = "not granted"
+exec = [{{ args = ["./seed"] }}]
+expect = {{ outcome = "succeeded", hooks = {{ post = "succeeded" }} }}
+"#,
+            migrate.display(),
+            notify.display()
+        ),
+    )
+    .unwrap();
+    let output = slipway(&["test", file.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}{}", stderr(&output));
+    assert!(text.contains("2 scenarios: 0 passed, 2 failed"), "{text}");
+    assert!(
+        text.contains("hooks.pre = \"succeeded\": it failed (timeline line"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no fake in this scenario answers it; add one, e.g. [[scenario.exec]] args = [\"./seed\"]"),
+        "{text}"
+    );
+    // A simulation enforces grants as a runner does: post may not reach chat.internal.
+    assert!(
+        text.contains("this hook may not reach that host; grant it with \"http:chat.internal\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn hook_mistakes_in_scenario_files_are_exit_2_with_the_reason() {
+    let dir = crate::runner::unique_dir("scenarios");
+    std::fs::create_dir_all(&dir).unwrap();
+    let strategy = guest("example-strategy-waves");
+    let cases = [
+        (
+            "[hooks.pre]\nmodule = \"migrate\"\n",
+            "expect = { outcome = \"succeeded\" }",
+            "hooks.pre.module: \"migrate\" is not a path to a .wasm component",
+        ),
+        (
+            "[hooks.pre]\nmodule = \"m.wasm\"\ngrants = [\"exce\"]\n",
+            "expect = { outcome = \"succeeded\" }",
+            "hooks.pre.grants: unknown grant `exce`; did you mean `exec`?",
+        ),
+        (
+            "",
+            "expect = { hooks = { deploy = \"succeeded\" } }",
+            "expect.hooks: \"deploy\" is not a hook point",
+        ),
+        (
+            "",
+            "expect = { hooks = { pre = \"ok\" } }",
+            "expect.hooks.pre: \"ok\" is not how a hook ends",
+        ),
+        (
+            "",
+            "http = [{ url = \"https://x.example/\" }]\nexpect = { outcome = \"succeeded\" }",
+            "http fake 1: url \"https://x.example/\" is not an http:// URL",
+        ),
+        (
+            &format!("[hooks.pre]\nmodule = \"{}\"\n", strategy.display()),
+            "expect = { outcome = \"succeeded\" }",
+            "is a strategy component, not a hook",
+        ),
+    ];
+    for (hooks, scenario, says) in cases {
+        let file = dir.join("bad.toml");
+        std::fs::write(
+            &file,
+            format!("strategy = \"builtin:rolling\"\n{hooks}\n[[scenario]]\nname = \"x\"\n{scenario}\n"),
+        )
+        .unwrap();
+        let output = slipway(&["test", file.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{hooks}{scenario}: {}", stdout(&output));
+        let error = stderr(&output);
+        assert!(error.contains(says), "{hooks}{scenario}: {error}");
+    }
+}
+
+#[test]
+fn simulate_runs_a_real_hook_whose_calls_out_succeed() {
+    let notify = guest("example-hook-notify");
+    let hook = format!("post={}", notify.display());
+    let output = slipway(&[
+        "simulate",
+        "--strategy",
+        "builtin:recreate",
+        "--hook",
+        &hook,
+        "--hook-params",
+        "post={\"url\": \"http://chat.internal/deploys\"}",
+    ]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}{}", stderr(&output));
+    assert!(
+        text.contains("hook POST http://chat.internal/deploys: answered 200"),
+        "{text}"
+    );
+    assert!(text.contains("post: succeeded"), "{text}");
+    // Its parameters are the hook's to check: none is a failed hook, and a failed rollout.
+    let output = slipway(&["simulate", "--strategy", "builtin:recreate", "--hook", &hook]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("post: failed: notify: params.url is required"),
+        "{}",
+        stdout(&output)
+    );
+    let output = slipway(&["simulate", "--strategy", "builtin:recreate", "--hook-params", "pre={}"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no --hook pre=PATH.wasm to give them to"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// The HTTPS address apps share when their `[router.tls]` names no listen address.
     #[arg(long, env = "SLIPWAY_FRONT_HTTPS", default_value = "0.0.0.0:443")]
     front_https: SocketAddr,
+    /// The most replicas one revision may have on this runner, in a spec, a scale by hand or
+    /// a strategy's `scale`: a bound for a small machine (1 to 1000).
+    #[arg(long, env = "SLIPWAY_MAX_REPLICAS", default_value_t = crate::spec::MAX_REPLICAS,
+          value_parser = clap::value_parser!(u32).range(1..=crate::spec::MAX_REPLICAS as i64))]
+    max_replicas: u32,
     /// The most the precompiled-module cache (DATA/cache) may hold, e.g. "4GiB"; the least
     /// recently used modules are evicted first (and compiled again when next needed).
     #[arg(long, env = "SLIPWAY_MODULE_CACHE_SIZE", default_value = "4GiB", value_parser = cache_size)]
@@ -108,7 +113,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runner = Runner::start(
         RunnerConfig {
             data_dir: args.data_dir.clone(),
-            limits: Limits::default(),
+            limits: Limits {
+                max_replicas: args.max_replicas,
+                ..Limits::default()
+            },
             plane: crate::dataplane::client::Start::Process,
             kube: None,
             acme: crate::acme::AcmeConfig {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use crate::engine::WasmEngine;
+use crate::hooks::{Hook, WasmHooks};
 use crate::modules::{LoadedModule, ModuleLoader, World};
 use crate::scenario::{self, Ran};
 
@@ -22,6 +23,11 @@ pub struct TestArgs {
     /// to a `.wasm` component (your fresh build, say).
     #[arg(long)]
     strategy: Option<String>,
+    /// The hook module to run at a point instead of the files' own, as POINT=PATH.wasm
+    /// (pre, mid, post or rollback; repeatable): the rest of the files' `[hooks.POINT]`
+    /// (params, policy, grants) stays.
+    #[arg(long, value_parser = super::point_value)]
+    hook: Vec<(&'static str, String)>,
     /// Also write the results as JUnit XML to this file (for CI).
     #[arg(long)]
     junit: Option<PathBuf>,
@@ -63,9 +69,21 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             modules.insert(reference.clone(), module);
         }
         let module = &modules[&reference];
+        let mut hooks = file.hooks.clone();
+        for (point, module) in &args.hook {
+            match hooks.at_mut(point).expect("point_value names a point") {
+                Some(hook) => hook.module.clone_from(module),
+                None => bail!(
+                    "{shown}: --hook {point}=…: the file has no [hooks.{point}] to run it with; add one (params, policy, grants)"
+                ),
+            }
+        }
+        let hooks = load_hooks(&loader, &hooks)
+            .await
+            .with_context(|| format!("{shown}: cannot load a hook"))?;
         for case in &file.scenarios {
             let started = Instant::now();
-            let (report, last) = case.rollout.run(module).await;
+            let (report, last) = case.rollout.run(module, &hooks).await;
             let broken = scenario::check(&case.expect, case.rollout.replicas, &report, &last);
             let ran = Ran {
                 file: shown.clone(),
@@ -112,4 +130,24 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Loads `hooks`' modules (paths to `.wasm` components) as a simulation runs them.
+pub async fn load_hooks(loader: &ModuleLoader, hooks: &crate::spec::Hooks) -> anyhow::Result<WasmHooks> {
+    let mut loaded = WasmHooks::default();
+    for (point, hook) in hooks.iter() {
+        let module = loader
+            .load_reference(&hook.module)
+            .await
+            .with_context(|| format!("hooks.{point}: cannot load {}", hook.module))?;
+        if module.world != World::Hook {
+            bail!(
+                "hooks.{point}: {} is a strategy component, not a hook (its world is not slipway:deploy/hook)",
+                hook.module
+            );
+        }
+        let hook = Hook::simulated(hook, module).map_err(|e| anyhow::anyhow!("hooks.{point}: {e}"))?;
+        loaded.hooks.insert(point, hook);
+    }
+    Ok(loaded)
 }

@@ -10,7 +10,6 @@ use crate::events::EventKind;
 use crate::failure::Stop;
 use crate::guest::GuestState;
 use crate::host::RolloutEnv;
-use crate::spec::MAX_REPLICAS;
 
 impl Host for GuestState {
     async fn scale(&mut self, revision: u32, replicas: u32) -> wasmtime::Result<Result<(), ApiError>> {
@@ -20,9 +19,10 @@ impl Host for GuestState {
         if let Err(error) = self.known(revision) {
             return Ok(Err(error));
         }
-        if replicas > MAX_REPLICAS {
+        let limit = self.limits.max_replicas;
+        if replicas > limit {
             return Ok(Err(self.invalid(format!(
-                "scale: {replicas} replicas for revision {revision} is over the limit of {MAX_REPLICAS}"
+                "scale: {replicas} replicas for revision {revision} is over the limit of {limit}"
             ))));
         }
         let result = self.env.cluster.scale(revision, replicas).await;
@@ -50,9 +50,10 @@ impl Host for GuestState {
         if let Err(error) = self.known(revision) {
             return Ok(Err(error));
         }
-        if ready > MAX_REPLICAS {
+        let limit = self.limits.max_replicas;
+        if ready > limit {
             return Ok(Err(self.invalid(format!(
-                "wait-ready: {ready} replicas for revision {revision} is over the limit of {MAX_REPLICAS}"
+                "wait-ready: {ready} replicas for revision {revision} is over the limit of {limit}"
             ))));
         }
         let result = self

@@ -54,6 +54,12 @@ impl Runner {
     /// equals the latest revision (settings such as the destroy delay change no revision).
     pub async fn deploy(&self, spec: Spec) -> Result<DeployAccepted, DeployError> {
         spec::validate(&spec).map_err(|e| DeployError::InvalidSpec(e.to_string()))?;
+        if spec.replicas > self.limits.max_replicas {
+            return Err(DeployError::InvalidSpec(format!(
+                "replicas: {} is over this runner's limit of {} (slipway serve --max-replicas)",
+                spec.replicas, self.limits.max_replicas
+            )));
+        }
         let digest = super::revision_digest(&spec);
         if let Some(latest) = self.store.latest_revision(&spec.name)?
             && latest.spec_digest == digest

@@ -14,9 +14,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::{DeployError, Runner};
-use crate::hooks::{ExecEnv, FailurePolicy, Grants, Hook, WasmHooks};
+use crate::hooks::{ExecEnv, Grants, Hook, WasmHooks};
 use crate::modules::{LoadError, LoadedModule, MAX_MODULE_BYTES, World};
-use crate::spec::{self, HookPolicy, ModuleRef, Spec};
+use crate::spec::{self, ModuleRef, Spec};
 use crate::store::ModuleRow;
 
 /// A module upload being received. Dropping it unfinished deletes what was written.
@@ -323,11 +323,6 @@ impl Runner {
                     spec::Grant::Http { host } => grants.http_hosts.push(host),
                 }
             }
-            let policy = match hook.policy {
-                HookPolicy::Abort => FailurePolicy::Abort,
-                HookPolicy::Retry => FailurePolicy::Retry,
-                HookPolicy::Ignore => FailurePolicy::Ignore,
-            };
             let params = serde_json::Value::Object(hook.params.clone()).to_string();
             hooks.hooks.insert(
                 point,
@@ -335,7 +330,7 @@ impl Runner {
                     module,
                     params,
                     timeout: hook.timeout,
-                    policy,
+                    policy: hook.policy.into(),
                     grants,
                 },
             );

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use super::{DeployError, Runner};
 use crate::driver::validate_weights;
 use crate::protocol::{Deleted, MaintenanceSet, Routed, Scaled, Steer, Steered, TrafficReport};
-use crate::spec;
 
 impl Runner {
     /// Pauses, resumes or aborts a running rollout.
@@ -39,10 +38,10 @@ impl Runner {
 
     /// Scales the app's running revision by hand (no new revision).
     pub async fn scale(&self, app: &str, replicas: u32) -> Result<Scaled, DeployError> {
-        if replicas > spec::MAX_REPLICAS {
+        if replicas > self.limits.max_replicas {
             return Err(DeployError::InvalidSpec(format!(
                 "replicas: {replicas} is over the limit of {}",
-                spec::MAX_REPLICAS
+                self.limits.max_replicas
             )));
         }
         let row = self.app_row(app)?;

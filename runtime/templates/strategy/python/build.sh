@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds out/strategy.wasm from app.py with componentize-py 0.25.1
+# Builds {{wasm}} from app.py with componentize-py 0.25.1
 # (`pip install componentize-py==0.25.1`), and a copy of the generated bindings in
 # out/bindings for editors. Run from anywhere.
 set -eu
@@ -7,6 +7,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$here/out/bindings"
 mkdir -p "$here/out"
 cd "$here"
-componentize-py -d wit -w strategy bindings out/bindings
-componentize-py -d wit -w strategy componentize app -o out/strategy.wasm
-echo "built $here/out/strategy.wasm"
+componentize-py -d wit -w {{world}} bindings out/bindings
+componentize-py -d wit -w {{world}} componentize app -o {{wasm}}
+echo "built $here/{{wasm}}"
