@@ -15,7 +15,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::BodyExt;
@@ -25,11 +24,16 @@ use serde::de::DeserializeOwned;
 use crate::auth::{Scope, Tokens};
 use crate::driver::compute::output;
 use crate::protocol::{
-    AppList, DeployAccepted, ErrorBody, History, MaintenanceRequest, ModuleList, RedeployRequest, RollbackRequest,
-    RolloutEvents, RouteRequest, ScaleRequest, Steer,
+    AppList, AppStatus, Deleted, DeployAccepted, ErrorBody, History, ListedModule, MaintenanceRequest, MaintenanceSet,
+    ModuleList, ModulesDeleted, RedeployRequest, RollbackRequest, RolloutEvents, RouteRequest, Routed, ScaleRequest,
+    Scaled, Steer, Steered, TokenInfo, TrafficReport,
 };
 use crate::runner::{DeployError, Runner};
-use crate::spec;
+use crate::spec::{self, Spec};
+use crate::store::RolloutRow;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest spec or patch body accepted.
 const MAX_SPEC_BYTES: usize = 1 << 20;
@@ -40,47 +44,82 @@ pub struct ApiState {
     pub tokens: Arc<Tokens>,
 }
 
-/// The API's routes.
+/// The API's routes, from the handlers' `#[utoipa::path]` descriptions: the router and the
+/// OpenAPI document ([`openapi`]) come from the same place, so no route goes undescribed.
 pub fn app(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/v1/apps", get(list_apps))
-        .route(
-            "/v1/apps/{app}",
-            put(put_app).patch(patch_app).get(get_app).delete(delete_app),
-        )
-        .route("/v1/apps/{app}/revisions", get(history))
-        .route("/v1/apps/{app}/rollback", post(rollback))
-        .route("/v1/apps/{app}/redeploy", post(redeploy))
-        .route("/v1/apps/{app}/retry", post(retry))
-        .route("/v1/apps/{app}/scale", put(scale))
-        .route("/v1/apps/{app}/route", put(route))
-        .route("/v1/apps/{app}/maintenance", put(maintenance))
-        .route("/v1/apps/{app}/traffic", get(traffic))
-        .route("/v1/apps/{app}/logs", get(logs))
-        .route("/v1/rollouts/{id}", get(get_rollout))
-        .route("/v1/rollouts/{id}/pause", post(pause))
-        .route("/v1/rollouts/{id}/resume", post(resume))
-        .route("/v1/rollouts/{id}/abort", post(abort))
-        .route("/v1/rollouts/{id}/events", get(rollout_events))
-        .route("/v1/modules", post(upload_module).get(list_modules))
-        .route("/v1/modules/{module}", delete(delete_module))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
-                "no such endpoint; see the API reference in README.md",
+                "no such endpoint; the API is described at /v1/openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
-                "this endpoint does not take that method; see the API reference in README.md",
+                "this endpoint does not take that method; the API is described at /v1/openapi.json",
             )
         })
         .with_state(state)
+}
+
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::Doc::openapi())
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::asset))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(token))
+        .routes(routes!(list_apps))
+        .routes(routes!(put_app, patch_app, get_app, delete_app))
+        .routes(routes!(history))
+        .routes(routes!(rollback))
+        .routes(routes!(redeploy))
+        .routes(routes!(retry))
+        .routes(routes!(scale))
+        .routes(routes!(route))
+        .routes(routes!(maintenance))
+        .routes(routes!(traffic))
+        .routes(routes!(logs))
+        .routes(routes!(get_rollout))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(abort))
+        .routes(routes!(rollout_events))
+        .routes(routes!(upload_module, list_modules))
+        .routes(routes!(delete_module))
+}
+
+/// The OpenAPI 3.1 document of this API, as `GET /v1/openapi.json` serves it.
+pub fn openapi() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| openapi::finish(routes().into_openapi()))
+}
+
+/// The API described in OpenAPI 3.1.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    Json(openapi()).into_response()
+}
+
+/// What the token sent may do (the dashboard disables what its scope does not allow).
+#[utoipa::path(get, path = "/v1/token", tag = "meta",
+    responses((status = 200, description = "The token's scope", body = TokenInfo)),
+    security(("token" = ["read"])))]
+async fn token(auth: Auth<Read>) -> Json<TokenInfo> {
+    Json(TokenInfo { scope: auth.scope() })
+}
+
+/// Answers while the API serves.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 /// An error answer.
@@ -167,7 +206,14 @@ impl Needs for Deploy {
 
 /// Proof that the request carried a token with scope `S` (or a higher one). A handler that
 /// takes an `Auth<S>` cannot run without it.
-pub struct Auth<S>(PhantomData<S>);
+pub struct Auth<S>(Scope, PhantomData<S>);
+
+impl<S> Auth<S> {
+    /// The token's own scope.
+    pub fn scope(&self) -> Scope {
+        self.0
+    }
+}
 
 impl<S: Needs> FromRequestParts<ApiState> for Auth<S> {
     type Rejection = ApiError;
@@ -201,9 +247,127 @@ impl<S: Needs> FromRequestParts<ApiState> for Auth<S> {
                     scope.as_str()
                 ),
             )),
-            Some(_) => Ok(Auth(PhantomData)),
+            Some(scope) => Ok(Auth(scope, PhantomData)),
         }
     }
+}
+
+/// Path parameters, refused as an [`ApiError`] when they do not fit.
+pub struct InPath<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for InPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(InPath(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters, refused as an [`ApiError`] when they do not fit (an unknown or repeated
+/// parameter included).
+pub struct InQuery<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for InQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(InQuery(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AppPath {
+    /// The app's name.
+    app: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RolloutPath {
+    /// The rollout's id, as a deploy answered it (`APP-REVISION-N`).
+    id: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ModulePath {
+    /// `NAME` (every upload under the name) or `NAME@sha256:<64 hex digits>` (that one).
+    module: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// A page: at most this many revisions (1 to 1000), the newest first to go, with their
+    /// rollouts. Without it, the whole history.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Only revisions numbered below this: the `next_before` of the page before.
+    #[param(value_type = Option<u32>)]
+    before: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TrafficQuery {
+    /// The revision (default: the app's active one).
+    #[param(value_type = Option<u32>)]
+    revision: Option<String>,
+    /// How far back to look, from `1s` to `300s` (default `60s`).
+    #[param(example = "30s")]
+    window: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Only this revision's instances.
+    #[param(value_type = Option<u32>)]
+    revision: Option<String>,
+    /// Only this instance (`APP-rREVISION-N`).
+    instance: Option<String>,
+    /// Lines from the end of each instance's output (default 100).
+    #[param(value_type = Option<u32>)]
+    tail: Option<String>,
+    /// Stream new lines until the client goes away.
+    #[param(value_type = Option<bool>)]
+    follow: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The module's name: lowercase letters, digits and hyphens.
+    #[serde(default)]
+    name: String,
+}
+
+/// An optional whole-number parameter, within the document's `int32` range.
+fn whole_number<N: TryFrom<i32>>(text: Option<&str>, name: &str) -> Result<Option<N>, ApiError> {
+    text.map(|v| {
+        v.parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .and_then(|n| N::try_from(n).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be a whole number from 0 to {}, not {v:?}",
+                    i32::MAX
+                ))
+            })
+    })
+    .transpose()
 }
 
 async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::Bytes, ApiError> {
@@ -241,10 +405,24 @@ fn is_toml(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("toml"))
 }
 
+#[utoipa::path(
+    put, path = "/v1/apps/{app}", tag = "apps",
+    params(AppPath),
+    request_body(content((Spec = "application/json"), (String = "application/toml")), description = "The app's spec, as JSON or as the TOML of a spec file"),
+    responses(
+        (status = 202, description = "A rollout started", body = DeployAccepted),
+        (status = 200, description = "Nothing to do: the spec equals the latest revision's", body = DeployAccepted),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn put_app(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -266,13 +444,35 @@ async fn put_app(
     Ok(deployed(state.runner.deploy(spec).await?))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/apps/{app}", tag = "apps",
+    params(AppPath),
+    request_body(content((Object = "application/merge-patch+json"), (Object = "application/json")), description = "A JSON merge patch (RFC 7396) of the app's latest spec"),
+    responses(
+        (status = 202, description = "A rollout started", body = DeployAccepted),
+        (status = 200, description = "Nothing to do: the spec equals the latest revision's", body = DeployAccepted),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn patch_app(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let patch = json_value(body, "patch").await?;
+    let bytes = read_body(body, MAX_SPEC_BYTES, "patch").await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            r#"the patch is empty: send a JSON merge patch of the spec, e.g. {"replicas": 3}"#,
+        ));
+    }
+    let patch: serde_json::Value = crate::json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     if !patch.is_object() {
         return Err(ApiError::bad_request(
             "the patch must be a JSON object (a JSON merge patch of the spec)",
@@ -289,78 +489,160 @@ fn deployed(result: DeployAccepted) -> Response {
     (status, Json(result)).into_response()
 }
 
+#[utoipa::path(
+    delete, path = "/v1/apps/{app}", tag = "apps",
+    params(AppPath),
+    responses(
+        (status = 200, description = "Deleted; its history stays readable", body = Deleted),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn delete_app(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.runner.delete(&app).await?).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/rollback", tag = "rollouts",
+    params(AppPath),
+    request_body(content = Option<RollbackRequest>, description = "Which revision to go back to; an empty body goes back to the most recent earlier one that ran"),
+    responses(
+        (status = 202, description = "A rollout started", body = DeployAccepted),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app or revision", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn rollback(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: RollbackRequest = json_body(body, r#"{"to": 3} or {}"#).await?;
     Ok(deployed(state.runner.rollback(&app, request.to).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/redeploy", tag = "rollouts",
+    params(AppPath),
+    request_body(content = RedeployRequest),
+    responses(
+        (status = 202, description = "A rollout started", body = DeployAccepted),
+        (status = 200, description = "Nothing to do: the spec equals the latest revision's", body = DeployAccepted),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app or revision", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn redeploy(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: RedeployRequest = json_body(body, r#"{"revision": 3}"#).await?;
     Ok(deployed(state.runner.redeploy(&app, request.revision).await?))
 }
 
-async fn retry(_: Auth<Deploy>, State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/retry", tag = "rollouts",
+    params(AppPath),
+    responses(
+        (status = 202, description = "A rollout started", body = DeployAccepted),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
+async fn retry(
+    _: Auth<Deploy>,
+    State(state): State<ApiState>,
+    InPath(AppPath { app }): InPath<AppPath>,
+) -> Result<Response, ApiError> {
     Ok(deployed(state.runner.retry(&app).await?))
 }
 
+#[utoipa::path(
+    put, path = "/v1/apps/{app}/scale", tag = "apps",
+    params(AppPath),
+    request_body(content = ScaleRequest),
+    responses(
+        (status = 200, description = "Scaled", body = Scaled),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn scale(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: ScaleRequest = json_body(body, r#"{"replicas": 5}"#).await?;
     Ok(Json(state.runner.scale(&app, request.replicas).await?).into_response())
 }
 
+#[utoipa::path(
+    put, path = "/v1/apps/{app}/route", tag = "apps",
+    params(AppPath),
+    request_body(content = RouteRequest),
+    responses(
+        (status = 200, description = "Routed", body = Routed),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn route(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: RouteRequest = json_body(body, r#"{"weights": {"2": 198, "3": 2}}"#).await?;
     Ok(Json(state.runner.route(&app, &request.weights).await?).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/apps/{app}/traffic", tag = "apps",
+    params(AppPath, TrafficQuery),
+    responses(
+        (status = 200, description = "One revision's traffic, as its router measured it", body = TrafficReport),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app or revision", body = ErrorBody),
+        (status = 409, description = "The app's router does not measure traffic", body = ErrorBody)
+    ),
+    security(("token" = ["read"]))
+)]
 async fn traffic(
     _: Auth<Read>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    InPath(AppPath { app }): InPath<AppPath>,
+    InQuery(query): InQuery<TrafficQuery>,
 ) -> Result<Response, ApiError> {
-    if let Some(unknown) = query.keys().find(|k| !matches!(k.as_str(), "revision" | "window")) {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter {unknown:?}: traffic takes revision and window"
-        )));
-    }
-    let revision = query
-        .get("revision")
-        .map(|v| {
-            v.parse::<u32>()
-                .map_err(|_| ApiError::bad_request(format!("revision must be a revision number, not {v:?}")))
-        })
-        .transpose()?;
-    let window = match query.get("window") {
-        Some(text) => spec::duration::parse(text)
+    let revision = whole_number(query.revision.as_deref(), "revision")?;
+    let window = match query.window {
+        Some(text) => spec::duration::parse(&text)
             .ok()
             .filter(|w| !w.is_zero() && *w <= crate::driver::router::builtin::traffic::KEPT)
             .ok_or_else(|| {
@@ -374,28 +656,91 @@ async fn traffic(
     Ok(Json(state.runner.traffic(&app, revision, window).await?).into_response())
 }
 
+#[utoipa::path(
+    put, path = "/v1/apps/{app}/maintenance", tag = "apps",
+    params(AppPath),
+    request_body(content = MaintenanceRequest),
+    responses(
+        (status = 200, description = "Set", body = MaintenanceSet),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "A rollout of the app is running, or the change is not possible now", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The spec or the request breaks a rule", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn maintenance(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
+    InPath(AppPath { app }): InPath<AppPath>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: MaintenanceRequest = json_body(body, r#"{"on": true}"#).await?;
     Ok(Json(state.runner.maintenance(&app, request.on).await?).into_response())
 }
 
-async fn pause(_: Auth<Deploy>, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    post, path = "/v1/rollouts/{id}/pause", tag = "rollouts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Paused at its next step", body = Steered),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 409, description = "The rollout is not running", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
+async fn pause(
+    _: Auth<Deploy>,
+    State(state): State<ApiState>,
+    InPath(RolloutPath { id }): InPath<RolloutPath>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.runner.steer(&id, Steer::Pause)?).into_response())
 }
 
-async fn resume(_: Auth<Deploy>, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    post, path = "/v1/rollouts/{id}/resume", tag = "rollouts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Resumed", body = Steered),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 409, description = "The rollout is not running", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
+async fn resume(
+    _: Auth<Deploy>,
+    State(state): State<ApiState>,
+    InPath(RolloutPath { id }): InPath<RolloutPath>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.runner.steer(&id, Steer::Resume)?).into_response())
 }
 
-async fn abort(_: Auth<Deploy>, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    post, path = "/v1/rollouts/{id}/abort", tag = "rollouts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Aborting: it rolls back", body = Steered),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+        (status = 409, description = "The rollout is not running", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
+async fn abort(
+    _: Auth<Deploy>,
+    State(state): State<ApiState>,
+    InPath(RolloutPath { id }): InPath<RolloutPath>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.runner.steer(&id, Steer::Abort)?).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/apps", tag = "apps",
+    responses(
+        (status = 200, description = "Every app", body = AppList)
+    ),
+    security(("token" = ["read"]))
+)]
 async fn list_apps(_: Auth<Read>, State(state): State<ApiState>) -> Result<Response, ApiError> {
     let apps = state
         .runner
@@ -407,31 +752,92 @@ async fn list_apps(_: Auth<Read>, State(state): State<ApiState>) -> Result<Respo
     Ok(Json(AppList { apps }).into_response())
 }
 
-async fn get_app(_: Auth<Read>, State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get, path = "/v1/apps/{app}", tag = "apps",
+    params(AppPath),
+    responses(
+        (status = 200, description = "The app now", body = AppStatus),
+        (status = 404, description = "No such app", body = ErrorBody)
+    ),
+    security(("token" = ["read"]))
+)]
+async fn get_app(
+    _: Auth<Read>,
+    State(state): State<ApiState>,
+    InPath(AppPath { app }): InPath<AppPath>,
+) -> Result<Response, ApiError> {
     let row = state.runner.store().app(&app)?.ok_or(DeployError::UnknownApp(app))?;
     Ok(Json(state.runner.app_status(row)).into_response())
 }
 
 /// Revisions, rollouts and app events; also for deleted apps, whose history stays readable.
-async fn history(_: Auth<Read>, State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get, path = "/v1/apps/{app}/revisions", tag = "apps",
+    params(AppPath, HistoryQuery),
+    responses(
+        (status = 200, description = "Revisions, rollouts and app events, oldest first", body = History),
+        (status = 400, description = "limit or before is not a number in range", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody)
+    ),
+    security(("token" = ["read"]))
+)]
+async fn history(
+    _: Auth<Read>,
+    State(state): State<ApiState>,
+    InPath(AppPath { app }): InPath<AppPath>,
+    InQuery(query): InQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let limit = whole_number::<u32>(query.limit.as_deref(), "limit")?;
+    if let Some(limit) = limit
+        && !(1..=MAX_PAGE).contains(&limit)
+    {
+        return Err(ApiError::bad_request(format!(
+            "limit is {limit}: ask for 1 to {MAX_PAGE} revisions a page"
+        )));
+    }
+    let before = whole_number::<u32>(query.before.as_deref(), "before")?;
     let store = state.runner.store();
     let row = store
         .app_including_deleted(&app)?
         .ok_or_else(|| DeployError::UnknownApp(app.clone()))?;
+    // A page is a range of revision numbers: the newest `limit` below `before`.
+    let end = match before {
+        Some(before) => before,
+        None => store.latest_target(&app)?.map_or(1, |latest| latest.saturating_add(1)),
+    };
+    let start = limit.map_or(0, |limit| end.saturating_sub(limit));
+    let events = if before.is_none() {
+        store.app_events(&app)?
+    } else {
+        Vec::new()
+    };
     Ok(Json(History {
         deleted_at: row.deleted_at,
-        revisions: store.revisions(&app)?,
-        rollouts: store.rollouts(&app)?,
-        events: store.app_events(&app)?,
+        revisions: store.revisions_in(&app, start..end)?,
+        rollouts: store.rollouts_in(&app, start..end)?,
+        events,
+        next_before: (limit.is_some() && start > 1).then_some(start),
         app,
     })
     .into_response())
 }
 
+/// The most revisions one page of history holds.
+const MAX_PAGE: u32 = 1000;
+
+#[utoipa::path(
+    get, path = "/v1/rollouts/{id}", tag = "rollouts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "The rollout", body = RolloutRow),
+        (status = 404, description = "No such rollout", body = ErrorBody)
+    ),
+    security(("token" = ["read"]))
+)]
 async fn get_rollout(
     _: Auth<Read>,
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    InPath(RolloutPath { id }): InPath<RolloutPath>,
 ) -> Result<Response, ApiError> {
     let rollout = state
         .runner
@@ -444,10 +850,20 @@ async fn get_rollout(
 /// Server-sent events: the rollout's events so far (after the `Last-Event-ID` a reconnecting
 /// follower sends), then live ones until it ends, then an `end` event carrying the rollout's
 /// final record. With `Accept: application/json`, the stored events as one document.
+#[utoipa::path(
+    get, path = "/v1/rollouts/{id}/events", tag = "rollouts",
+    params(RolloutPath, ("Last-Event-ID" = Option<u32>, Header, description = "Resume after this event (what a reconnecting EventSource sends)")),
+    responses(
+        (status = 200, description = "Server-sent events: `rollout` events (the id is the event's number), then one `end` event with the rollout's record. With `Accept: application/json`, the events so far as one document", content((SseFrame = "text/event-stream"), (RolloutEvents = "application/json"))),
+        (status = 400, description = "Last-Event-ID is not an event number", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody)
+    ),
+    security(("token" = ["read"]))
+)]
 async fn rollout_events(
     _: Auth<Read>,
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    InPath(RolloutPath { id }): InPath<RolloutPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (stored, receiver) = state.runner.follow(&id)?;
@@ -462,9 +878,9 @@ async fn rollout_events(
         })
         .into_response());
     }
-    let first: u64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::parse::<u64>)) {
+    let first: u64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::parse::<i32>)) {
         None => 0,
-        Some(Ok(Ok(last))) => last + 1,
+        Some(Ok(Ok(last))) if last >= 0 => last as u64 + 1,
         Some(_) => return Err(ApiError::bad_request("Last-Event-ID must be the number of an event")),
     };
     let seen = stored.len() as u64;
@@ -496,9 +912,12 @@ async fn rollout_events(
     let end = stream::once(async move {
         let rollout = runner.store().rollout(&id).ok().flatten();
         Ok::<_, Infallible>(
-            SseEvent::default()
-                .event("end")
-                .data(serde_json::to_string(&rollout).unwrap_or_default()),
+            SseFrame {
+                id: None,
+                event: "end".to_owned(),
+                data: serde_json::to_string(&rollout).unwrap_or_default(),
+            }
+            .into_event(),
         )
     });
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
@@ -507,10 +926,35 @@ async fn rollout_events(
 }
 
 fn sse(seq: u64, event: &serde_json::Value) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default()
-        .id(seq.to_string())
-        .event("rollout")
-        .data(event.to_string()))
+    Ok(SseFrame {
+        id: Some(seq.to_string()),
+        event: "rollout".to_owned(),
+        data: event.to_string(),
+    }
+    .into_event())
+}
+
+/// One server-sent event of `GET /v1/rollouts/{id}/events`.
+#[derive(utoipa::ToSchema)]
+struct SseFrame {
+    /// The event's number (from 0), which a reconnecting client sends back as
+    /// `Last-Event-ID`; none on `end`.
+    id: Option<String>,
+    /// `rollout`: `data` is an `Event` as JSON. `end`, the last one: `data` is the rollout's
+    /// final `RolloutRow` as JSON.
+    #[schema(pattern = "^(rollout|end)$")]
+    event: String,
+    data: String,
+}
+
+impl SseFrame {
+    fn into_event(self) -> SseEvent {
+        let event = SseEvent::default().event(self.event).data(self.data);
+        match self.id {
+            Some(id) => event.id(id),
+            None => event,
+        }
+    }
 }
 
 /// How often a followed log looks for new output.
@@ -521,11 +965,21 @@ const DEFAULT_TAIL: usize = 100;
 /// Instances' output, each line prefixed with its instance: `?revision=N` or `?instance=ID`
 /// to choose, `tail=N` lines from each (default 100), `follow=true` to stream new lines until
 /// the client goes away. Kept for instances that have stopped too, until pruned.
+#[utoipa::path(
+    get, path = "/v1/apps/{app}/logs", tag = "apps",
+    params(AppPath, LogsQuery),
+    responses(
+        (status = 200, description = "Lines as `INSTANCE | LINE`; with `follow=true`, a stream of them", content_type = "text/plain", body = String),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 404, description = "No such app or instance", body = ErrorBody)
+    ),
+    security(("token" = ["read"]))
+)]
 async fn logs(
     _: Auth<Read>,
     State(state): State<ApiState>,
-    Path(app): Path<String>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    InPath(AppPath { app }): InPath<AppPath>,
+    InQuery(query): InQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let row = state
         .runner
@@ -541,31 +995,14 @@ async fn logs(
             "app {app} runs in Kubernetes, which keeps its pods' output: kubectl logs {namespace}-l slipway.dev/app={app} --prefix (with slipway.dev/revision=N for one revision)"
         )));
     }
-    if let Some(unknown) = query
-        .keys()
-        .find(|k| !matches!(k.as_str(), "revision" | "instance" | "tail" | "follow"))
-    {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter {unknown:?}: logs take revision, instance, tail and follow"
-        )));
-    }
-    let number = |name: &str| -> Result<Option<usize>, ApiError> {
-        query
-            .get(name)
-            .map(|v| {
-                v.parse::<usize>()
-                    .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number, not {v:?}")))
-            })
-            .transpose()
-    };
-    let revision = number("revision")?;
-    let tail = number("tail")?.unwrap_or(DEFAULT_TAIL);
-    let follow = match query.get("follow").map(String::as_str) {
+    let revision = whole_number::<u32>(query.revision.as_deref(), "revision")?;
+    let tail = whole_number(query.tail.as_deref(), "tail")?.unwrap_or(DEFAULT_TAIL);
+    let follow = match query.follow.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => return Err(ApiError::bad_request(format!("follow is true or false, not {other:?}"))),
     };
-    let instance = query.get("instance").cloned();
+    let instance = query.instance.clone();
     let revision_prefix = revision.map(|r| format!("{app}-r{r}-"));
     let keep = move |name: &str| {
         instance.as_deref().is_none_or(|i| i == name) && revision_prefix.as_deref().is_none_or(|p| name.starts_with(p))
@@ -573,7 +1010,7 @@ async fn logs(
     let dir = state.runner.output_dir(&app);
     let files = output::instances(&dir, &keep);
     if files.is_empty()
-        && let Some(instance) = query.get("instance")
+        && let Some(instance) = &query.instance
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -621,21 +1058,28 @@ async fn logs(
     Ok((headers, Body::from_stream(first.chain(live))).into_response())
 }
 
-#[derive(Deserialize)]
-struct UploadQuery {
-    name: Option<String>,
-}
-
 /// Receives a component as the request body, straight to disk, chunk by chunk.
+#[utoipa::path(
+    post, path = "/v1/modules", tag = "modules",
+    params(UploadQuery),
+    request_body(content((String = "application/wasm"), (String = "application/octet-stream")), description = "The component's bytes"),
+    responses(
+        (status = 201, description = "Validated and stored; it compiles in the background when that takes long", body = ListedModule),
+        (status = 400, description = "The body or a parameter is not valid JSON or does not fit", body = ErrorBody),
+        (status = 413, description = "The module is larger than the upload limit", body = ErrorBody),
+        (status = 422, description = "Not a valid strategy or hook component, or a bad name", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn upload_module(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Query(query): Query<UploadQuery>,
+    InQuery(UploadQuery { name }): InQuery<UploadQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = query
-        .name
-        .ok_or_else(|| ApiError::bad_request("name the module: POST /v1/modules?name=NAME"))?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("name the module: POST /v1/modules?name=NAME"));
+    }
     let mut upload = state.runner.begin_upload(&name).await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -646,6 +1090,13 @@ async fn upload_module(
     Ok((StatusCode::CREATED, Json(state.runner.listed(module)?)).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/modules", tag = "modules",
+    responses(
+        (status = 200, description = "Uploaded modules and the built-in ones", body = ModuleList)
+    ),
+    security(("token" = ["read"]))
+)]
 async fn list_modules(_: Auth<Read>, State(state): State<ApiState>) -> Result<Response, ApiError> {
     let modules = state.runner.list_modules()?;
     let builtin = crate::modules::builtin_names()
@@ -656,10 +1107,21 @@ async fn list_modules(_: Auth<Read>, State(state): State<ApiState>) -> Result<Re
 }
 
 /// `DELETE /v1/modules/NAME` (every upload under the name) or `NAME@sha256:…` (that one).
+#[utoipa::path(
+    delete, path = "/v1/modules/{module}", tag = "modules",
+    params(ModulePath),
+    responses(
+        (status = 200, description = "What was deleted", body = ModulesDeleted),
+        (status = 400, description = "Not NAME or NAME@sha256:<64 hex digits>", body = ErrorBody),
+        (status = 404, description = "No such module", body = ErrorBody),
+        (status = 409, description = "A revision an app keeps uses the module", body = ErrorBody)
+    ),
+    security(("token" = ["deploy"]))
+)]
 async fn delete_module(
     _: Auth<Deploy>,
     State(state): State<ApiState>,
-    Path(module): Path<String>,
+    InPath(ModulePath { module }): InPath<ModulePath>,
 ) -> Result<Response, ApiError> {
     let (name, digest) = match module.split_once('@') {
         Some((name, digest)) => (name, Some(digest)),
@@ -677,6 +1139,12 @@ async fn delete_module(
 }
 
 /// Prometheus text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)
+    )
+)]
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -712,5 +1180,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
+mod dashboard;
+mod openapi;
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use crate::driver::{Cluster, DriverEvent, Happened, Router};
 use crate::failure::GuestFailure;
 
 /// What the host observed about one revision at the time of an event.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RevisionSnapshot {
     pub desired: u32,
     pub current: u32,
@@ -25,7 +25,7 @@ pub struct RevisionSnapshot {
 }
 
 /// One line of the timeline.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Milliseconds since the rollout started.
     pub at_ms: u64,
@@ -37,7 +37,7 @@ pub struct Event {
 }
 
 /// What happened.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum EventKind {
     RolloutStarted {
@@ -136,7 +136,7 @@ pub enum EventKind {
 }
 
 /// How a lifecycle hook ended. Crash recovery reads it to skip hooks that already succeeded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HookOutcome {
     /// No hook is configured at that point.
@@ -149,7 +149,7 @@ pub enum HookOutcome {
 }
 
 /// How a rollout ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutOutcome {
     /// The target serves; it is the app's running revision.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::ApiError;
 
 /// What went wrong inside (or with) a guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// It ran its own code for longer than its CPU budget.
@@ -65,7 +65,7 @@ impl FailureKind {
 }
 
 /// A guest failure, as recorded on its rollout and shown to people.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema)]
 #[error("{module} ({short}) failed: {kind}: {message}", short = short_digest(digest), kind = kind.as_str())]
 pub struct GuestFailure {
     /// The module's name: `builtin:rolling`, a file name, or an uploaded name.

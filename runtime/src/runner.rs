@@ -503,8 +503,14 @@ impl Runner {
             maintenance: handle.maintenance(),
             revisions: handle.cluster.snapshot(),
         });
+        let running_rollout = self.running_rollout(&app.name);
+        let rollout_paused = running_rollout.as_ref().is_some_and(|id| {
+            let live = self.live.lock().unwrap();
+            live.get(id).is_some_and(|l| l.control.is_paused())
+        });
         AppStatus {
-            running_rollout: self.running_rollout(&app.name),
+            running_rollout,
+            rollout_paused,
             certificate: self.certificates.status(&app.name),
             maintenance: instances.as_ref().map_or(app.maintenance, |i| i.maintenance),
             name: app.name,

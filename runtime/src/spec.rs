@@ -99,18 +99,21 @@ pub const MAX_RETAINED: u32 = 1000;
 pub const MAX_THRESHOLD: u32 = 100;
 
 /// One app's desired state: what to run, how many, how to probe it and how to roll it out.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Spec {
     /// The app's name: 1 to 63 lowercase letters, digits and hyphens, starting with a letter.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,62}$", example = "hello")]
     pub name: String,
     /// How many replicas to run, 0 to [`MAX_REPLICAS`] (default 1).
     #[serde(default = "default_replicas")]
+    #[schema(maximum = 1000, default = 1)]
     pub replicas: u32,
     /// Where the app's router listens (not for Kubernetes apps: the cluster routes them).
     /// An app with `[router] hosts` may leave it out and share the runner's front door
     /// (`slipway serve --front-http`, default `0.0.0.0:80`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "127.0.0.1:8080")]
     pub listen: Option<SocketAddr>,
     /// The program each replica runs as a local process; exactly one of `process`,
     /// `container` and `kubernetes` is given.
@@ -140,7 +143,7 @@ pub struct Spec {
 }
 
 /// The program each replica runs. Slipway adds `PORT` to its environment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Process {
     /// A path, or a name looked up on `PATH`.
@@ -160,11 +163,12 @@ pub struct Process {
     pub workdir: Option<String>,
     /// How long a replica has between SIGTERM and SIGKILL (default 30 s).
     #[serde(default = "default_grace_period", with = "duration")]
+    #[schema(value_type = String, example = "30s")]
     pub grace_period: Duration,
 }
 
 /// The image each replica runs as a container. Slipway adds `PORT` to its environment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Container {
     /// An image reference, e.g. `ghcr.io/acme/shop:2.1` or `nginx@sha256:…`.
@@ -199,11 +203,12 @@ pub struct Container {
     pub pull: PullPolicy,
     /// How long a replica has between SIGTERM and SIGKILL (default 30 s).
     #[serde(default = "default_grace_period", with = "duration")]
+    #[schema(value_type = String, example = "30s")]
     pub grace_period: Duration,
 }
 
 /// The `[router]` table.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RouterSpec {
     /// `"builtin"` (default) or `"haproxy"`; for Kubernetes apps `"gateway"` or `"service"`.
@@ -260,7 +265,7 @@ pub struct RouterSpec {
 }
 
 /// How the built-in router speaks to an app's instances.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceProtocol {
     #[default]
@@ -293,18 +298,21 @@ impl RouterSpec {
 
 /// The `[router.tls]` table: where HTTPS is served, and the certificate: from files, or
 /// obtained and renewed over ACME.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TlsSpec {
     /// The HTTPS address, e.g. `"0.0.0.0:443"`; apps share it by host name. Default: the
     /// runner's front door (`slipway serve --front-https`, default `0.0.0.0:443`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "0.0.0.0:443")]
     pub listen: Option<SocketAddr>,
     /// The certificate chain, PEM (leaf first), read again when the file changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub cert: Option<PathBuf>,
     /// Its private key, PEM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub key: Option<PathBuf>,
     /// Obtain a certificate for every name in `hosts` from the runner's ACME directory (Let's
     /// Encrypt unless `slipway serve --acme-directory` says otherwise), proving each name
@@ -320,7 +328,7 @@ impl RouterSpec {
 }
 
 /// How a container's port is reached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContainerNetwork {
     /// A network of its own; `port` is published on 127.0.0.1.
@@ -331,7 +339,7 @@ pub enum ContainerNetwork {
 }
 
 /// When a container's image is pulled from its registry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     #[default]
@@ -341,7 +349,7 @@ pub enum PullPolicy {
 }
 
 /// The readiness probe. `http` makes it an HTTP GET; otherwise it is a TCP connect.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Probe {
     /// The path to GET, e.g. `/healthz`. Use [`Probe::kind`] rather than reading this.
@@ -354,9 +362,11 @@ pub struct Probe {
     pub status: u16,
     /// Time between probes (default 1 s).
     #[serde(with = "duration")]
+    #[schema(value_type = String, default = "1s", example = "1s")]
     pub interval: Duration,
     /// How long one probe may take (default 1 s).
     #[serde(with = "duration")]
+    #[schema(value_type = String, default = "1s", example = "1s")]
     pub timeout: Duration,
     /// Consecutive successes before a replica counts as ready (default 1).
     pub success_threshold: u32,
@@ -379,12 +389,13 @@ pub enum ProbeKind<'a> {
 }
 
 /// The strategy module and its parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Strategy {
     /// `builtin:NAME`, `NAME` (uploaded) or `NAME@sha256:<64 hex>`; see [`module_ref`].
     pub module: String,
     /// Handed to the strategy as a JSON object.
+    #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     /// Capabilities beyond the host API: `"prometheus:http://HOST:PORT"`; see
     /// [`strategy_grant`].
@@ -393,7 +404,7 @@ pub struct Strategy {
 }
 
 /// Lifecycle hooks by point. Each is optional.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Hooks {
     /// Runs before the strategy.
@@ -411,16 +422,18 @@ pub struct Hooks {
 }
 
 /// One hook: a module, its parameters, and what happens when it fails.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Hook {
     /// Same forms as [`Strategy::module`].
     pub module: String,
     /// Handed to the hook as a JSON object.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     /// How long the hook may run (default 60 s).
     #[serde(default = "default_hook_timeout", with = "duration")]
+    #[schema(value_type = String, example = "60s")]
     pub timeout: Duration,
     /// What a failure of the hook does (default [`HookPolicy::Abort`]).
     #[serde(default)]
@@ -431,7 +444,7 @@ pub struct Hook {
 }
 
 /// What a failed hook does to its rollout.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HookPolicy {
     /// Fail the rollout (and roll back, if `auto-rollback` is on).
@@ -445,16 +458,18 @@ pub enum HookPolicy {
 }
 
 /// Deadlines, rollback and how long old revisions are kept.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Lifecycle {
     /// How long a rollout may take before it fails (default 600 s).
     #[serde(with = "duration")]
+    #[schema(value_type = String, default = "600s", example = "600s")]
     pub progress_deadline: Duration,
     /// Roll back automatically when a rollout fails (default true).
     pub auto_rollback: bool,
     /// How long a replaced revision's replicas are kept after the switch (default 0 s).
     #[serde(with = "duration")]
+    #[schema(value_type = String, default = "0s", example = "0s")]
     pub destroy_delay: Duration,
     /// How many retained or failed revisions are kept as config (default 10).
     pub retained: u32,
@@ -464,6 +479,7 @@ pub struct Lifecycle {
     /// recording it: an instance that crashes or stops being ready meanwhile fails the
     /// rollout, which is rolled back (default 10 s; `"0s"` turns it off).
     #[serde(with = "duration")]
+    #[schema(value_type = String, default = "10s", example = "10s")]
     pub soak: Duration,
 }
 
@@ -828,6 +844,17 @@ impl Hooks {
         ]
         .into_iter()
         .filter_map(|(point, hook)| hook.as_ref().map(|hook| (point, hook)))
+    }
+
+    /// The hook at the point named `point`, set or not; `None` for a name that is no point.
+    pub fn at_mut(&mut self, point: &str) -> Option<&mut Option<Hook>> {
+        match point {
+            "pre" => Some(&mut self.pre),
+            "mid" => Some(&mut self.mid),
+            "post" => Some(&mut self.post),
+            "rollback" => Some(&mut self.rollback),
+            _ => None,
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub enum StoreError {
 }
 
 /// A revision's place in its lifecycle (the Webscale states).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RevisionState {
     /// Recorded; its instances are being created.
@@ -56,7 +56,7 @@ pub enum RevisionState {
 }
 
 /// Where a rollout is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
     Running,
@@ -70,7 +70,7 @@ pub enum RolloutState {
 }
 
 /// What started a rollout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutKind {
     /// A new spec.
@@ -163,15 +163,17 @@ pub struct AppRow {
     pub deleted_at: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RevisionRow {
     pub app: String,
     pub number: u32,
     pub state: RevisionState,
+    #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     pub spec_digest: String,
     pub strategy: String,
     pub strategy_digest: String,
+    #[schema(value_type = Object)]
     pub hooks: serde_json::Value,
     pub created_at: u64,
     pub updated_at: u64,
@@ -179,7 +181,7 @@ pub struct RevisionRow {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolloutRow {
     pub id: String,
     pub app: String,
@@ -188,12 +190,13 @@ pub struct RolloutRow {
     pub kind: RolloutKind,
     pub state: RolloutState,
     pub summary: Option<String>,
+    #[schema(value_type = Option<crate::failure::GuestFailure>)]
     pub failure: Option<serde_json::Value>,
     pub started_at: u64,
     pub finished_at: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleRow {
     pub name: String,
     pub digest: String,
@@ -207,7 +210,7 @@ pub struct ModuleRow {
 
 /// Something that happened to an app outside any rollout (a restart it could not fully
 /// recover from, a deletion).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppEventRow {
     pub at: u64,
     pub level: String,
@@ -574,11 +577,16 @@ impl Store {
     }
 
     pub fn revisions(&self, app: &str) -> Result<Vec<RevisionRow>> {
+        self.revisions_in(app, 0..u32::MAX)
+    }
+
+    /// The revisions numbered within `numbers`, oldest first.
+    pub fn revisions_in(&self, app: &str, numbers: std::ops::Range<u32>) -> Result<Vec<RevisionRow>> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {REVISION_COLUMNS} FROM revisions WHERE app = ?1 ORDER BY number"
+                "SELECT {REVISION_COLUMNS} FROM revisions WHERE app = ?1 AND number >= ?2 AND number < ?3 ORDER BY number"
             ))?;
-            let rows = stmt.query_map([app], revision_row)?;
+            let rows = stmt.query_map(params![app, numbers.start, numbers.end], revision_row)?;
             rows.collect()
         })
     }
@@ -617,13 +625,23 @@ impl Store {
     }
 
     pub fn rollouts(&self, app: &str) -> Result<Vec<RolloutRow>> {
+        self.rollouts_in(app, 0..u32::MAX)
+    }
+
+    /// The rollouts of revisions numbered within `targets`, in the order they started.
+    pub fn rollouts_in(&self, app: &str, targets: std::ops::Range<u32>) -> Result<Vec<RolloutRow>> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE app = ?1 ORDER BY started_at, id"
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE app = ?1 AND target >= ?2 AND target < ?3 ORDER BY started_at, id"
             ))?;
-            let rows = stmt.query_map([app], rollout_row)?;
+            let rows = stmt.query_map(params![app, targets.start, targets.end], rollout_row)?;
             rows.collect()
         })
+    }
+
+    /// The highest revision number an app's rollouts reached (kept revision or not).
+    pub fn latest_target(&self, app: &str) -> Result<Option<u32>> {
+        self.with(|c| c.query_row("SELECT MAX(target) FROM rollouts WHERE app = ?1", [app], |r| r.get(0)))
     }
 
     /// Rollouts that were running when the runner stopped.

@@ -386,8 +386,17 @@ fn pause_resume_and_abort_a_rollout_under_load() {
     std::thread::sleep(Duration::from_secs(3));
     let rollout = latest_rollout(&server);
     assert_eq!(rollout["state"], "running", "a paused rollout holds: {rollout}");
+    let status = server.get_json("/v1/apps/hello");
+    assert_eq!(
+        status["rollout_paused"], true,
+        "the app says its rollout is paused: {status}"
+    );
     let resumed = server.cli(&["resume", "hello"]);
     assert!(text(&resumed).contains("resumed"), "{}", text(&resumed));
+    assert!(
+        server.get_json("/v1/apps/hello").get("rollout_paused").is_none(),
+        "not paused once resumed"
+    );
     assert_eq!(
         wait_rollout_end(&server, rollout["id"].as_str().unwrap())["state"],
         "succeeded"

@@ -7,8 +7,10 @@
 mod acme;
 mod analysis;
 mod authoring;
+mod ci_example;
 mod cli;
 mod containers;
+mod dashboard;
 mod dataplane;
 mod deploy;
 mod engines;
@@ -21,6 +23,7 @@ mod lifecycle;
 mod limits;
 mod load;
 mod logs;
+mod openapi;
 mod recovery;
 mod runner;
 mod sandbox;

@@ -46,6 +46,21 @@ const TEST_GUESTS: &[&str] = &[
     "example-hook-notify",
 ];
 
+/// `npm ci` in `dir` (a package with a lockfile), failing with npm's message.
+pub fn npm_ci(dir: &Path, for_what: &str) {
+    let install = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run npm ({e}): Node.js 20 and npm are needed for {for_what}"));
+    assert!(
+        install.status.success(),
+        "npm ci in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&install.stderr)
+    );
+}
+
 /// The component built from `package`, building all test guests on first use.
 pub fn guest(package: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();

@@ -5,7 +5,7 @@ pub mod haproxy;
 pub mod local;
 
 /// Which router carries an app's traffic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RouterKind {
     /// The built-in router, in the data plane.

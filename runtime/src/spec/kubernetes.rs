@@ -42,7 +42,7 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAINTENANCE_IMAGE: &str = "docker.io/library/nginx:1.27-alpine";
 
 /// The pods each replica runs as.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Kubernetes {
     /// The namespace everything of the app lives in.
@@ -69,26 +69,30 @@ pub struct Kubernetes {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
     /// A PodTemplateSpec: in a spec file, the path of a YAML or JSON file (relative to the
     /// spec file), which the CLI reads and sends in its place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub pod_template: Option<Value>,
     /// terminationGracePeriodSeconds: between SIGTERM and SIGKILL.
     #[serde(default = "super::default_grace_period", with = "duration")]
+    #[schema(value_type = String, example = "30s")]
     pub grace_period: Duration,
     /// A stopping pod leaves its endpoints at once; it is signalled this much later, so no
     /// request still on its way to it is refused (a preStop sleep).
     #[serde(default = "default_drain", with = "duration")]
+    #[schema(value_type = String, example = "5s")]
     pub drain: Duration,
     #[serde(default = "default_maintenance_image")]
     pub maintenance_image: String,
 }
 
 /// Resource requests and limits, as Kubernetes quantities (`"250m"`, `"512Mi"`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Resources {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

@@ -24,7 +24,7 @@ const SUB: u64 = 1 << SUB_BITS;
 const BUCKETS: usize = ((27 - SUB_BITS + 2) as u64 * SUB) as usize;
 
 /// One revision's traffic in a window.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrafficStats {
     /// The window, in milliseconds, that these figures cover.
     pub window_ms: u64,
