@@ -1,10 +1,11 @@
 // An app's page: its instances and traffic now, the actions an operator takes on it, the
 // live timeline of its rollout (server-sent events, with a progress bar and a picture of
-// weights and ready instances), and its revision history, a page at a time.
+// weights, ready instances, requests and errors), and its revision history, a page at a time.
 
 import { call, followRollout, session } from './api.js';
 import { h, fill, age, when, duration, digest, badge, percent, swatch, report, confirmed, action, field, every } from './dom.js';
 import { rolloutChart } from './chart.js';
+import { RolloutTraffic, EVERY_S, nowSeconds } from './traffic.js';
 
 /** Revisions per page of history: a 10,000-revision history is read a page at a time. */
 const PAGE = 20;
@@ -327,13 +328,23 @@ function showRollout(view, id) {
   showSteering(view);
 
   const points = [];
+  // When the rollout began, on the runner's clock (from its record). A running rollout's time
+  // axis and its traffic readings take the browser's clock to agree with the runner's.
   let started = Date.now();
   let lastAt = 0;
   let drawn = 0;
+  let traffic = null; // RolloutTraffic, once the rollout's record says its revisions
   const draw = () => {
     drawn = Date.now();
     const end = shown.ended ? lastAt : Math.max(lastAt, Date.now() - started);
-    picture.replaceChildren(points.length ? rolloutChart(thin(points), end) : h('p', { class: 'muted' }, 'No instance changes yet.'));
+    const rates = new Map(
+      [...(traffic?.byRevision ?? [])].map(([revision, intervals]) => [
+        revision,
+        intervals.map((i) => ({ from_ms: i.from_s * 1000 - started, to_ms: i.to_s * 1000 - started, requests: i.requests, errors: i.errors })),
+      ]),
+    );
+    const note = traffic?.note ? h('p', { class: 'muted', id: 'traffic-note' }, traffic.note) : null;
+    fill(picture, points.length || traffic?.any ? rolloutChart(thin(points), end, rates) : h('p', { class: 'muted' }, 'No instance changes yet.'), note);
   };
   const finish = (record) => {
     shown.ended = true;
@@ -347,9 +358,6 @@ function showRollout(view, id) {
   };
   const onEvent = (event) => {
     lastAt = event.at_ms;
-    if (event.event === 'rollout-started') {
-      started = Date.now() - event.at_ms;
-    }
     if (event.state) points.push({ at_ms: event.at_ms, state: event.state });
     if (event.event === 'progress') {
       bar.value = event.percent;
@@ -378,17 +386,42 @@ function showRollout(view, id) {
       // Another rollout may have taken the panel while this one's record was on its way.
       if (controller.signal.aborted) return;
       kind.textContent = `${record.kind}${record.from ? ` of revision ${record.target} from ${record.from}` : ` of revision ${record.target}`} · started ${age(record.started_at)}`;
+      // Only a router of this runner's that routes revisions of the app measures its traffic
+      // (an app in Kubernetes, or one with nothing deployed, has none).
+      const measured = Object.keys(view.status?.instances?.revisions ?? {}).length > 0;
+      traffic = measured ? new RolloutTraffic(view.name, [record.from, record.target].filter(Boolean), record.started_at, controller.signal) : null;
       if (record.state !== 'running') {
         const { events } = await call('GET', `/v1/rollouts/${encodeURIComponent(id)}/events`, { signal: controller.signal });
         events.forEach(onEvent);
         finish(record);
+        await traffic?.ended(record.finished_at ?? record.started_at + lastAt);
+        draw();
         return;
       }
       const ticker = setInterval(() => !shown.ended && draw(), 1000);
-      controller.signal.addEventListener('abort', () => clearInterval(ticker));
+      // What the router kept since the rollout began, then a reading every few seconds.
+      const reading = (async () => {
+        if (!traffic) return;
+        await traffic.upTo(nowSeconds());
+        while (!shown.ended && !controller.signal.aborted) {
+          await traffic.pause(EVERY_S * 1000);
+          if (!shown.ended) await traffic.upTo(nowSeconds());
+        }
+      })().catch((error) => {
+        if (error.name !== 'AbortError') report(error, view.messages);
+      });
+      controller.signal.addEventListener('abort', () => {
+        clearInterval(ticker);
+        traffic?.wake?.();
+      });
       const end = await followRollout(id, onEvent, { signal: controller.signal });
       clearInterval(ticker);
-      finish(end ?? (await call('GET', `/v1/rollouts/${encodeURIComponent(id)}`, { signal: controller.signal })));
+      const ended = end ?? (await call('GET', `/v1/rollouts/${encodeURIComponent(id)}`, { signal: controller.signal }));
+      finish(ended);
+      traffic?.wake?.();
+      await reading;
+      await traffic?.ended(ended.finished_at ?? Date.now());
+      draw();
       await showHistory(view);
     } catch (error) {
       if (error.name !== 'AbortError') report(error, view.messages);

@@ -47,6 +47,33 @@ async function api(method, path, { token = DEPLOY, body, type } = {}) {
   return json;
 }
 
+/** Requests to `url` one after another until `stop()`, which says how many were answered and what failed. */
+function steadyLoad(url) {
+  let running = true;
+  let answered = 0;
+  const failed = [];
+  const done = (async () => {
+    while (running) {
+      try {
+        const response = await fetch(url);
+        await response.arrayBuffer();
+        if (response.ok) answered += 1;
+        else failed.push(`${response.status}`);
+      } catch (error) {
+        failed.push(error.message);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await done;
+      return { answered, failed };
+    },
+  };
+}
+
 test('the dashboard, signed in, runs deployments and refuses what a token may not do', async () => {
   const profile = mkdtempSync(join(tmpdir(), 'slipway-chromium-'));
   mkdirSync(SCREENSHOTS, { recursive: true });
@@ -107,6 +134,8 @@ test('the dashboard, signed in, runs deployments and refuses what a token may no
     // The app page follows a deploy made through the API, live, to `succeeded`.
     await hello.getByRole('link', { name: 'hello' }).click();
     await until('revision 1 shown active', async () => (await text('#active-revision')) === '1');
+    // Requests to hello all through the rollout, for the picture's traffic.
+    const load = steadyLoad(`http://${(await api('GET', '/v1/apps/hello')).instances.listen}/`);
     const started = await api('PUT', '/v1/apps/hello', { body: readFileSync(V2_SPEC), type: 'application/toml' });
     assert.equal(started.result, 'started');
     await until(`rollout ${started.rollout} shown`, async () => (await text('#rollout-id')) === started.rollout, { seen: () => text('#rollout') });
@@ -117,6 +146,15 @@ test('the dashboard, signed in, runs deployments and refuses what a token may no
     assert.ok(timeline.at(-1).includes('succeeded'), timeline.join('\n'));
     assert.equal(await page.locator('#rollout-progress').getAttribute('value'), '100');
     assert.equal(await page.locator('.picture svg path.series').count() >= 2, true, 'the picture draws each revision');
+    // The picture's requests per second: both revisions served some of the load while the
+    // rollout ran, and no more than the load sent is drawn.
+    const drawn = async (revision) => Number((await page.locator(`.picture svg path.traffic[data-revision="${revision}"]`).getAttribute('data-requests', { timeout: 5000 }).catch(() => '0')) ?? 0);
+    await until('the picture draws both revisions\' requests', async () => (await drawn(1)) > 0 && (await drawn(2)) > 0, { seen: () => text('.picture') });
+    const sent = await load.stop();
+    assert.deepEqual(sent.failed, [], 'no request to hello failed during the rollout');
+    const total = (await drawn(1)) + (await drawn(2));
+    assert.ok(total <= sent.answered, `the picture draws ${total} requests, the load sent ${sent.answered}`);
+    assert.equal(await page.locator('.picture svg path.errors').count(), 2, 'errors are drawn for each revision');
     await until('revision 2 shown active', async () => (await text('#active-revision')) === '2');
     await until('the history shows revision 2 running', async () => (await text('#history tr[data-revision="2"] .revision-state')) === 'running');
     await shot('app');

@@ -19,6 +19,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("api.js", JS, include_str!("../../dashboard/api.js")),
     ("dom.js", JS, include_str!("../../dashboard/dom.js")),
     ("chart.js", JS, include_str!("../../dashboard/chart.js")),
+    ("traffic.js", JS, include_str!("../../dashboard/traffic.js")),
     ("apps.js", JS, include_str!("../../dashboard/apps.js")),
     ("app.js", JS, include_str!("../../dashboard/app.js")),
     ("modules.js", JS, include_str!("../../dashboard/modules.js")),
