@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::workspace;
@@ -19,13 +20,36 @@ pub struct Server {
     pub data: PathBuf,
 }
 
-/// A port nobody listens on right now.
+/// A port on 127.0.0.1 that nobody uses right now, for a listener a test starts later.
+///
+/// It comes from below the kernel's ephemeral range, where no client socket and no
+/// `bind(0)` (the runner's, an instance's, another test's) is ever given a port, so it stays
+/// free until the listener binds it; a counter keeps this process's picks apart. A port
+/// from `bind(0)` instead could be taken in between by any of the suite's many outgoing
+/// connections, and the deploy that binds it refused.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static BELOW: OnceLock<u32> = OnceLock::new();
+    const SPAN: u32 = 10_000;
+    let below = *BELOW.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768)
+    });
+    assert!(
+        below > SPAN + 1024,
+        "the ephemeral range starts at {below}: too low to pick ports below it"
+    );
+    let first = below - SPAN;
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let port = (first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from {first} to {below} on 127.0.0.1");
 }
 
 /// The `hello` example app's binary, built on first use.
